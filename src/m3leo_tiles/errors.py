@@ -1,0 +1,32 @@
+"""Errors a user can act on.
+
+Every error raised for bad input, bad configuration or a missing credential derives from
+``M3leoError`` and carries a one-line message that says what is wrong and what to do. The CLI
+turns these into that line and an exit code, never a traceback.
+"""
+
+
+class M3leoError(Exception):
+    """Base class: a problem the user can fix; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class ConfigError(M3leoError):
+    """Bad usage or configuration: unknown AOI or recipe, invalid YAML, bad resolution."""
+
+
+class GridError(ConfigError):
+    """A geometry or grid that cannot be tiled (empty, outside UTM's latitude range...)."""
+
+
+class CredentialsError(ConfigError):
+    """A source needs credentials that are not where they are conventionally kept."""
+
+
+class LockedError(ConfigError):
+    """Another live run is writing to the same dataset folder."""
+
+
+class SourceError(Exception):
+    """A per-tile failure in a source (corrupt or vanished input): recorded, never fatal."""

@@ -1,0 +1,212 @@
+"""Tiles of the global lattice, and the pixel grid a chip of a tile is rendered on.
+
+A lattice tile is an exact 4480 m square of its WGS84/UTM zone: in zone ``z`` tile
+``(row, col)`` covers easting ``[col*4480, (col+1)*4480)`` and north-equivalent northing
+``[row*4480, (row+1)*4480)`` (the northing of EPSG:326zz, negative south of the equator), so
+the lattice runs straight across the equator. Southern tiles are expressed in EPSG:327zz,
+whose northing is the north-equivalent one plus 10,000,000 m.
+
+``BoxTile`` is the compatibility case: a tile read from a foreign grid file (geetiles, the
+released M3LEO grids) that is only a lon/lat box; its chips are lon/lat-aligned, as geetiles'
+were.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol, runtime_checkable
+
+from affine import Affine
+from pyproj import Geod, Transformer
+from shapely.geometry import Polygon, box
+
+from m3leo_tiles.errors import ConfigError, GridError
+
+TILE_SIZE_M = 4480
+SOUTH_FALSE_NORTHING_M = 10_000_000
+MIN_LAT, MAX_LAT = -80.0, 84.0
+_ID_PATTERN = re.compile(r"^(?P<zone>\d{2})(?P<hemi>[NS])_(?P<row>\d{4})_(?P<col>\d{3})$")
+_GEOD = Geod(ellps="WGS84")
+
+
+def pixels_per_side(resolution_m: float) -> int:
+    """Pixels along a tile side at ``resolution_m``; refuses sizes that do not divide 4480 m.
+
+    Every dataset of a tile must cover exactly the same footprint, which only holds when the
+    pixel size divides the tile side.
+    """
+    if not resolution_m or resolution_m <= 0 or not math.isfinite(resolution_m):
+        raise ConfigError(f"resolution must be a positive number of metres, got {resolution_m!r}")
+    count = round(TILE_SIZE_M / resolution_m)
+    if count < 1 or abs(count * resolution_m - TILE_SIZE_M) > 1e-6:
+        raise ConfigError(
+            f"resolution {resolution_m:g} m does not divide the {TILE_SIZE_M} m tile side; "
+            "use e.g. 10, 20, 40, 89.6, 224 or 448 m"
+        )
+    return count
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """Where a chip's pixels are: CRS, affine transform (top-left origin) and size."""
+
+    crs: str
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        left, top = self.transform.c, self.transform.f
+        right = left + self.transform.a * self.width
+        bottom = top + self.transform.e * self.height
+        return (left, bottom, right, top)
+
+
+@runtime_checkable
+class GridTile(Protocol):
+    """What the chip engine needs from any tile, lattice or foreign."""
+
+    @property
+    def identifier(self) -> str: ...
+
+    @property
+    def crs(self) -> str: ...
+
+    def pixel_grid(self, resolution_m: float) -> PixelGrid: ...
+
+    def lonlat_polygon(self) -> Polygon: ...
+
+
+@lru_cache(maxsize=256)
+def to_lonlat_transformer(epsg: int) -> Transformer:
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+@lru_cache(maxsize=256)
+def from_lonlat_transformer(epsg: int) -> Transformer:
+    return Transformer.from_crs(4326, epsg, always_xy=True)
+
+
+def utm_zone_of_longitude(lon: float) -> int:
+    """The standard 6° zone of a longitude (strict bands: no Norway/Svalbard exceptions)."""
+    lon = ((lon + 180.0) % 360.0) - 180.0
+    return min(60, int(math.floor((lon + 180.0) / 6.0)) + 1)
+
+
+def check_latitude(lat: float) -> None:
+    if not MIN_LAT <= lat <= MAX_LAT:
+        raise GridError(
+            f"latitude {lat:.4f} is outside UTM's range ({MIN_LAT:g}° to {MAX_LAT:g}°); "
+            "the grid covers 80°S to 84°N only"
+        )
+
+
+@dataclass(frozen=True, order=True)
+class Tile:
+    """One 4480 m square of the global lattice: zone 1..60, row from the equator, column."""
+
+    zone: int
+    row: int
+    col: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.zone <= 60:
+            raise GridError(f"UTM zone must be 1..60, got {self.zone}")
+
+    @property
+    def hemisphere(self) -> str:
+        return "N" if self.row >= 0 else "S"
+
+    @property
+    def epsg(self) -> int:
+        return (32600 if self.row >= 0 else 32700) + self.zone
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+    @property
+    def identifier(self) -> str:
+        row_number = self.row if self.row >= 0 else -self.row - 1
+        return f"{self.zone:02d}{self.hemisphere}_{row_number:04d}_{self.col:03d}"
+
+    @property
+    def x_min(self) -> float:
+        return float(self.col * TILE_SIZE_M)
+
+    @property
+    def y_min(self) -> float:
+        """Lower northing in the tile's own EPSG (327zz adds the false northing)."""
+        offset = 0 if self.row >= 0 else SOUTH_FALSE_NORTHING_M
+        return float(self.row * TILE_SIZE_M + offset)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (self.x_min, self.y_min, self.x_min + TILE_SIZE_M, self.y_min + TILE_SIZE_M)
+
+    def pixel_grid(self, resolution_m: float) -> PixelGrid:
+        count = pixels_per_side(resolution_m)
+        size = TILE_SIZE_M / count
+        transform = Affine(size, 0.0, self.x_min, 0.0, -size, self.y_min + TILE_SIZE_M)
+        return PixelGrid(self.crs, transform, count, count)
+
+    def lonlat_polygon(self) -> Polygon:
+        x0, y0, x1, y1 = self.bounds
+        lons, lats = to_lonlat_transformer(self.epsg).transform([x0, x1, x1, x0], [y0, y0, y1, y1])
+        return Polygon(zip(lons, lats, strict=True))
+
+    @classmethod
+    def from_id(cls, identifier: str) -> Tile:
+        match = _ID_PATTERN.match(identifier)
+        if not match:
+            raise GridError(
+                f"{identifier!r} is not a tile id; ids look like 33N_1187_089 (zone+hemisphere, "
+                "row, column)"
+            )
+        number = int(match["row"])
+        row = number if match["hemi"] == "N" else -number - 1
+        return cls(int(match["zone"]), row, int(match["col"]))
+
+    @classmethod
+    def from_point(cls, lon: float, lat: float, zone: int | None = None) -> Tile:
+        """The tile of ``zone`` (default: the point's own zone) that contains the point."""
+        check_latitude(lat)
+        zone = zone or utm_zone_of_longitude(lon)
+        easting, northing = from_lonlat_transformer(32600 + zone).transform(lon, lat)
+        return cls(zone, math.floor(northing / TILE_SIZE_M), math.floor(easting / TILE_SIZE_M))
+
+
+@dataclass(frozen=True)
+class BoxTile:
+    """A tile from a foreign grid file: an id and a lon/lat box, chipped lon/lat-aligned."""
+
+    identifier: str
+    west: float
+    south: float
+    east: float
+    north: float
+
+    @property
+    def crs(self) -> str:
+        return "EPSG:4326"
+
+    def pixel_grid(self, resolution_m: float) -> PixelGrid:
+        """Pixel counts follow the box's ground size at its centre, as geetiles did."""
+        mid_lat = (self.south + self.north) / 2
+        mid_lon = (self.west + self.east) / 2
+        _, _, width_m = _GEOD.inv(self.west, mid_lat, self.east, mid_lat)
+        _, _, height_m = _GEOD.inv(mid_lon, self.south, mid_lon, self.north)
+        width = max(1, round(width_m / resolution_m))
+        height = max(1, round(height_m / resolution_m))
+        transform = Affine(
+            (self.east - self.west) / width, 0.0, self.west,
+            0.0, -(self.north - self.south) / height, self.north,
+        )  # fmt: skip
+        return PixelGrid(self.crs, transform, width, height)
+
+    def lonlat_polygon(self) -> Polygon:
+        return box(self.west, self.south, self.east, self.north)

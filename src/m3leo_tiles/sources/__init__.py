@@ -1,0 +1,1 @@
+"""Source adapters, one module each; see ``base`` for the contract."""

@@ -1,0 +1,1 @@
+"""PyTorch Dataset over the chips (needs the ``train`` extra); not built yet."""

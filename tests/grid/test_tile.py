@@ -1,0 +1,48 @@
+"""Unit tests of the lattice tile: ids, bounds, pixel grids."""
+
+from __future__ import annotations
+
+import pytest
+
+from m3leo_tiles.errors import ConfigError, GridError
+from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile, pixels_per_side
+
+
+@pytest.mark.parametrize(
+    ("lon", "lat"), [(15.0, 48.0), (-58.4, -34.6), (178.4, -18.1), (-177.0, 64.0), (9.0, 0.0001)]
+)
+def test_from_point_round_trips_through_id(lon: float, lat: float) -> None:
+    tile = Tile.from_point(lon, lat)
+    assert Tile.from_id(tile.identifier) == tile
+    assert tile.lonlat_polygon().contains_properly  # a real polygon
+    x0, y0, x1, y1 = tile.bounds
+    assert (x1 - x0, y1 - y0) == (TILE_SIZE_M, TILE_SIZE_M)
+
+
+def test_equator_rows_meet_without_gap() -> None:
+    north = Tile.from_point(9.0, 0.0001)
+    south = Tile.from_point(9.0, -0.0001)
+    assert (north.row, south.row) == (0, -1)
+    assert north.identifier.startswith("32N_0000_")
+    assert south.identifier.startswith("32S_0000_")
+    assert south.crs == "EPSG:32732" and south.bounds[3] == 10_000_000
+
+
+@pytest.mark.parametrize(("res", "pixels"), [(10, 448), (20, 224), (89.6, 50), (224, 20)])
+def test_pixel_grid_divides_the_tile(res: float, pixels: int) -> None:
+    grid = Tile(33, 1186, 111).pixel_grid(res)
+    assert (grid.width, grid.height) == (pixels, pixels)
+    assert grid.bounds == Tile(33, 1186, 111).bounds
+
+
+@pytest.mark.parametrize("res", [30, 0, -10, 7])
+def test_resolution_that_does_not_divide_is_refused(res: float) -> None:
+    with pytest.raises(ConfigError, match="does not divide|positive"):
+        pixels_per_side(res)
+
+
+def test_bad_ids_and_latitudes() -> None:
+    with pytest.raises(GridError, match="not a tile id"):
+        Tile.from_id("nonsense")
+    with pytest.raises(GridError, match="84"):
+        Tile.from_point(10.0, 85.0)
