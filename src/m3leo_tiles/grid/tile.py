@@ -94,7 +94,7 @@ def from_lonlat_transformer(epsg: int) -> Transformer:
 def utm_zone_of_longitude(lon: float) -> int:
     """The standard 6° zone of a longitude (strict bands: no Norway/Svalbard exceptions)."""
     lon = ((lon + 180.0) % 360.0) - 180.0
-    return min(60, int(math.floor((lon + 180.0) / 6.0)) + 1)
+    return min(60, math.floor((lon + 180.0) / 6.0) + 1)
 
 
 def check_latitude(lat: float) -> None:

@@ -68,8 +68,8 @@ class SourceAdapter(ABC):
         self.recipe = recipe
         self.options = options or FetchOptions()
 
-    @classmethod
-    def check_params(cls, params: Mapping[str, Any], where: str) -> None:  # noqa: B027
+    @classmethod  # noqa: B027
+    def check_params(cls, params: Mapping[str, Any], where: str) -> None:
         """Validate the recipe's ``params`` block; raise ConfigError naming ``where`` and key."""
 
     def check(self) -> None:  # noqa: B027
