@@ -30,3 +30,7 @@ class LockedError(ConfigError):
 
 class SourceError(Exception):
     """A per-tile failure in a source (corrupt or vanished input): recorded, never fatal."""
+
+
+class TransientSourceError(SourceError):
+    """A per-tile failure worth retrying with backoff (quota, timeout, 5xx)."""
