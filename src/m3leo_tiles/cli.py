@@ -8,11 +8,13 @@ here holds logic a notebook user could not reach through the API.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from m3leo_tiles import __version__
-from m3leo_tiles.errors import M3leoError
+from m3leo_tiles.errors import ConfigError, M3leoError
 
 app = typer.Typer(
     name="m3leo-tiles",
@@ -28,13 +30,273 @@ app = typer.Typer(
 
 
 # --- grid commands (grid, aois) ------------------------------------------------------------
+from m3leo_tiles.enums import GridFormat  # noqa: E402  (typer reads it from the module's globals)
+
+
+@app.command()
+def grid(
+    aoi: Annotated[
+        str,
+        typer.Option(
+            help="A built-in AOI (see `m3leo-tiles aois`) or a GeoJSON/GeoPackage/shapefile/WKT "
+            "file in any CRS."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for tiles.geojson and splits.csv (default: grids/<aoi>)."),
+    ] = None,
+    format: Annotated[
+        GridFormat, typer.Option("--format", help="geojson (EPSG:4326) or GeoParquet.")
+    ] = GridFormat.GEOJSON,
+    bands: Annotated[int, typer.Option(help="Number of parallel split bands.")] = 60,
+    angle: Annotated[
+        float | None,
+        typer.Option(
+            help="Direction the bands run, radians clockwise from west (0: west-east strips, "
+            "1.57: north-south); default: the paper's angle for built-in AOIs, else 0.9."
+        ),
+    ] = None,
+    ratios: Annotated[
+        str, typer.Option(help="Bands of train:val:test in each repeat of the pattern.")
+    ] = "3:1:1",
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Start the train/val/test pattern this many bands later (0-4 for 3:1:1 give "
+            "the five distinct deals; same seed, same splits)."
+        ),
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")
+    ] = False,
+) -> None:
+    """Lay the global 4480 m tile grid over an AOI; split it into train/val/test.
+
+    A tile is an exact 4480 m x 4480 m square of its UTM zone's lattice
+    (EPSG:326zz north, 327zz south), counted from the equator, with a stable
+    id such as 33N_1187_089 (zone+hemisphere, row, column): the same place
+    gets the same id in any AOI. Along the 6° zone seams the tiles of both
+    zones reach over, so nothing is left uncovered; those tiles are flagged
+    seam=true and their overlap is reported in km².
+
+    Writes OUT/tiles.geojson (EPSG:4326; or tiles.parquet) with identifier,
+    aoi, utm_epsg, x_min, y_min, band, split, seam per tile, and
+    OUT/splits.csv (identifier,split,band). OUT defaults to grids/<aoi> in
+    the current folder. The AOI is cut into --bands parallel strips of equal
+    ground width running at --angle, dealt out train/val/test by --ratios.
+
+    \b
+    Examples:
+      m3leo-tiles grid --aoi conus
+      m3leo-tiles grid --aoi demo --out /tmp/demo-grid --format parquet
+      m3leo-tiles grid --aoi field.gpkg --angle 0 --ratios 8:1:1 --seed 2
+    """
+    from m3leo_tiles.grid import make_grid
+
+    result = make_grid(
+        aoi,
+        out_dir=out,
+        fmt=format,
+        bands=bands,
+        angle=angle,
+        ratios=ratios,
+        seed=seed,
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    typer.echo(result.summary())
+
+
+@app.command()
+def aois() -> None:
+    """List the built-in AOIs: name, area, tile count, bounding box, description.
+
+    They are unions of Natural Earth countries (see scripts/build_aois.py); use the name with
+    `m3leo-tiles grid --aoi NAME`, or pass your own geometry file instead.
+    """
+    from m3leo_tiles.grid import list_aois
+
+    found = list_aois()
+    if not found:
+        raise ConfigError("no built-in AOI files found; reinstall m3leo-tiles")
+    width = max(len(info.name) for info in found)
+    header = f"{'name'.ljust(width)}  {'area km²':>11}  {'tiles':>9}  {'bbox (W,S,E,N)':<29}"
+    typer.echo(f"{header}  about")
+    for info in found:
+        bbox = ",".join(f"{v:.1f}" for v in info.bbox)
+        typer.echo(
+            f"{info.name.ljust(width)}  {info.area_km2:>11,.0f}  {info.approx_tiles:>9,}  "
+            f"{bbox:<29}  {info.description}"
+        )
+
 
 # --- end grid commands ---------------------------------------------------------------------
 
 
 # --- engine commands (recipes, fetch, status) ----------------------------------------------
+from m3leo_tiles.enums import Split  # noqa: E402  (typer reads it from the module's globals)
+
+
+@app.command()
+def recipes() -> None:
+    """List the recipes you can fetch: built-in ones and your own YAML files.
+
+    Example: m3leo-tiles recipes
+    """
+    from m3leo_tiles.recipes import list_recipes
+
+    found = list_recipes()
+    width = max((len(info.name) for info in found), default=0)
+    for info in found:
+        where = getattr(info, "origin", None) or getattr(info, "path", "")
+        line = f"{info.name.ljust(width)}  {getattr(info, 'description', '')}".rstrip()
+        typer.echo(f"{line}  [{where}]" if where else line)
+
+
+@app.command()
+def fetch(
+    recipe: Annotated[
+        str,
+        typer.Argument(help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file."),
+    ],
+    aoi: Annotated[
+        str | None, typer.Option(help="AOI name; its grid is used, or built if missing.")
+    ] = None,
+    grid: Annotated[
+        Path | None, typer.Option(help="A grid file (ours, or any file with identifier+geometry).")
+    ] = None,
+    year: Annotated[
+        int | None, typer.Option(help="Year of the data (recipe default if unset).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output root: chips go to OUT/<aoi>/<dataset>/.")
+    ] = Path("data"),
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: one per CPU core).")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Run on an existing dask cluster, e.g. tcp://10.0.0.5:8786."),
+    ] = None,
+    split: Annotated[Split | None, typer.Option(help="Only the tiles of this split.")] = None,
+    tiles: Annotated[
+        Path | None, typer.Option(help="A text file of tile ids, one per line: only those.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many tiles (for trials).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo every tile, even finished ones.")
+    ] = False,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(help="Input file(s) replacing the recipe's own; repeat for several."),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
+    ] = False,
+    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+) -> None:
+    """Make the chips of RECIPE for every tile of a grid, resuming where the last run stopped.
+
+    Chips go to OUT/<aoi>/<dataset>/<tile_id>.tif with a manifest.csv and a fetch.log beside
+    them. A rerun skips finished tiles and retries failed ones.
+
+    Exit codes: 0 all done, 1 some tiles failed (see manifest.csv), 2 bad usage or another
+    run holds the folder, 130 interrupted.
+
+    \b
+    Examples:
+      m3leo-tiles fetch srtm --aoi demo
+      m3leo-tiles fetch my-recipe.yaml --grid grids/demo.geojson --workers 4 --split train
+      m3leo-tiles fetch esawc --aoi conus --scheduler tcp://10.0.0.5:8786 --quiet
+    """
+    from m3leo_tiles.runner import fetch as run_fetch
+
+    report = run_fetch(
+        recipe,
+        aoi=aoi,
+        grid=grid,
+        year=year,
+        out=out,
+        workers=workers,
+        scheduler=scheduler,
+        split=split,
+        tiles=tiles,
+        limit=limit,
+        overwrite=overwrite,
+        sources=tuple(source or ()),
+        progress=not quiet,
+        grids_dir=grids_dir,
+    )
+    if not quiet:
+        typer.echo(report.summary())
+    elif report.failed:
+        typer.echo(report.summary(), err=True)
+    if report.failed and not quiet:
+        typer.echo(
+            f"{report.failed} tiles failed; reasons in {report.dataset_dir / 'manifest.csv'} "
+            "and fetch.log; rerun the same command to retry them",
+            err=True,
+        )
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def status(
+    out: Annotated[Path, typer.Argument(help="Output root given to fetch --out.")] = Path("data"),
+    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+) -> None:
+    """Summarise every dataset under OUT: tiles ok / empty / no-source / failed / missing.
+
+    "missing" counts grid tiles with no manifest row (shown as ? when the AOI's grid file is
+    not found under --grids-dir).
+
+    \b
+    Examples:
+      m3leo-tiles status
+      m3leo-tiles status /data/m3leo --grids-dir /data/grids
+    """
+    from m3leo_tiles.status import format_status_table
+    from m3leo_tiles.status import status as read_status
+
+    if not out.is_dir():
+        raise ConfigError(f"{out} is not a folder; pass the --out folder that fetch wrote to")
+    found = read_status(out, grids_dir)
+    if not found:
+        typer.echo(f"no datasets under {out}/ yet; make one with `m3leo-tiles fetch RECIPE`")
+        return
+    typer.echo(format_status_table(found))
+
 
 # --- end engine commands -------------------------------------------------------------------
+
+
+# --- lead commands (quicklook) -------------------------------------------------------------
+@app.command()
+def quicklook(
+    datasets: Annotated[
+        list[Path],
+        typer.Argument(help="Dataset folders, e.g. data/demo/demo-dem (one panel per UTM zone)."),
+    ],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("quicklook.png"),
+    max_tiles: Annotated[int, typer.Option(help="At most this many chips per dataset.")] = 400,
+    size: Annotated[int, typer.Option(help="Panel size in pixels.")] = 480,
+) -> None:
+    """Draw a PNG mosaic of the chips of one or more datasets, with tile outlines on top.
+
+    Example: m3leo-tiles quicklook data/demo/demo-s2 data/demo/demo-dem --out look.png
+    """
+    from m3leo_tiles.quicklook import quicklook as draw_quicklook
+
+    for folder in datasets:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a dataset folder; see `m3leo-tiles status`")
+    path = draw_quicklook(datasets, out, max_px=size, max_tiles=max_tiles)
+    typer.echo(f"wrote {path}")
+
+
+
+# --- end lead commands ---------------------------------------------------------------------
 
 
 @app.callback()

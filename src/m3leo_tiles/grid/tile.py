@@ -97,6 +97,25 @@ def utm_zone_of_longitude(lon: float) -> int:
     return min(60, math.floor((lon + 180.0) / 6.0) + 1)
 
 
+def zone_central_meridian(zone: int) -> float:
+    return -183.0 + 6.0 * zone
+
+
+def unwrap_longitude(lon: float, reference: float) -> float:
+    """``lon`` shifted by a multiple of 360° to lie within 180° of ``reference``."""
+    return reference + ((lon - reference + 180.0) % 360.0) - 180.0
+
+
+def parse_tile_id(identifier: str) -> Tile | None:
+    """The lattice tile an id names, or None when it is not a lattice id (a foreign tile)."""
+    match = _ID_PATTERN.match(identifier)
+    if not match or not 1 <= int(match["zone"]) <= 60:
+        return None
+    number = int(match["row"])
+    row = number if match["hemi"] == "N" else -number - 1
+    return Tile(int(match["zone"]), row, int(match["col"]))
+
+
 def check_latitude(lat: float) -> None:
     if not MIN_LAT <= lat <= MAX_LAT:
         raise GridError(
@@ -154,9 +173,19 @@ class Tile:
         transform = Affine(size, 0.0, self.x_min, 0.0, -size, self.y_min + TILE_SIZE_M)
         return PixelGrid(self.crs, transform, count, count)
 
+    @property
+    def central_meridian(self) -> float:
+        return zone_central_meridian(self.zone)
+
     def lonlat_polygon(self) -> Polygon:
+        """The square's corners in lon/lat, unwrapped around the zone's central meridian.
+
+        A tile of zone 60 or 1 that reaches over ±180° keeps longitudes like 180.02 rather
+        than jumping to -179.98, so its polygon stays small instead of spanning the globe.
+        """
         x0, y0, x1, y1 = self.bounds
         lons, lats = to_lonlat_transformer(self.epsg).transform([x0, x1, x1, x0], [y0, y0, y1, y1])
+        lons = [unwrap_longitude(lon, self.central_meridian) for lon in lons]
         return Polygon(zip(lons, lats, strict=True))
 
     @classmethod

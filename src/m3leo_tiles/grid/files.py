@@ -1,0 +1,396 @@
+"""Grid files: reading ours and foreign ones, where they live, writing them atomically.
+
+A grid file is one feature per tile. Ours carry ``identifier, aoi, utm_epsg, x_min, y_min,
+band, split, seam``; a foreign file (geetiles, the released M3LEO grids) only needs
+``identifier`` and a geometry. Because a lattice id *is* the tile, reading our files never
+needs their geometry, which is what makes a 400k-tile grid load in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from m3leo_tiles.enums import GridFormat, Split
+from m3leo_tiles.errors import GridError
+from m3leo_tiles.grid.tile import BoxTile, GridTile, parse_tile_id
+
+TILES_STEM = "tiles"
+SPLITS_NAME = "splits.csv"
+_SUFFIX = {GridFormat.GEOJSON: ".geojson", GridFormat.PARQUET: ".parquet"}
+_READABLE = (".geojson", ".json", ".parquet", ".gpkg", ".fgb", ".shp", ".geojsonl")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The tiles of one grid file and their splits (empty for foreign files without one)."""
+
+    aoi: str
+    tiles: tuple[GridTile, ...]
+    splits: Mapping[str, str] = field(default_factory=dict)
+
+    def select(
+        self,
+        split: str | None = None,
+        identifiers: Collection[str] | None = None,
+        limit: int | None = None,
+    ) -> list[GridTile]:
+        """Tiles in file order, narrowed by split, by a set of ids and to the first ``limit``.
+
+        Asking for a split of a grid that has none is an error rather than an empty answer,
+        so a foreign file without splits cannot silently select nothing.
+        """
+        if split is not None:
+            split = str(Split(split))
+            if not self.splits:
+                raise GridError(
+                    f"the grid of {self.aoi!r} has no splits; drop --split or make a grid "
+                    "with `m3leo-tiles grid`"
+                )
+        wanted = set(identifiers) if identifiers is not None else None
+        chosen: list[GridTile] = []
+        for tile in self.tiles:
+            if split is not None and self.splits.get(tile.identifier) != split:
+                continue
+            if wanted is not None and tile.identifier not in wanted:
+                continue
+            chosen.append(tile)
+            if limit is not None and len(chosen) >= limit:
+                break
+        return chosen
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """What ``make_grid`` wrote and measured; ``tiles`` is the tile count."""
+
+    aoi: str
+    path: Path
+    splits_path: Path
+    tiles: int
+    counts: Mapping[str, int]
+    area_km2: float
+    seam_overlap_km2: float
+    seconds: float
+
+    def summary(self) -> str:
+        per_split = ", ".join(f"{name} {count:,}" for name, count in self.counts.items())
+        rate = self.tiles / self.seconds if self.seconds > 0 else float("inf")
+        return (
+            f"{self.aoi}: {self.tiles:,} tiles ({per_split}), {self.area_km2:,.0f} km², "
+            f"seam overlap {self.seam_overlap_km2:,.1f} km², {self.seconds:.1f} s "
+            f"({rate:,.0f} tiles/s)\n  tiles:  {self.path}\n  splits: {self.splits_path}"
+        )
+
+
+def default_grid_path(aoi: str, grids_dir: Path = Path("grids")) -> Path:
+    """``grids_dir/<aoi>/tiles.parquet`` when that exists, else ``.../tiles.geojson``."""
+    folder = Path(grids_dir) / aoi
+    parquet = folder / f"{TILES_STEM}{_SUFFIX[GridFormat.PARQUET]}"
+    if parquet.exists() and not (folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}").exists():
+        return parquet
+    return folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}"
+
+
+def grid_file_name(fmt: GridFormat) -> str:
+    return f"{TILES_STEM}{_SUFFIX[GridFormat(fmt)]}"
+
+
+def list_grids(grids_dir: Path = Path("grids")) -> list[Path]:
+    """Every grid file ``grids_dir/<aoi>/tiles.*``, sorted (the AOI files are not grids)."""
+    grids_dir = Path(grids_dir)
+    if not grids_dir.is_dir():
+        return []
+    found: list[Path] = []
+    for folder in sorted(p for p in grids_dir.iterdir() if p.is_dir() and p.name != "aois"):
+        path = default_grid_path(folder.name, grids_dir)
+        if path.exists():
+            found.append(path)
+    return found
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def read_grid(path: str | Path) -> Grid:
+    """Read a grid file, ours or foreign, into tiles (lattice ``Tile`` or ``BoxTile``).
+
+    Ids that parse as lattice ids become ``Tile``s (their geometry is implied); any other id
+    becomes a ``BoxTile`` of its geometry's bounds in EPSG:4326. The AOI is the file's
+    ``aoi`` column, else the folder name for ``.../<aoi>/tiles.*``, else the file stem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} not found; make one with `m3leo-tiles grid --aoi NAME`")
+    table = _read_splits_beside(path)
+    if table is None:
+        table = _read_attributes(path)
+    if "identifier" not in table.column_names:
+        raise GridError(
+            f"{path} has no 'identifier' column (found: {', '.join(table.column_names)}); "
+            "a grid file needs identifier and geometry"
+        )
+    if table.num_rows == 0:
+        raise GridError(f"{path} holds no tiles; regenerate it with `m3leo-tiles grid`")
+    ids = [str(value) for value in table.column("identifier").to_pylist()]
+    parsed = [parse_tile_id(value) for value in ids]
+    if any(tile is None for tile in parsed):
+        boxes = _read_bounds(path)
+        tiles: tuple[GridTile, ...] = tuple(
+            tile if tile is not None else BoxTile(ident, *bounds)
+            for ident, tile, bounds in zip(ids, parsed, boxes, strict=True)
+        )
+    else:
+        tiles = tuple(tile for tile in parsed if tile is not None)
+    if len(set(ids)) != len(ids):
+        raise GridError(f"{path} repeats tile identifiers; each tile must appear once")
+    splits: dict[str, str] = {}
+    if "split" in table.column_names:
+        values = table.column("split").to_pylist()
+        splits = {ident: str(s) for ident, s in zip(ids, values, strict=True) if s}
+    return Grid(aoi=_aoi_name(path, table), tiles=tiles, splits=splits)
+
+
+def _aoi_name(path: Path, table: pa.Table) -> str:
+    if "aoi" in table.column_names and table.num_rows:
+        value = table.column("aoi")[0].as_py()
+        if value:
+            return str(value)
+    return path.parent.name if path.stem == TILES_STEM else path.stem
+
+
+_OUR_FEATURE_START = '{"type":"Feature","properties":{"identifier":'
+
+
+def _read_splits_beside(path: Path) -> pa.Table | None:
+    """Our GeoJSON's attributes from the splits CSV written with it, when that is current.
+
+    GDAL parses GeoJSON at about 50k features/s; the CSV holds the same ids and splits and
+    loads in milliseconds. It is used only for files this module wrote (recognised by their
+    first feature) when the CSV is at least as new as the tiles file.
+    """
+    splits = path.parent / SPLITS_NAME
+    if path.suffix.lower() != ".geojson" or not splits.is_file():
+        return None
+    if splits.stat().st_mtime < path.stat().st_mtime:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(65536).decode("utf-8", errors="ignore").split("\n")
+        if len(head) < 3 or not head[1].startswith(_OUR_FEATURE_START):
+            return None
+        aoi = json.loads(head[1].rstrip(","))["properties"]["aoi"]
+        import pyarrow.csv as pacsv
+
+        convert = pacsv.ConvertOptions(
+            column_types={"identifier": pa.string(), "split": pa.string()}
+        )
+        table = pacsv.read_csv(splits, convert_options=convert)
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return None
+    if "identifier" not in table.column_names or "split" not in table.column_names:
+        return None
+    return table.append_column("aoi", pa.array([aoi] * table.num_rows, pa.string()))
+
+
+_ATTRIBUTES = ("identifier", "split", "aoi")
+
+
+def _require_identifier(path: Path, names: list[str]) -> None:
+    if "identifier" not in names:
+        raise GridError(
+            f"{path} has no 'identifier' column (found: {', '.join(names) or 'none'}); "
+            "a grid file needs identifier and geometry"
+        )
+
+
+def _read_attributes(path: Path) -> pa.Table:
+    """The attribute columns only: our ids carry the geometry, so it is not parsed here."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+            _require_identifier(path, names)
+            return pq.read_table(path, columns=[n for n in names if n in _ATTRIBUTES])
+        import pyogrio
+
+        info = pyogrio.read_info(path)
+        if info.get("features") == 0:
+            raise GridError(f"{path} holds no tiles; regenerate it with `m3leo-tiles grid`")
+        names = [str(name) for name in info["fields"]]
+        _require_identifier(path, names)
+        columns = [name for name in names if name in _ATTRIBUTES]
+        _, table = pyogrio.read_arrow(path, columns=columns, read_geometry=False)
+        return table
+    except GridError:
+        raise
+    except Exception as error:  # any reader failure is a file the user must fix
+        raise GridError(f"cannot read grid file {path}: {_one_line(error)}") from None
+
+
+def _read_bounds(path: Path) -> list[tuple[float, float, float, float]]:
+    """Lon/lat bounds of each feature, reprojected to EPSG:4326 when the file is not."""
+    import geopandas as gpd
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = gpd.read_parquet(path)
+        else:
+            frame = gpd.read_file(path, engine="pyogrio", use_arrow=True)
+    except Exception as error:
+        raise GridError(f"cannot read geometries of {path}: {_one_line(error)}") from None
+    if frame.crs is not None and not frame.crs.equals("EPSG:4326"):
+        frame = frame.to_crs(4326)
+    if frame.geometry.isna().any() or frame.geometry.is_empty.any():
+        raise GridError(f"{path} has tiles without geometry; every foreign tile needs one")
+    return [tuple(map(float, row)) for row in frame.geometry.bounds.to_numpy()]
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path`` that replaces it on success and vanishes on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a grid is a file like any other
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class TileTable:
+    """Columns of a grid to write: one row per tile, corners as (N, 4) lon/lat arrays."""
+
+    aoi: str
+    identifier: np.ndarray
+    utm_epsg: np.ndarray
+    x_min: np.ndarray
+    y_min: np.ndarray
+    band: np.ndarray
+    split: np.ndarray
+    seam: np.ndarray
+    lons: np.ndarray
+    lats: np.ndarray
+
+
+def write_geojson(table: TileTable, path: Path, chunk: int = 200_000) -> None:
+    """Write an RFC 7946 FeatureCollection (lon/lat, 6 decimals ≈ 0.1 m), atomically.
+
+    GDAL's GeoJSON writer manages about 70k features/s here; a tile is always a 5-point
+    ring with fixed properties, so the text is assembled column-wise with Arrow compute
+    kernels instead (several times faster). The tests read every file back with GDAL.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(b'{"type":"FeatureCollection","features":[\n')
+        total = len(table.identifier)
+        for start in range(0, total, chunk):
+            stop = min(total, start + chunk)
+            text = _feature_text(table, slice(start, stop))
+            if start:
+                handle.write(b",\n")
+            handle.write(text.encode())
+        handle.write(b"\n]}\n")
+
+
+def _feature_text(table: TileTable, part: slice) -> str:
+    def as_text(values: np.ndarray, decimals: int | None = None) -> pa.Array:
+        array = pa.array(values)
+        if decimals is not None:
+            array = pc.round(array, decimals)
+        return pc.cast(array, pa.string())
+
+    aoi = json.dumps(table.aoi)
+    seam = np.where(table.seam[part], "true", "false")
+    lons = [as_text(table.lons[part, i], 6) for i in range(4)]
+    lats = [as_text(table.lats[part, i], 6) for i in range(4)]
+    pieces: list[object] = [
+        '{"type":"Feature","properties":{"identifier":"',
+        pa.array(table.identifier[part]),
+        f'","aoi":{aoi},"utm_epsg":',
+        as_text(table.utm_epsg[part]),
+        ',"x_min":',
+        as_text(table.x_min[part]),
+        ',"y_min":',
+        as_text(table.y_min[part]),
+        ',"band":',
+        as_text(table.band[part]),
+        ',"split":"',
+        pa.array(table.split[part]),
+        '","seam":',
+        pa.array(seam),
+        '},"geometry":{"type":"Polygon","coordinates":[[',
+    ]
+    for position, corner in enumerate((0, 1, 2, 3, 0)):
+        pieces += ["[" if position == 0 else ",[", lons[corner], ",", lats[corner], "]"]
+    pieces.append("]]}}")
+    features = pc.binary_join_element_wise(*pieces, "")
+    as_list = pa.ListArray.from_arrays(pa.array([0, len(features)], pa.int32()), features)
+    return pc.binary_join(as_list, ",\n")[0].as_py()
+
+
+def write_parquet(table: TileTable, path: Path) -> None:
+    """GeoParquet (EPSG:4326) through geopandas, atomically."""
+    import geopandas as gpd
+    import shapely
+
+    ring = np.concatenate(
+        [table.lons[:, [0, 1, 2, 3, 0], None], table.lats[:, [0, 1, 2, 3, 0], None]], 2
+    )
+    frame = gpd.GeoDataFrame(
+        {
+            "identifier": table.identifier,
+            "aoi": np.full(len(table.identifier), table.aoi, dtype=object),
+            "utm_epsg": table.utm_epsg,
+            "x_min": table.x_min,
+            "y_min": table.y_min,
+            "band": table.band,
+            "split": table.split,
+            "seam": table.seam,
+        },
+        geometry=shapely.polygons(ring),
+        crs="EPSG:4326",
+    )
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_splits_csv(
+    identifiers: Sequence[str], splits: Sequence[str], bands: np.ndarray, path: Path
+) -> None:
+    """``identifier,split,band`` rows: the fast way to load a grid's splits without GIS."""
+    import pyarrow.csv as pacsv
+
+    table = pa.table(
+        {"identifier": pa.array(identifiers), "split": pa.array(splits), "band": pa.array(bands)}
+    )
+    options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(b"identifier,split,band\n")
+        pacsv.write_csv(table, handle, options)
