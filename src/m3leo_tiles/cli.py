@@ -295,7 +295,6 @@ def quicklook(
     typer.echo(f"wrote {path}")
 
 
-
 # --- end lead commands ---------------------------------------------------------------------
 
 

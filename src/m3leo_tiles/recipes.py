@@ -1,19 +1,32 @@
 """Recipes: what a dataset is, as data (YAML), validated on load.
 
-OWNER NOTE (remove when done): the dataclass below is the agreed shape that the runner, io and
-the sources use. Loading/validation (``load_recipe``, ``list_recipes``) is to be written.
+A recipe names a source adapter and its parameters, the output grid (resolution, resampling),
+the pixel encoding (dtype, scale, nodata) and the band names. It is data so that users add
+datasets without writing code, and so that its content hash can tell a rerun whether the chips
+on disk were made by the same recipe. Validation happens on load, with messages that name the
+file, the key and what is allowed: a typo must never silently become a default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
 from m3leo_tiles.enums import ResamplingMethod
+from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.grid.tile import pixels_per_side
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+RECIPES_PATH_ENV = "M3LEO_RECIPES_PATH"
 
 
 @dataclass(frozen=True)
@@ -64,9 +77,221 @@ class Recipe:
         canonical = json.dumps(self.content(), sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
+    @property
+    def folder(self) -> Path:
+        """Where relative input paths in ``params`` are resolved from."""
+        return Path(self.path).parent if self.path else Path.cwd()
+
     def dataset_name(self, year: int | None) -> str:
         """Folder name of this recipe's dataset: ``<recipe>`` or ``<recipe>-<year>``."""
         return f"{self.name}-{year}" if year is not None else self.name
 
 
-BUILTIN_RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+@dataclass(frozen=True)
+class RecipeInfo:
+    """One line of ``m3leo-tiles recipes``."""
+
+    name: str
+    description: str
+    source: str
+    path: Path
+    origin: str  # built-in, example, or user
+
+
+# --- where recipes live ---------------------------------------------------------------------
+
+
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def builtin_recipes_dir() -> Path:
+    """``_data/recipes`` in an installed wheel, else ``recipes/`` of the source checkout."""
+    installed = _package_dir() / "_data" / "recipes"
+    return installed if installed.is_dir() else _package_dir().parents[1] / "recipes"
+
+
+def recipe_dirs(extra_dirs: Sequence[Path] = ()) -> list[tuple[str, Path]]:
+    """Search order: built-in, examples, ``./recipes``, ``$M3LEO_RECIPES_PATH``, extras."""
+    builtin = builtin_recipes_dir()
+    dirs = [("built-in", builtin), ("example", builtin / "examples")]
+    local = Path.cwd() / "recipes"
+    if local.resolve() != builtin.resolve():
+        dirs.append(("user", local))
+    env = os.environ.get(RECIPES_PATH_ENV, "")
+    dirs += [("user", Path(item)) for item in env.split(os.pathsep) if item]
+    dirs += [("user", Path(item)) for item in extra_dirs]
+    return [(origin, folder) for origin, folder in dirs if folder.is_dir()]
+
+
+def _recipe_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in RECIPE_SUFFIXES and p.is_file())
+
+
+def list_recipes(extra_dirs: Sequence[Path] = ()) -> list[RecipeInfo]:
+    """Every recipe that can be fetched by name; broken files are listed with their error."""
+    infos: dict[str, RecipeInfo] = {}
+    for origin, folder in recipe_dirs(extra_dirs):
+        for path in _recipe_files(folder):
+            try:
+                recipe = load_recipe_file(path)
+                info = RecipeInfo(recipe.name, recipe.description, recipe.source, path, origin)
+            except ConfigError as error:
+                info = RecipeInfo(path.stem, f"INVALID: {error}", "?", path, origin)
+            infos.setdefault(info.name, info)
+    return list(infos.values())
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A recipe by built-in/user name (``agb``) or by path to a YAML file."""
+    text = str(name_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.suffix in RECIPE_SUFFIXES or os.sep in text:
+        if not candidate.is_file():
+            raise ConfigError(f"recipe file {candidate} does not exist")
+        return load_recipe_file(candidate)
+    for _, folder in recipe_dirs():
+        for suffix in RECIPE_SUFFIXES:
+            path = folder / f"{text}{suffix}"
+            if path.is_file():
+                return load_recipe_file(path)
+    known = ", ".join(info.name for info in list_recipes()) or "none"
+    raise ConfigError(
+        f"unknown recipe {text!r}; known recipes: {known} (or give a path to a .yaml file)"
+    )
+
+
+# --- parsing and validation -----------------------------------------------------------------
+
+_REQUIRED = ("source", "resolution", "bands")
+_OPTIONAL = (
+    "name",
+    "description",
+    "params",
+    "resampling",
+    "dtype",
+    "nodata",
+    "scale",
+    "windows",
+    "reducer",
+    "default_year",
+)
+
+
+def _fail(where: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{where}: key {key!r}: {message}")
+
+
+def _number(where: str, key: str, value: Any, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _raise(_fail(where, key, f"{value!r} is not a number"))
+    return float(value)
+
+
+def _raise(error: ConfigError) -> Any:
+    raise error
+
+
+def _windows(where: str, value: Any) -> tuple[TimeWindow, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _fail(where, "windows", "must be a list of {name, start: MM-DD, end: MM-DD}")
+    windows = []
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"name", "start", "end"}:
+            raise _fail(where, "windows", f"{item!r} must have exactly name, start and end")
+        for part in ("start", "end"):
+            text = str(item[part])
+            month, _, day = text.partition("-")
+            if not (month.isdigit() and day.isdigit() and 1 <= int(month) <= 12
+                    and 1 <= int(day) <= 31):  # fmt: skip
+                raise _fail(where, "windows", f"{part} {text!r} of {item['name']!r} is not MM-DD")
+        windows.append(TimeWindow(str(item["name"]), str(item["start"]), str(item["end"])))
+    return tuple(windows)
+
+
+def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
+    """Build and validate a Recipe from parsed YAML; ``where`` names it in errors."""
+    from m3leo_tiles.sources.base import available_sources
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        allowed = ", ".join((*_REQUIRED, *_OPTIONAL))
+        raise _fail(where, unknown[0], f"unknown key; allowed keys: {allowed}")
+    for key in _REQUIRED:
+        if key not in data:
+            raise _fail(where, key, "is required")
+
+    sources = available_sources()
+    source = data["source"]
+    if source not in sources:
+        raise _fail(where, "source", f"{source!r} is not one of {', '.join(sources)}")
+    resolution = _number(where, "resolution", data["resolution"])
+    try:
+        pixels_per_side(resolution)
+    except ConfigError as error:
+        raise _fail(where, "resolution", str(error)) from None
+    bands = data["bands"]
+    if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):
+        raise _fail(where, "bands", "must be a non-empty list of band names")
+    if len(set(bands)) != len(bands):
+        raise _fail(where, "bands", "band names must be unique")
+    resampling = data.get("resampling", "nearest")
+    if resampling not in {m.value for m in ResamplingMethod}:
+        allowed = ", ".join(m.value for m in ResamplingMethod)
+        raise _fail(where, "resampling", f"{resampling!r} is not one of {allowed}")
+    dtype = data.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise _fail(where, "dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+    nodata = _number(where, "nodata", data.get("nodata"), optional=True)
+    if nodata is not None and np.dtype(dtype).kind in "iu":
+        limits = np.iinfo(dtype)
+        if not (nodata.is_integer() and limits.min <= nodata <= limits.max):
+            raise _fail(where, "nodata", f"{nodata:g} does not fit dtype {dtype}")
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise _fail(where, "params", "must be a mapping of source parameters")
+    sources[source].check_params(params, where)
+    default_year = data.get("default_year")
+    if default_year is not None and (not isinstance(default_year, int) or default_year < 1950):
+        raise _fail(where, "default_year", f"{default_year!r} is not a year")
+    name = data.get("name", path.stem if path else None)
+    if not isinstance(name, str) or not name:
+        raise _fail(where, "name", "must be a non-empty string")
+    return Recipe(
+        name=name,
+        source=source,
+        resolution=resolution,
+        bands=tuple(bands),
+        resampling=ResamplingMethod(resampling),
+        dtype=dtype,
+        nodata=nodata,
+        scale=_number(where, "scale", data.get("scale", 1.0)),
+        description=str(data.get("description", "")).strip(),
+        params=params,
+        windows=_windows(where, data.get("windows")),
+        reducer=data.get("reducer"),
+        default_year=default_year,
+        path=str(path.resolve()) if path else None,
+    )
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read recipe {path}: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "cannot parse"
+        raise ConfigError(f"{path}:{line}: invalid YAML ({problem}); fix the file") from None
+    return parse_recipe(data, str(path), path)

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import shapely
 from affine import Affine
 from pyproj import Geod, Transformer
 from shapely.geometry import Polygon, box
@@ -239,3 +242,29 @@ class BoxTile:
 
     def lonlat_polygon(self) -> Polygon:
         return box(self.west, self.south, self.east, self.north)
+
+
+def lonlat_polygons(tiles: Sequence[GridTile]) -> list[Polygon]:
+    """``tile.lonlat_polygon()`` for many tiles, with one pyproj call per UTM zone.
+
+    Planning a source over a million tiles would spend minutes in per-tile pyproj calls; the
+    lattice's corners are computed in bulk instead (same values, same longitude unwrapping).
+    """
+    polygons: list[Polygon | None] = [None] * len(tiles)
+    by_epsg: dict[int, list[int]] = {}
+    for index, tile in enumerate(tiles):
+        if isinstance(tile, Tile):
+            by_epsg.setdefault(tile.epsg, []).append(index)
+        else:
+            polygons[index] = tile.lonlat_polygon()
+    for epsg, indexes in by_epsg.items():
+        bounds = np.array([tiles[i].bounds for i in indexes])  # x0, y0, x1, y1
+        xs = bounds[:, [0, 2, 2, 0]]
+        ys = bounds[:, [1, 1, 3, 3]]
+        lons, lats = to_lonlat_transformer(epsg).transform(xs, ys)
+        meridian = zone_central_meridian(epsg % 100)
+        lons = meridian + ((np.asarray(lons) - meridian + 180.0) % 360.0) - 180.0
+        rings = np.stack([lons, np.asarray(lats)], axis=-1)
+        for index, polygon in zip(indexes, shapely.polygons(rings), strict=True):
+            polygons[index] = polygon
+    return polygons  # type: ignore[return-value]

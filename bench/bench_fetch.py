@@ -1,0 +1,256 @@
+"""Benchmark of `fetch`: chips/s of the runner vs the naive loop, and peak memory vs tile count.
+
+Setup (all in a temp dir, from real data): the SRTM 3″ tile N10W110 (rasterio's test data, open
+Pacific with Clipperton Island) is rewritten as a tiled, deflate GeoTIFF, and copies of it are
+placed side by side on a grid of 1°×1° cells (lon −114…−108, lat 10…16, all in UTM zone 12) so
+that 20,000 distinct 4480 m tiles are covered. Each copy is the same real pixels with its
+georeferencing shifted by whole degrees: a synthetic mosaic, used only to have enough tiles.
+
+* baseline: the naive way, measured in the same run: for each tile, open its source, reproject
+  that window onto the tile's 50×50 px grid (89.6 m, bilinear), write a deflate GeoTIFF.
+* runner: ``fetch_tiles`` with the ``raster`` source on a LocalCluster of 2 workers.
+* memory: peak RSS of the driver plus all its child processes (the workers), sampled every
+  50 ms, for 1,000 and for 20,000 tiles (each run in a fresh process, so peaks don't mix).
+
+Run: ``.venv/bin/python bench/bench_fetch.py`` (about a minute on 2 cores). It prints a
+markdown section; ``--write`` also puts it in bench/RESULTS.md under "## fetch".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+from rasterio.warp import Resampling, reproject
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("M3LEO_SHARED_DATA", REPO.parent / "shared" / "data"))
+HGT = SHARED / "dem" / "N10W110.hgt.zip"
+RESOLUTION = 89.6
+LONS = range(-114, -108)
+LATS = range(10, 16)
+NODATA = -32768
+
+
+def make_sources(folder: Path) -> list[Path]:
+    """One deflate GeoTIFF per 1° cell: the real SRTM pixels, shifted to that cell."""
+    with rasterio.open(f"zip://{HGT}!N10W110.hgt") as src:
+        data = src.read()
+        profile = src.profile
+        t = src.transform
+    profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    paths = []
+    for lon in LONS:
+        for lat in LATS:
+            shifted = rasterio.Affine(t.a, t.b, t.c + (lon + 110), t.d, t.e, t.f + (lat - 10))
+            path = folder / f"srtm_{lat:02d}_{-lon:03d}.tif"
+            with rasterio.open(path, "w", **{**profile, "transform": shifted}) as dst:
+                dst.write(data)
+            paths.append(path)
+    return paths
+
+
+def bench_tiles(count: int):
+    """``count`` zone-12 tiles inside the mosaic, row by row from its south-west corner."""
+    from m3leo_tiles.grid.tile import Tile
+
+    zone = 12
+    south_west = Tile.from_point(LONS[0] + 0.05, LATS[0] + 0.05, zone)
+    north_east = Tile.from_point(LONS[-1] + 0.95, LATS[-1] + 0.95, zone)
+    tiles = []
+    for row in range(south_west.row, north_east.row):
+        for col in range(south_west.col, north_east.col):
+            tiles.append(Tile(zone, row, col))
+            if len(tiles) == count:
+                return tiles
+    raise SystemExit(f"the mosaic holds only {len(tiles)} tiles, fewer than {count}")
+
+
+def source_of(tile, folder: Path) -> Path:
+    lon, lat = tile.lonlat_polygon().centroid.coords[0]
+    return folder / f"srtm_{math.floor(lat):02d}_{-math.floor(lon):03d}.tif"
+
+
+def naive(tiles, sources: Path, out: Path) -> float:
+    """The loop a user would write first; returns chips/s."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for tile in tiles:
+        grid = tile.pixel_grid(RESOLUTION)
+        chip = np.full((1, grid.height, grid.width), NODATA, dtype="int16")
+        with rasterio.open(source_of(tile, sources)) as src:
+            reproject(
+                rasterio.band(src, 1),
+                chip,
+                dst_transform=grid.transform,
+                dst_crs=grid.crs,
+                dst_nodata=NODATA,
+                resampling=Resampling.bilinear,
+            )
+        profile = dict(
+            driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="int16",
+            crs=grid.crs, transform=grid.transform, nodata=NODATA, compress="deflate",
+        )  # fmt: skip
+        with rasterio.open(out / f"{tile.identifier}.tif", "w", **profile) as dst:
+            dst.write(chip)
+    return len(tiles) / (time.perf_counter() - started)
+
+
+class PeakRss:
+    """Peak of (this process + all descendants) RSS, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def runner_once(count: int, sources: Path, out: Path, workers: int) -> dict:
+    """One runner run in this process (called in a fresh subprocess by ``main``)."""
+    from m3leo_tiles.recipes import Recipe
+    from m3leo_tiles.runner import fetch_tiles
+
+    recipe = Recipe(
+        name="bench-srtm",
+        source="raster",
+        resolution=RESOLUTION,
+        bands=("elevation",),
+        resampling="bilinear",
+        dtype="int16",
+        nodata=NODATA,
+    )
+    inputs = [str(p) for p in sorted(sources.glob("srtm_*.tif"))]  # --source, as a user would
+    tiles = bench_tiles(count)
+    with PeakRss() as memory:
+        report = fetch_tiles(
+            recipe, tiles, aoi="bench", out=out, workers=workers, sources=inputs, progress=False
+        )
+    return {
+        "tiles": count,
+        "seconds": report.seconds,
+        "ok": report.ok,
+        "empty": report.empty,
+        "failed": report.failed,
+        "no_source": report.no_source,
+        "peak_rss_mb": memory.peak / 2**20,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--baseline-tiles", type=int, default=400)
+    parser.add_argument("--counts", type=int, nargs="+", default=[1_000, 20_000])
+    parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # count sources out
+    args = parser.parse_args()
+    if args.child:
+        count, sources, out = args.child
+        print(json.dumps(runner_once(int(count), Path(sources), Path(out), args.workers)))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
+        root = Path(tmp)
+        sources = root / "sources"
+        sources.mkdir()
+        make_sources(sources)
+        baseline = naive(bench_tiles(args.baseline_tiles), sources, root / "naive")
+        runs = []
+        for count in args.counts:
+            child = subprocess.run(
+                [sys.executable, __file__, "--workers", str(args.workers),
+                 "--child", str(count), str(sources), str(root / f"out-{count}")],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if child.returncode != 0:
+                print(child.stderr, file=sys.stderr)
+                return 1
+            runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    text = report(baseline, runs, args)
+    print(text)
+    if args.write:
+        write_section(REPO / "bench" / "RESULTS.md", "## fetch", text)
+    return 0
+
+
+def report(baseline: float, runs: list[dict], args: argparse.Namespace) -> str:
+    cores = os.cpu_count()
+    lines = [
+        "## fetch",
+        "",
+        f"`bench/bench_fetch.py` on this machine ({cores} CPU cores, shared), "
+        f"{time.strftime('%Y-%m-%d')}. 50×50 px chips (89.6 m, bilinear, int16, deflate "
+        "GeoTIFF) of the real SRTM tile N10W110, copied side by side over 6°×6° (lon −114…−108, "
+        "lat 10…16, UTM zone 12) so that 20,000 distinct tiles exist; the copies are the same "
+        "pixels with shifted georeferencing.",
+        "",
+        "| run | tiles | seconds | chips/s | vs naive | peak RSS driver+workers |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| naive loop (open, reproject, write; 1 process) | {args.baseline_tiles:,} | "
+        f"{args.baseline_tiles / baseline:.1f} | {baseline:,.0f} | 1.0× | — |",
+    ]
+    for run in runs:
+        rate = run["tiles"] / run["seconds"]
+        lines.append(
+            f"| runner, LocalCluster {args.workers} workers (incl. start-up, plan, manifest) | "
+            f"{run['tiles']:,} | {run['seconds']:.1f} | {rate:,.0f} | {rate / baseline:.1f}× | "
+            f"{run['peak_rss_mb']:,.0f} MB |"
+        )
+    if len(runs) >= 2:
+        small, large = runs[0], runs[-1]
+        lines += [
+            "",
+            f"Memory: {large['tiles'] / small['tiles']:.0f}× the tiles → "
+            f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}× the peak RSS.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace (or append) only our section, leaving the others' sections alone."""
+    existing = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    lines = existing.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is None:
+        body = existing.rstrip("\n") + "\n\n" + text
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        body = "".join(lines[:start]) + text + ("\n" if end < len(lines) else "")
+        body += "".join(lines[end:])
+    path.write_text(body, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

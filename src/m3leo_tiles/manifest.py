@@ -1,0 +1,157 @@
+"""The manifest of a dataset folder: what happened to each tile, crash-safe.
+
+Why an append-only CSV written only by the driver: a run can die at any moment (Ctrl-C, OOM,
+a power cut), and the manifest must still say which chips are finished. Appending one line per
+tile and flushing after every batch means a crash loses at most the rows of the batch being
+written, and a torn last line (no trailing newline) is simply ignored on reading. A tile may
+appear many times across runs; the latest row wins. At the end of a run the file is compacted
+to one row per tile, written to a temporary name and renamed over the old one, so readers never
+see a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from m3leo_tiles.enums import TileStatus
+
+MANIFEST_NAME = "manifest.csv"
+COLUMNS = ("identifier", "status", "reason", "inputs", "seconds", "recipe_hash", "finished_at")
+INPUT_SEPARATOR = ";"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _one_line(text: str) -> str:
+    """Reasons come from exceptions and may hold newlines; a row must stay one line."""
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One tile's outcome in one run."""
+
+    identifier: str
+    status: TileStatus
+    reason: str = ""
+    inputs: tuple[str, ...] = ()
+    seconds: float = 0.0
+    recipe_hash: str = ""
+    finished_at: str = ""
+
+    def as_record(self) -> list[str]:
+        return [
+            self.identifier,
+            str(self.status),
+            _one_line(self.reason),
+            INPUT_SEPARATOR.join(_one_line(i) for i in self.inputs),
+            f"{self.seconds:.3f}",
+            self.recipe_hash,
+            self.finished_at or now_iso(),
+        ]
+
+    @classmethod
+    def from_record(cls, record: list[str]) -> ManifestRow:
+        values = dict(zip(COLUMNS, record, strict=True))
+        return cls(
+            identifier=values["identifier"],
+            status=TileStatus(values["status"]),
+            reason=values["reason"],
+            inputs=tuple(i for i in values["inputs"].split(INPUT_SEPARATOR) if i),
+            seconds=float(values["seconds"] or 0.0),
+            recipe_hash=values["recipe_hash"],
+            finished_at=values["finished_at"],
+        )
+
+
+assert tuple(f.name for f in fields(ManifestRow)) == COLUMNS
+
+
+def read_manifest(path: Path) -> dict[str, ManifestRow]:
+    """Latest row per tile; a torn last line and unreadable rows are skipped, not fatal."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    lines = text.split("\n")
+    complete = lines[:-1]  # the piece after the last newline is empty or a torn write
+    rows: dict[str, ManifestRow] = {}
+    for record in csv.reader(complete):
+        if len(record) != len(COLUMNS) or record[0] == COLUMNS[0]:
+            continue
+        try:
+            row = ManifestRow.from_record(record)
+        except ValueError:
+            continue
+        rows[row.identifier] = row
+    return rows
+
+
+class ManifestWriter:
+    """Appends rows for one run; only the driver holds one, so lines never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists() or path.stat().st_size == 0
+        self._file: TextIO = path.open("a", encoding="utf-8", newline="")
+        if not new and not _ends_with_newline(path):
+            # A previous run died mid-line: end the torn line so our first row stays whole.
+            self._file.write("\n")
+        self._writer = csv.writer(self._file, lineterminator="\n")
+        if new:
+            self._writer.writerow(COLUMNS)
+        self._file.flush()
+
+    def write(self, rows: Iterable[ManifestRow]) -> None:
+        """Append and flush: after this returns, a crash of this process loses nothing."""
+        for row in rows:
+            self._writer.writerow(row.as_record())
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, io.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def write_manifest(path: Path, rows: Mapping[str, ManifestRow]) -> None:
+    """Replace the manifest with exactly ``rows`` (one per tile, sorted), atomically."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+    with temporary.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for identifier in sorted(rows):
+            writer.writerow(rows[identifier].as_record())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def compact_manifest(path: Path) -> dict[str, ManifestRow]:
+    """Rewrite the append log as one row per tile (latest wins); returns those rows."""
+    rows = read_manifest(path)
+    if path.exists():
+        write_manifest(path, rows)
+    return rows

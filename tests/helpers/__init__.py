@@ -1,0 +1,1 @@
+"""Test-only helpers: fake and slow source adapters, cluster fixtures."""

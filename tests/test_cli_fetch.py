@@ -1,0 +1,352 @@
+"""`m3leo-tiles fetch` / `status` end to end, as a user runs them (subprocess), on real rasters.
+
+Real data: the ESA WorldCover 2021 tile N00E006 (São Tomé and open sea, nodata 0), the
+corrupt GeoTIFF from rasterio's tests, and the SRTM tile N10W110 (rewritten as GeoTIFFs in
+two adjacent 1° cells for the vanishing-input test). Test-only adapters (``slow-raster``,
+the raster source sleeping per tile) come from tests/helpers via PYTHONPATH, so runs last long
+enough to interrupt; the code under test is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import rasterio
+
+from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.grid.tile import Tile
+from m3leo_tiles.locking import LOCK_NAME
+from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+CLI = Path(sys.executable).parent / "m3leo-tiles"
+WORLDCOVER = "landcover/ESA_WorldCover_10m_2021_v200_N00E006_Map.tif"
+LAND = Tile.from_point(6.60, 0.25)  # São Tomé island
+LAND_2 = Tile.from_point(6.55, 0.30)
+SEA = Tile.from_point(8.5, 2.5)  # open sea inside the map: nodata only
+FAR = Tile.from_point(-100.0, 40.0)  # nowhere near the map
+
+
+def _have_raster() -> bool:
+    try:
+        from m3leo_tiles.sources.base import get_source
+
+        get_source("raster")
+        import m3leo_tiles.io  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+requires_raster = pytest.mark.skipif(not _have_raster(), reason="raster source not built yet")
+
+
+def write_grid(path: Path, tiles: list[Tile], aoi: str = "testaoi") -> Path:
+    frame = gpd.GeoDataFrame(
+        {
+            "identifier": [t.identifier for t in tiles],
+            "aoi": [aoi] * len(tiles),
+            "split": ["train"] * len(tiles),
+        },
+        geometry=[t.lonlat_polygon() for t in tiles],
+        crs="EPSG:4326",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_file(path, driver="GeoJSON")
+    return path
+
+
+def write_recipe(path: Path, source: str = "raster", **extra) -> Path:
+    recipe = {
+        "name": path.stem,
+        "description": "test recipe",
+        "source": source,
+        "resolution": 89.6,
+        "bands": ["value"],
+        "resampling": "mode",
+        "dtype": "uint8",
+        "nodata": 0,
+        **extra,
+    }
+    path.write_text(json.dumps(recipe))  # JSON is YAML
+    return path
+
+
+def cli(*args, cwd: Path, timeout: float = 120, sleep: float = 0.0, **popen):
+    env = dict(os.environ, PYTHONPATH=str(HERE / "helpers" / "site"), M3LEO_TEST_SLEEP=str(sleep))
+    command = [str(CLI), *map(str, args)]
+    if popen.pop("background", False):
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.tif")}
+
+
+def assert_user_error(result) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+@requires_raster
+def test_fetch_statuses_rerun_and_status(tmp_path: Path, shared_data: Path) -> None:
+    grid = write_grid(tmp_path / "grids" / "testaoi" / "tiles.geojson", [LAND, LAND_2, SEA, FAR])
+    recipe = write_recipe(tmp_path / "wc.yaml")
+    args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1"]
+    args += ["--source", shared_data / WORLDCOVER]
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "data" / "testaoi" / "wc"
+    assert sorted(p.stem for p in folder.glob("*.tif")) == sorted(
+        [LAND.identifier, LAND_2.identifier]
+    )
+    rows = read_manifest(folder / MANIFEST_NAME)
+    assert rows[LAND.identifier].status is TileStatus.OK
+    assert rows[SEA.identifier].status is TileStatus.EMPTY
+    assert rows[FAR.identifier].status is TileStatus.NO_SOURCE
+    with rasterio.open(folder / f"{LAND.identifier}.tif") as chip:
+        assert (chip.width, chip.height) == (50, 50)
+        assert chip.transform == LAND.pixel_grid(89.6).transform
+        assert chip.read(1).max() > 0  # the island is there
+    assert (folder / "fetch.log").exists() and not (folder / LOCK_NAME).exists()
+
+    before = mtimes(folder)
+    second = cli(*args, "--quiet", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "" and second.stderr == ""  # cron-quiet
+    assert mtimes(folder) == before
+
+    shown = cli("status", tmp_path / "data", "--grids-dir", tmp_path / "grids", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    header, line = shown.stdout.splitlines()
+    assert header.split()[:7] == ["aoi", "dataset", "ok", "empty", "no-source", "failed", "missing"]
+    assert line.split()[:7] == ["testaoi", "wc", "2", "1", "1", "0", "0"]
+
+
+@requires_raster
+def test_corrupt_input_is_recorded_failed(tmp_path: Path, shared_data: Path) -> None:
+    tile = Tile.from_point(128.658, 37.668)  # corrupt.tif's footprint
+    grid = write_grid(tmp_path / "g.geojson", [tile])
+    recipe = write_recipe(tmp_path / "bad.yaml")
+    result = cli(
+        "fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1",
+        "--source", shared_data / "raster" / "corrupt.tif", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    folder = tmp_path / "data" / "testaoi" / "bad"
+    row = read_manifest(folder / MANIFEST_NAME)[tile.identifier]
+    assert row.status is TileStatus.FAILED and row.reason
+    assert not list(folder.glob("*.tif"))
+    assert tile.identifier in (folder / "fetch.log").read_text()
+
+
+def _srtm_cells(folder: Path, shared_data: Path) -> tuple[Path, Path]:
+    """The real SRTM tile as two GeoTIFFs: its own cell and a copy shifted 1° east."""
+    with rasterio.open(f"zip://{shared_data}/dem/N10W110.hgt.zip!N10W110.hgt") as src:
+        data, profile, t = src.read(), src.profile, src.transform
+    profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    paths = []
+    for shift in (0, 1):
+        path = folder / f"cell{shift}.tif"
+        transform = rasterio.Affine(t.a, t.b, t.c + shift, t.d, t.e, t.f)
+        with rasterio.open(path, "w", **{**profile, "transform": transform}) as dst:
+            dst.write(data)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _cell_tiles(lon: float, count: int) -> list[Tile]:
+    first = Tile.from_point(lon, 10.3, 12)
+    return [Tile(12, first.row, first.col + i) for i in range(count)]
+
+
+def _srtm_recipe(path: Path, source: str) -> Path:
+    return write_recipe(path, source, dtype="int16", nodata=-32768, resampling="bilinear")
+
+
+def _wait_for_chips(folder: Path, count: int, process, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if len(list(folder.glob("*.tif"))) >= count:
+            return
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} chips after {limit_s} s")
+
+
+def _all_readable(folder: Path) -> None:
+    for chip in folder.glob("*.tif"):
+        with rasterio.open(chip) as dataset:
+            assert dataset.read().shape == (1, 50, 50)
+    assert not [p for p in folder.iterdir() if p.suffix == ".tif" and p.name.startswith(".")]
+
+
+@requires_raster
+def test_ctrl_c_keeps_finished_chips_and_rerun_resumes(tmp_path: Path, shared_data: Path) -> None:
+    cell, _ = _srtm_cells(tmp_path, shared_data)
+    tiles = _cell_tiles(-109.8, 16)
+    grid = write_grid(tmp_path / "g.geojson", tiles)
+    recipe = _srtm_recipe(tmp_path / "dem.yaml", "slow-raster")
+    args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1"]
+    args += ["--source", cell]
+    folder = tmp_path / "data" / "testaoi" / "dem"
+    process = cli(*args, cwd=tmp_path, sleep=0.3, background=True)
+    try:
+        _wait_for_chips(folder, 2, process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 130, stderr
+    assert "rerun" in stderr and "Traceback" not in stderr
+    assert not (folder / LOCK_NAME).exists()
+    _all_readable(folder)
+    done = mtimes(folder)
+    assert 2 <= len(done) < len(tiles)
+    rows = read_manifest(folder / MANIFEST_NAME)
+    assert all(rows[name[:-4]].status is TileStatus.OK for name in done if name[:-4] in rows)
+
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {k: v for k, v in mtimes(folder).items() if k in done} == done
+    assert len(read_manifest(folder / MANIFEST_NAME)) == len(tiles)
+
+
+@requires_raster
+def test_input_vanishing_mid_run_fails_its_tiles_then_resumes(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    first_cell, second_cell = _srtm_cells(tmp_path, shared_data)
+    spare = tmp_path / "spare.tif"
+    shutil.copy(second_cell, spare)
+    tiles = _cell_tiles(-109.8, 6) + _cell_tiles(-108.8, 6)
+    grid = write_grid(tmp_path / "g.geojson", tiles)
+    recipe = _srtm_recipe(tmp_path / "dem.yaml", "slow-raster")
+    args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1"]
+    args += ["--source", first_cell, "--source", second_cell]
+    folder = tmp_path / "data" / "testaoi" / "dem"
+    process = cli(*args, cwd=tmp_path, sleep=0.3, background=True)
+    try:
+        _wait_for_chips(folder, 1, process)
+        second_cell.unlink()
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 1, stderr
+    rows = read_manifest(folder / MANIFEST_NAME)
+    failed = {i for i, row in rows.items() if row.status is TileStatus.FAILED}
+    assert failed and failed <= {t.identifier for t in tiles[6:]}
+    _all_readable(folder)
+    done = mtimes(folder)
+
+    shutil.copy(spare, second_cell)
+    again = cli(*args, cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert {k: v for k, v in mtimes(folder).items() if k in done} == done
+    rows = read_manifest(folder / MANIFEST_NAME)
+    assert {r.status for r in rows.values()} <= {TileStatus.OK, TileStatus.EMPTY}
+
+
+def test_unknown_recipe_lists_known_ones(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "g.geojson", [LAND])
+    result = cli("fetch", "no-such-recipe", "--grid", grid, cwd=tmp_path)
+    assert_user_error(result)
+    assert "no-such-recipe" in result.stderr
+
+
+def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "g.geojson", [LAND])
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: [unclosed\nsource: raster\n")
+    assert_user_error(cli("fetch", bad, "--grid", grid, cwd=tmp_path))
+
+
+@requires_raster
+def test_missing_source_file_is_one_line(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "g.geojson", [LAND])
+    recipe = write_recipe(tmp_path / "wc.yaml")
+    result = cli("fetch", recipe, "--grid", grid, "--source", tmp_path / "nope.tif", cwd=tmp_path)
+    assert_user_error(result)
+    assert not (tmp_path / "data").exists()
+
+
+@requires_raster
+def test_unwritable_output_folder_is_one_line(tmp_path: Path, shared_data: Path) -> None:
+    grid = write_grid(tmp_path / "g.geojson", [LAND])
+    recipe = write_recipe(tmp_path / "wc.yaml")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = cli(
+        "fetch", recipe, "--grid", grid, "--out", blocker / "data",
+        "--source", shared_data / WORLDCOVER, cwd=tmp_path,
+    )  # fmt: skip
+    assert_user_error(result)
+    assert "--out" in result.stderr
+
+
+def test_grid_without_identifiers_is_one_line(tmp_path: Path) -> None:
+    frame = gpd.GeoDataFrame({"name": ["x"]}, geometry=[LAND.lonlat_polygon()], crs=4326)
+    frame.to_file(tmp_path / "g.geojson", driver="GeoJSON")
+    recipe = write_recipe(tmp_path / "wc.yaml")
+    result = cli("fetch", recipe, "--grid", tmp_path / "g.geojson", cwd=tmp_path)
+    assert_user_error(result)
+    assert "identifier" in result.stderr
+
+
+def test_no_grid_at_all_says_what_to_do(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "wc.yaml")
+    result = cli("fetch", recipe, cwd=tmp_path)
+    assert_user_error(result)
+    assert "--grid" in result.stderr
+
+
+@requires_raster
+def test_lock_of_live_run_refuses_and_stale_lock_is_taken_over(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    grid = write_grid(tmp_path / "g.geojson", [LAND])
+    recipe = write_recipe(tmp_path / "wc.yaml")
+    folder = tmp_path / "data" / "testaoi" / "wc"
+    folder.mkdir(parents=True)
+    args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1"]
+    args += ["--source", shared_data / WORLDCOVER]
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": sleeper.pid, "host": socket.gethostname(), "started": time.time()}
+        (folder / LOCK_NAME).write_text(json.dumps(lock))
+        result = cli(*args, cwd=tmp_path)
+        assert_user_error(result)
+        assert str(sleeper.pid) in result.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+    # The owner is gone now: its lock is stale and the next run takes it over.
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "stale lock" in result.stderr
+    assert not (folder / LOCK_NAME).exists()
+    assert (folder / f"{LAND.identifier}.tif").exists()
