@@ -8,6 +8,7 @@ twice shows resuming: the second run skips every finished chip.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from m3leo_tiles.quicklook import quicklook
 from m3leo_tiles.runner import fetch
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "demo-output"
+OUT = Path(os.environ.get("M3LEO_DEMO_OUT", REPO / "demo-output"))
 RECIPES = sorted((REPO / "recipes" / "examples").glob("demo-*.yaml"))
 
 

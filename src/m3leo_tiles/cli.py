@@ -21,7 +21,7 @@ app = typer.Typer(
     help=(
         "Build ML-ready Earth-observation datasets on an exact global 4480 m UTM tile grid.\n\n"
         "Typical session: `m3leo-tiles grid --aoi conus`, then "
-        "`m3leo-tiles fetch esawc --aoi conus`, then `m3leo-tiles status`."
+        "`m3leo-tiles fetch agb --aoi conus --year 2020`, then `m3leo-tiles status`."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -146,11 +146,13 @@ def recipes() -> None:
     from m3leo_tiles.recipes import list_recipes
 
     found = list_recipes()
-    width = max((len(info.name) for info in found), default=0)
+    name_width = max((len(info.name) for info in found), default=0)
+    origin_width = max((len(info.origin) for info in found), default=0)
     for info in found:
-        where = getattr(info, "origin", None) or getattr(info, "path", "")
-        line = f"{info.name.ljust(width)}  {getattr(info, 'description', '')}".rstrip()
-        typer.echo(f"{line}  [{where}]" if where else line)
+        typer.echo(
+            f"{info.name.ljust(name_width)}  {info.origin.ljust(origin_width)}  "
+            f"{info.source:<7} {info.description}".rstrip()
+        )
 
 
 @app.command()
@@ -206,9 +208,9 @@ def fetch(
 
     \b
     Examples:
-      m3leo-tiles fetch srtm --aoi demo
+      m3leo-tiles fetch demo-dem --aoi demo
       m3leo-tiles fetch my-recipe.yaml --grid grids/demo.geojson --workers 4 --split train
-      m3leo-tiles fetch esawc --aoi conus --scheduler tcp://10.0.0.5:8786 --quiet
+      m3leo-tiles fetch agb --aoi conus --year 2019 --scheduler tcp://10.0.0.5:8786 --quiet
     """
     from m3leo_tiles.runner import fetch as run_fetch
 

@@ -1,0 +1,33 @@
+"""`make demo` end to end: grid, three fetches from the sample rasters, a quicklook PNG."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, shared_data: Path) -> None:
+    env = {**os.environ, "M3LEO_DEMO_OUT": str(tmp_path)}
+    script = [sys.executable, str(REPO_ROOT / "scripts" / "demo.py")]
+    first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    chips = sorted((tmp_path / "data" / "demo").glob("*/*.tif"))
+    assert {chip.parent.name for chip in chips} == {"demo-dem", "demo-s1", "demo-s2"}
+    with Image.open(tmp_path / "quicklook.png") as picture:
+        assert picture.width > 1000 and picture.height > 300
+    mtimes = {chip: chip.stat().st_mtime_ns for chip in chips}
+
+    again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "0 ok" in again.stdout and "already done" in again.stdout
+    assert {chip: chip.stat().st_mtime_ns for chip in chips} == mtimes
