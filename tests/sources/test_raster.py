@@ -1,0 +1,349 @@
+"""The raster source on the REAL sample rasters: chips equal GDAL's own warp onto the tile grid.
+
+Each expectation is computed independently with ``rasterio.warp.reproject`` from the source
+file onto the tile's pixel grid (CRS, transform, shape derived from the tile's bounds here,
+not from the code under test), so a chip that is shifted, mis-sized or differently resampled
+fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from pyproj import Transformer
+from rasterio.features import rasterize
+from rasterio.warp import Resampling, reproject
+
+from m3leo_tiles.errors import ConfigError, SourceError
+from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
+from m3leo_tiles.io import chip_is_empty, write_chip
+from m3leo_tiles.recipes import parse_recipe
+from m3leo_tiles.sources.base import FetchOptions, get_source
+
+S2_B05 = "s2/s2_B05.jp2"
+S1_VV = "s1/S1A__IW___A_20150309T173017_VV_grd_mli_geo_norm_db.tif"
+LA_DEM = [f"dem/los_angeles_tile_{i}.tif" for i in range(3)]
+WORLDCOVER = "landcover/ESA_WorldCover_10m_2021_v200_N00E006_Map.tif"
+
+
+def make_recipe(tmp_path: Path, **fields):
+    data = {"name": "t", "source": "raster", "resolution": 89.6, "bands": ["v"]}
+    data.update(fields)
+    return parse_recipe(data, "test", tmp_path / "t.yaml")
+
+
+def adapter(recipe, **options):
+    return get_source("raster")(recipe, FetchOptions(**options))
+
+
+def expected_grid(tile: Tile, resolution: float) -> tuple[Affine, int]:
+    """The tile's pixel grid, derived here from its bounds alone."""
+    x0, _, _, y1 = tile.bounds
+    size = round(TILE_SIZE_M / resolution)
+    return Affine(resolution, 0, x0, 0, -resolution, y1), size
+
+
+def warp_expectation(
+    path: Path, tile: Tile, resolution: float, resampling: Resampling, dtype: str, nodata: float
+) -> np.ndarray:
+    transform, size = expected_grid(tile, resolution)
+    out = np.full((size, size), nodata, dtype=dtype)
+    with rasterio.open(path) as source:
+        reproject(
+            rasterio.band(source, 1),
+            out,
+            dst_transform=transform,
+            dst_crs=tile.crs,
+            dst_nodata=nodata,
+            resampling=resampling,
+        )
+    return out
+
+
+def render_one(source, tile: Tile):
+    inputs = source.plan([tile])[tile.identifier]
+    assert inputs, f"no input planned for {tile.identifier}"
+    return source.render(tile, inputs)
+
+
+@pytest.mark.parametrize(
+    ("sample", "lonlat", "resolution", "resampling", "dtype", "nodata"),
+    [
+        (S2_B05, (-75.62, 37.67), 20, "bilinear", "uint16", 0),  # UTM 18N source
+        (S2_B05, (-75.62, 37.67), 89.6, "average", "float32", -9999),
+        (S1_VV, (4.52, 43.59), 20, "nearest", "float32", -99),  # UTM 31N source
+        ("dem/Rome-30m-DEM.tif", (12.5, 42.0), 89.6, "bilinear", "float32", -9999),  # 4326+EGM96
+        (LA_DEM[0], (-117.97, 33.97), 10, "cubic", "float32", -9999),  # EPSG:4326 source
+    ],
+)
+def test_chip_equals_gdal_warp_onto_the_tile_grid(
+    shared_data: Path, tmp_path: Path, sample, lonlat, resolution, resampling, dtype, nodata
+) -> None:
+    tile = Tile.from_point(*lonlat)
+    recipe = make_recipe(
+        tmp_path,
+        resolution=resolution,
+        resampling=resampling,
+        dtype=dtype,
+        nodata=nodata,
+        params={"inputs": str(shared_data / sample)},
+    )
+    chip = render_one(adapter(recipe), tile)
+    transform, size = expected_grid(tile, resolution)
+    grid = tile.pixel_grid(resolution)
+    assert grid.crs == f"EPSG:{tile.epsg}" and grid.transform == transform
+    assert chip.data.shape == (1, size, size) and chip.data.dtype == np.dtype(dtype)
+    expected = warp_expectation(
+        shared_data / sample, tile, resolution, Resampling[resampling], dtype, nodata
+    )
+    np.testing.assert_array_equal(chip.data[0], expected)
+    assert (chip.data != nodata).any()  # real pixels, not an all-nodata coincidence
+
+    written = tmp_path / "chip.tif"
+    write_chip(written, chip, grid, recipe, {})
+    with rasterio.open(written) as dataset:
+        assert dataset.crs.to_epsg() == tile.epsg
+        assert dataset.transform == transform
+        assert (dataset.bounds.left, dataset.bounds.top) == (tile.bounds[0], tile.bounds[3])
+        np.testing.assert_array_equal(dataset.read(1), expected)
+
+
+def test_10m_and_89_6m_chips_cover_exactly_the_same_footprint(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    tile = Tile.from_point(-75.62, 37.67)
+    footprints = []
+    for resolution in (10, 89.6):
+        recipe = make_recipe(
+            tmp_path,
+            resolution=resolution,
+            dtype="uint16",
+            nodata=0,
+            params={"inputs": str(shared_data / S2_B05)},
+        )
+        chip = render_one(adapter(recipe), tile)
+        path = tmp_path / f"{resolution}.tif"
+        write_chip(path, chip, tile.pixel_grid(resolution), recipe, {})
+        with rasterio.open(path) as dataset:
+            footprints.append((tuple(dataset.bounds), dataset.crs.to_epsg(), dataset.shape))
+    assert footprints[0][:2] == footprints[1][:2] == (tile.bounds, tile.epsg)
+    assert (footprints[0][2], footprints[1][2]) == ((448, 448), (50, 50))
+
+
+def test_uncovered_tile_plans_no_input_and_sea_tile_is_empty(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    recipe = make_recipe(
+        tmp_path,
+        resampling="mode",
+        dtype="uint8",
+        nodata=0,
+        params={"inputs": str(shared_data / WORLDCOVER)},
+    )
+    source = adapter(recipe)
+    land, sea, far = (
+        Tile.from_point(6.60, 0.25),
+        Tile.from_point(8.5, 2.5),
+        Tile.from_point(-100.0, 40.0),
+    )
+    plan = source.plan([land, sea, far])
+    assert plan[far.identifier] == ()
+    assert plan[land.identifier] and plan[sea.identifier]
+    assert chip_is_empty(source.render(sea, plan[sea.identifier]), recipe.nodata)
+    land_chip = source.render(land, plan[land.identifier])
+    assert not chip_is_empty(land_chip, recipe.nodata)
+    assert set(np.unique(land_chip.data)) <= {0, 10, 20, 30, 40, 50, 60, 80, 90, 95}
+
+
+def test_mosaic_tile_takes_values_from_every_file(shared_data: Path, tmp_path: Path) -> None:
+    """A tile straddling the LA DEM pieces equals a warp of their merge (one VRT-like mosaic)."""
+    paths = [shared_data / name for name in LA_DEM]
+    recipe = make_recipe(
+        tmp_path,
+        resampling="nearest",
+        nodata=-9999,
+        params={"inputs": str(shared_data / "dem/los_angeles_tile_*.tif")},
+    )
+    tile = Tile.from_point(-118.0, 34.0)
+    source = adapter(recipe)
+    inputs = source.plan([tile])[tile.identifier]
+    assert len(inputs) >= 2
+    chip = source.render(tile, inputs)
+
+    transform, size = expected_grid(tile, 89.6)
+    expected = np.full((size, size), -9999, np.float32)
+    for path in paths:  # independently: each piece warped onto the grid, first one wins
+        part = np.full((size, size), -9999, np.float32)
+        with rasterio.open(path) as piece:
+            reproject(
+                rasterio.band(piece, 1),
+                part,
+                dst_transform=transform,
+                dst_crs=tile.crs,
+                dst_nodata=-9999,
+                resampling=Resampling.nearest,
+            )
+        expected = np.where(expected == -9999, part, expected)
+    np.testing.assert_array_equal(chip.data[0], expected)
+    filled_by = [
+        np.count_nonzero(
+            warp_expectation(p, tile, 89.6, Resampling.nearest, "float32", -9999) != -9999
+        )
+        for p in paths
+    ]
+    assert sum(1 for count in filled_by if count) >= 2
+
+
+def test_layers_stack_band_files_in_recipe_order_and_source_overrides_one(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    layers = {band: str(shared_data / f"s2/s2_{band}.jp2") for band in ("B05", "B8A", "B11")}
+    recipe = make_recipe(
+        tmp_path,
+        resolution=20,
+        dtype="uint16",
+        nodata=0,
+        bands=["B11", "B8A", "B05"],
+        params={"layers": layers},
+    )
+    tile = Tile.from_point(-75.62, 37.67)
+    chip = render_one(adapter(recipe), tile)
+    assert chip.band_names == ("B11", "B8A", "B05")
+    for index, band in enumerate(chip.band_names):
+        expected = warp_expectation(Path(layers[band]), tile, 20, Resampling.nearest, "uint16", 0)
+        np.testing.assert_array_equal(chip.data[index], expected)
+
+    swapped = adapter(recipe, sources=(f"B05={layers['B11']}",))
+    swapped.check()
+    chip = render_one(swapped, tile)
+    np.testing.assert_array_equal(chip.data[2], chip.data[0])  # B05 now read from the B11 file
+    with pytest.raises(ConfigError, match="LAYER=PATH"):
+        adapter(recipe, sources=(layers["B11"],)).check()
+
+
+@pytest.mark.parametrize("resolution", [89.6, 224])
+def test_sum_resampling_conserves_the_total(tmp_path: Path, resolution: float) -> None:
+    """Built surface in m² per 100 m Mollweide pixel (like GHS-BUILT-S): totals must add up."""
+    tile = Tile.from_point(12.5, 41.9)
+    rng = np.random.default_rng(7)
+    density = rng.uniform(0, 1, (200, 200)).astype("float32")  # built fraction per pixel
+    # A 20 km × 20 km Mollweide raster around the tile (Mollweide is equal-area).
+    centre = Transformer.from_crs(4326, "ESRI:54009", always_xy=True).transform(12.5, 41.9)
+    transform = Affine(
+        100, 0, round(centre[0] - 10_000, -2), 0, -100, round(centre[1] + 10_000, -2)
+    )
+    path = tmp_path / "built.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=200,
+        height=200,
+        count=1,
+        dtype="float32",
+        crs="ESRI:54009",
+        transform=transform,
+    ) as out:
+        out.write(density * 10_000, 1)  # m² of built surface per 10,000 m² pixel
+
+    recipe = make_recipe(
+        tmp_path,
+        resolution=resolution,
+        resampling="sum",
+        nodata=-9999,
+        params={"inputs": str(path)},
+    )
+    chip = render_one(adapter(recipe), tile)
+
+    # Expected: the source's built m² inside the tile's footprint, by exact area weighting.
+    to_moll = Transformer.from_crs(tile.epsg, "ESRI:54009", always_xy=True)
+    x0, y0, x1, y1 = tile.bounds
+    footprint = shapely.transform(
+        shapely.box(x0, y0, x1, y1).segmentize(50),
+        lambda xy: np.column_stack(to_moll.transform(xy[:, 0], xy[:, 1])),
+    )
+    fine = rasterize([footprint], out_shape=(2000, 2000), transform=transform * Affine.scale(0.1))
+    covered = fine.reshape(200, 10, 200, 10).mean(axis=(1, 3))  # fraction of each pixel inside
+    expected = float((density * 10_000 * covered).sum())
+    assert chip.data.sum() == pytest.approx(expected, rel=0.005)
+
+
+def test_tile_templates_plan_cells_and_missing_cells_are_no_data(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    params = {"inputs": str(tmp_path / "{NS}{lat:02d}{EW}{lon:03d}.tif"), "tile_degrees": 10}
+    recipe = make_recipe(tmp_path, nodata=-9999, params=params)
+    source = adapter(recipe)
+    inside = Tile.from_point(-95.0, 35.0)
+    edge = Tile.from_point(-90.0, 35.0)  # straddles the cells of 100–90°W and 90–80°W
+    plan = source.plan([inside, edge])
+    assert plan[inside.identifier] == (str(tmp_path / "N40W100.tif"),)
+    assert plan[edge.identifier] == (str(tmp_path / "N40W090.tif"), str(tmp_path / "N40W100.tif"))
+    lower = adapter(
+        make_recipe(tmp_path, nodata=-9999, params={**params, "tile_corner": "lower-left"})
+    )
+    assert lower.plan([inside])[inside.identifier] == (str(tmp_path / "N30W100.tif"),)
+    # No such cell file: the product has no data there (open sea), not a failure.
+    assert chip_is_empty(source.render(inside, plan[inside.identifier]), -9999)
+
+    # Materialise cell N40W100 from real data placed there (the SRTM tile, shifted).
+    with rasterio.open(f"zip://{shared_data / 'dem/N10W110.hgt.zip'}!N10W110.hgt") as srtm:
+        data = srtm.read(1)
+        profile = {
+            **srtm.profile,
+            "driver": "GTiff",
+            "transform": Affine(10 / data.shape[1], 0, -100, 0, -10 / data.shape[0], 40),
+        }
+    with rasterio.open(tmp_path / "N40W100.tif", "w", **profile) as cell:
+        cell.write(data + 100, 1)
+    chip = source.render(inside, plan[inside.identifier])
+    assert not chip_is_empty(chip, -9999) and chip.data.min() >= 100
+
+
+def test_corrupt_input_raises_source_error(shared_data: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(
+        tmp_path,
+        dtype="uint8",
+        nodata=0,
+        params={"inputs": str(shared_data / "raster/corrupt.tif")},
+    )
+    with pytest.raises(SourceError, match=r"corrupt\.tif"):
+        render_one(adapter(recipe), Tile.from_point(128.658, 37.668))
+
+
+def test_missing_files_and_no_inputs_are_config_errors(tmp_path: Path) -> None:
+    missing = make_recipe(tmp_path, params={"inputs": str(tmp_path / "nope.tif")})
+    with pytest.raises(ConfigError, match="does not exist"):
+        adapter(missing).check()
+    no_match = make_recipe(tmp_path, params={"inputs": str(tmp_path / "*.tif")})
+    with pytest.raises(ConfigError, match="no source files match"):
+        adapter(no_match).check()
+    with pytest.raises(ConfigError, match="--source"):
+        adapter(make_recipe(tmp_path)).check()
+
+
+def test_relative_inputs_resolve_against_the_recipe_folder(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "sub").mkdir()
+    link = tmp_path / "sub" / "s1.tif"
+    link.symlink_to(shared_data / S1_VV)
+    recipe = parse_recipe(
+        {
+            "source": "raster",
+            "resolution": 20,
+            "bands": ["vv"],
+            "nodata": -99,
+            "params": {"inputs": "s1.tif"},
+        },
+        "test",
+        tmp_path / "sub" / "r.yaml",
+    )
+    source = adapter(recipe)
+    source.check()
+    assert render_one(source, Tile.from_point(4.52, 43.59)).data.shape == (1, 224, 224)

@@ -1,0 +1,112 @@
+"""Recipes load from YAML with errors that name the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.recipes import list_recipes, load_recipe, parse_recipe
+from m3leo_tiles.sources.base import FetchOptions, get_source
+
+GOOD = {
+    "name": "mine",
+    "source": "raster",
+    "resolution": 89.6,
+    "bands": ["elevation"],
+    "params": {"inputs": "dem.tif"},
+}
+
+
+def write(tmp_path: Path, data, name: str = "mine.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_every_shipped_recipe_loads_and_is_listed() -> None:
+    infos = {info.name: info for info in list_recipes()}
+    assert {"agb", "ghsbuilts", "demo-dem", "demo-s1", "demo-s2"} <= set(infos)
+    for info in infos.values():
+        assert not info.description.startswith("INVALID"), info
+        recipe = load_recipe(info.name)
+        assert recipe.description and recipe.bands
+    assert infos["agb"].origin == "built-in" and infos["demo-s2"].origin == "example"
+    ghs = load_recipe("ghsbuilts")
+    assert ghs.resampling == "sum" and ghs.resolution == 89.6
+
+
+def test_load_by_path_and_user_dir(tmp_path: Path, monkeypatch) -> None:
+    path = write(tmp_path, GOOD)
+    assert load_recipe(path).name == "mine"
+    monkeypatch.setenv("M3LEO_RECIPES_PATH", str(tmp_path))
+    assert load_recipe("mine").path == str(path.resolve())
+    assert any(i.name == "mine" and i.origin == "user" for i in list_recipes())
+
+
+def test_unknown_recipe_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'.*agb.*ghsbuilts"):
+        load_recipe("nope")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"resolutoin": 10}, r"key 'resolutoin': unknown key; allowed keys"),
+        ({"resolution": None}, r"key 'resolution': None is not a number"),
+        ({"resolution": 30}, r"key 'resolution'.*does not divide the 4480 m"),
+        ({"resampling": "cubicx"}, r"key 'resampling': 'cubicx' is not one of nearest, mode"),
+        ({"dtype": "float16"}, r"key 'dtype': 'float16' is not one of"),
+        ({"dtype": "uint8", "nodata": -9999}, r"key 'nodata': -9999 does not fit dtype uint8"),
+        ({"bands": []}, r"key 'bands': must be a non-empty list"),
+        ({"bands": ["a", "a"]}, r"key 'bands': band names must be unique"),
+        ({"source": "gee-nope"}, r"key 'source': 'gee-nope' is not one of .*raster"),
+        ({"params": {"inputs": "a.tif", "colour": 1}}, r"key 'params.colour': unknown raster"),
+        ({"params": {"inputs": "a.tif", "layers": {}}}, r"either 'inputs' or 'layers'"),
+        ({"windows": [{"name": "w", "start": "13-01", "end": "02-28"}]}, r"is not MM-DD"),
+        ({"default_year": "2020"}, r"key 'default_year': '2020' is not a year"),
+    ],
+)
+def test_invalid_recipes_name_file_key_and_what_is_allowed(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    path = write(tmp_path, {**GOOD, **change})
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_recipe(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    data = dict(GOOD)
+    del data["bands"]
+    with pytest.raises(ConfigError, match=r"key 'bands': is required"):
+        load_recipe(write(tmp_path, data))
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "source: raster\nbands: [unclosed\nresolution: 10\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: line \d+: invalid YAML"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "absent.yaml")
+
+
+def test_year_placeholder_needs_a_year(tmp_path: Path) -> None:
+    agb = load_recipe("agb")
+    filled = get_source("raster")(agb, FetchOptions(year=2019)).layers()
+    assert all("2019" in spec and "{year}" not in spec for layer in filled for spec in layer.specs)
+    no_default = parse_recipe(
+        {**GOOD, "params": {"inputs": "x_{year}.tif"}}, "test", tmp_path / "r.yaml"
+    )
+    with pytest.raises(ConfigError, match="--year"):
+        get_source("raster")(no_default, FetchOptions()).layers()
+
+
+def test_recipe_hash_follows_content_not_location(tmp_path: Path) -> None:
+    here = parse_recipe(GOOD, "a", tmp_path / "a" / "mine.yaml")
+    there = parse_recipe(GOOD, "b", tmp_path / "b" / "mine.yaml")
+    changed = parse_recipe({**GOOD, "params": {"inputs": "other.tif"}}, "c", tmp_path / "c.yaml")
+    assert here.recipe_hash == there.recipe_hash != changed.recipe_hash
+    assert here.dataset_name(2020) == "mine-2020" and here.dataset_name(None) == "mine"
