@@ -195,7 +195,11 @@ def main() -> int:
             if child.returncode != 0:
                 print(child.stderr, file=sys.stderr)
                 return 1
-            runs.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            run = json.loads(child.stdout.strip().splitlines()[-1])
+            if run["ok"] != count:  # a benchmark of failures would measure nothing
+                print(f"runner made {run['ok']} of {count} chips: {run}", file=sys.stderr)
+                return 1
+            runs.append(run)
     text = report(baseline, runs, args)
     print(text)
     if args.write:

@@ -34,3 +34,7 @@ class SourceError(Exception):
 
 class TransientSourceError(SourceError):
     """A per-tile failure worth retrying with backoff (quota, timeout, 5xx)."""
+
+
+class DiskFullError(M3leoError):
+    """The output disk is full: fatal for the run (every further chip would fail too)."""

@@ -55,6 +55,11 @@ class Recipe:
     default_year: int | None = None
     path: str | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        # Recipes built in Python (notebooks, benchmarks) may pass plain strings and lists.
+        object.__setattr__(self, "resampling", ResamplingMethod(self.resampling))
+        object.__setattr__(self, "bands", tuple(self.bands))
+
     def content(self) -> dict[str, Any]:
         """Everything that decides the pixels (not where the file was loaded from)."""
         return {

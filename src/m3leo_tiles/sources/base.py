@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -82,6 +82,21 @@ class SourceAdapter(ABC):
     @abstractmethod
     def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
         """The chip of one tile, on ``tile.pixel_grid(recipe.resolution)``."""
+
+    def render_many(
+        self, items: Sequence[tuple[GridTile, tuple[str, ...]]]
+    ) -> Iterator[tuple[GridTile, Chip | Exception]]:
+        """Chips of a batch of tiles, each with its chip or the error that stopped it.
+
+        A source may override this to share work across neighbouring tiles (one read, one
+        warp); the chips must be the same as ``render`` would give. Errors are yielded, not
+        raised, so that one bad tile never costs the others.
+        """
+        for tile, inputs in items:
+            try:
+                yield tile, self.render(tile, inputs)
+            except Exception as error:
+                yield tile, error
 
 
 _REGISTRY: dict[str, type[SourceAdapter]] = {}
