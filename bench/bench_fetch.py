@@ -169,7 +169,7 @@ def runner_once(count: int, sources: Path, out: Path, workers: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--baseline-tiles", type=int, default=400)
+    parser.add_argument("--baseline-tiles", type=int, default=1000)
     parser.add_argument("--counts", type=int, nargs="+", default=[1_000, 20_000])
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # count sources out
