@@ -409,3 +409,18 @@ def test_render_many_equals_render(
         assert not blocks  # every tile is near an edge of a small input: rendered alone
     else:
         assert blocks and sum(blocks) >= 4  # the interior really went through block warps
+
+
+def test_unreachable_remote_cell_is_transient_not_empty(tmp_path: Path) -> None:
+    """Offline, a remote cell must fail (and be retried later), never count as 'no data'."""
+    from m3leo_tiles.errors import TransientSourceError
+
+    template = "http://127.0.0.1:9/cells/{NS}{lat:02d}{EW}{lon:03d}.tif"  # nothing listens
+    recipe = make_recipe(tmp_path, nodata=-9999, params={"inputs": template, "tile_degrees": 10})
+    source = adapter(recipe)
+    tile = Tile.from_point(-95.0, 35.0)
+    inputs = source.plan([tile])[tile.identifier]
+    assert inputs == ("/vsicurl/http://127.0.0.1:9/cells/N40W100.tif",)
+    for _ in range(2):  # the second try meets GDAL's cached failure: still transient
+        with pytest.raises(TransientSourceError, match="cannot reach"):
+            source.render(tile, inputs)

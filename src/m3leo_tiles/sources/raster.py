@@ -41,7 +41,7 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.warp import reproject, transform
 from shapely.geometry import Polygon, box
 
-from m3leo_tiles.errors import ConfigError, SourceError
+from m3leo_tiles.errors import ConfigError, SourceError, TransientSourceError
 from m3leo_tiles.grid.tile import (
     TILE_SIZE_M,
     GridTile,
@@ -58,7 +58,11 @@ TEMPLATE_FIELDS = re.compile(r"\{(lat|lon|NS|EW)(:[^}]*)?\}")
 URL_PREFIXES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://",
                 "s3://": "/vsis3/", "gs://": "/vsigs/"}  # fmt: skip
 LAYER_SEPARATOR = "="
-MISSING_FILE_MESSAGES = ("No such file", "does not exist", "HTTP response code: 404")
+# Network trouble worth retrying with backoff: DNS, timeouts, throttling, server errors, and
+# GDAL's cached "does not exist" after such a failure (it is not a verdict on the file).
+TRANSIENT_MESSAGES = (
+    "CURL error", "HTTP response code: 429", "HTTP response code: 5", "does not exist",
+)  # fmt: skip
 OPEN_DATASETS_PER_WORKER = 32
 BLOCK_MAX_PX = 2048  # a block warp is at most this many pixels a side
 KERNEL_REACH_PX = 4  # source pixels a resampling kernel reaches beyond a pixel (lanczos: 3)
@@ -335,8 +339,10 @@ class RasterSource(SourceAdapter):
             try:
                 dataset = _open(path)
             except RasterioIOError as error:
-                if templated and any(text in str(error) for text in MISSING_FILE_MESSAGES):
+                if templated and _names_a_missing_file(path, str(error)):
                     continue  # a cell the tiled product does not have (open sea): no data there
+                if _is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
+                    raise TransientSourceError(f"cannot reach {path}: {_short(error)}") from None
                 raise SourceError(f"cannot open input {path}: {_short(error)}") from None
             indexes = [1] if name else self._band_indexes(dataset)
             if len(indexes) != target.shape[0]:
@@ -459,6 +465,17 @@ class RasterSource(SourceAdapter):
         valid = ~np.isnan(data) if np.isnan(fill) else data != fill
         out_fill = recipe.nodata if recipe.nodata is not None else fill
         return np.where(valid, data * recipe.scale, out_fill).astype(recipe.dtype)
+
+
+def _names_a_missing_file(path: str, message: str) -> bool:
+    """Only a definite answer counts: a 404 from a server, ENOENT from a local disk.
+
+    Anything vaguer (no network, a cached failed lookup) must not turn into "no data here",
+    or an offline run would record real tiles as empty and never retry them.
+    """
+    if _is_remote(path):
+        return "HTTP response code: 404" in message
+    return "No such file" in message
 
 
 def _block_grid(tiles: Sequence[Tile], resolution: float) -> PixelGrid:
