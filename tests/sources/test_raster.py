@@ -177,7 +177,7 @@ def test_mosaic_tile_takes_values_from_every_file(shared_data: Path, tmp_path: P
 
     transform, size = expected_grid(tile, 89.6)
     expected = np.full((size, size), -9999, np.float32)
-    for path in paths:  # independently: each piece warped onto the grid, first one wins
+    for path in paths:  # independently: each piece warped onto the grid, the last one wins
         part = np.full((size, size), -9999, np.float32)
         with rasterio.open(path) as piece:
             reproject(
@@ -188,7 +188,7 @@ def test_mosaic_tile_takes_values_from_every_file(shared_data: Path, tmp_path: P
                 dst_nodata=-9999,
                 resampling=Resampling.nearest,
             )
-        expected = np.where(expected == -9999, part, expected)
+        expected = np.where(part != -9999, part, expected)
     np.testing.assert_array_equal(chip.data[0], expected)
     filled_by = [
         np.count_nonzero(

@@ -326,7 +326,8 @@ class RasterSource(SourceAdapter):
         return work_dtype, np.nan if np.dtype(work_dtype).kind == "f" else 0
 
     def _warp(self, grid: PixelGrid, inputs: tuple[str, ...]) -> tuple[np.ndarray, float, list]:
-        """Every input warped onto ``grid`` in turn; later inputs only fill what is empty."""
+        """Every input warped onto ``grid`` in turn (sorted by path): where inputs overlap, the
+        last one's valid pixels win, as in a GDAL VRT mosaic."""
         recipe = self.recipe
         work_dtype, fill = self._fill()
         data = np.full((len(recipe.bands), grid.height, grid.width), fill, dtype=work_dtype)
