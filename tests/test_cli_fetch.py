@@ -194,6 +194,20 @@ def _wait_for_chips(folder: Path, count: int, process, limit_s: float = 60) -> N
     raise AssertionError(f"fewer than {count} chips after {limit_s} s")
 
 
+def _disturb_run(args, cwd: Path, folder: Path, after_chips: int, disturb, timeout: float):
+    """Start a slowed-down fetch, disturb it once ``after_chips`` chips exist, let it end."""
+    process = cli(*args, cwd=cwd, sleep=0.3, background=True)
+    try:
+        _wait_for_chips(folder, after_chips, process)
+        disturb(process)
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    return process, stderr
+
+
 def _all_readable(folder: Path) -> None:
     for chip in folder.glob("*.tif"):
         with rasterio.open(chip) as dataset:
@@ -210,15 +224,9 @@ def test_ctrl_c_keeps_finished_chips_and_rerun_resumes(tmp_path: Path, shared_da
     args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1"]
     args += ["--source", cell]
     folder = tmp_path / "data" / "testaoi" / "dem"
-    process = cli(*args, cwd=tmp_path, sleep=0.3, background=True)
-    try:
-        _wait_for_chips(folder, 2, process)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    process, stderr = _disturb_run(
+        args, tmp_path, folder, 2, lambda p: p.send_signal(signal.SIGINT), timeout=60
+    )
     assert process.returncode == 130, stderr
     assert "rerun" in stderr and "Traceback" not in stderr
     assert not (folder / LOCK_NAME).exists()
@@ -247,15 +255,9 @@ def test_input_vanishing_mid_run_fails_its_tiles_then_resumes(
     args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1"]
     args += ["--source", first_cell, "--source", second_cell]
     folder = tmp_path / "data" / "testaoi" / "dem"
-    process = cli(*args, cwd=tmp_path, sleep=0.3, background=True)
-    try:
-        _wait_for_chips(folder, 1, process)
-        second_cell.unlink()
-        _, stderr = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    process, stderr = _disturb_run(
+        args, tmp_path, folder, 1, lambda _: second_cell.unlink(), timeout=90
+    )
     assert process.returncode == 1, stderr
     rows = read_manifest(folder / MANIFEST_NAME)
     failed = {i for i, row in rows.items() if row.status is TileStatus.FAILED}
