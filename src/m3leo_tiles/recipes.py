@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class Recipe:
             "reducer": self.reducer,
         }
 
-    @property
+    @cached_property
     def recipe_hash(self) -> str:
         """Short content hash: chips made by a changed recipe are not mistaken for done."""
         canonical = json.dumps(self.content(), sort_keys=True, default=str)
