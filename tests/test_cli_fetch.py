@@ -352,3 +352,49 @@ def test_lock_of_live_run_refuses_and_stale_lock_is_taken_over(
     assert "stale lock" in result.stderr
     assert not (folder / LOCK_NAME).exists()
     assert (folder / f"{LAND.identifier}.tif").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 700 KB filesystem (tmpfs), for a disk that fills up mid-run; root only."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@requires_raster
+def test_full_disk_stops_with_one_line_and_rerun_resumes(tiny_disk: Path, tmp_path: Path) -> None:
+    from m3leo_tiles.grid import make_grid
+
+    grid = make_grid("demo", out_dir=tmp_path / "grid").path
+    args = ["fetch", "demo-s2", "--grid", grid, "--out", tiny_disk / "data", "--workers", "1"]
+    folder = tiny_disk / "data" / "demo" / "demo-s2"
+    full = cli(*args, "--quiet", cwd=tmp_path)
+    assert full.returncode == 2, full.stderr
+    assert full.stderr.strip().splitlines() == [
+        f"error: no space left on the device holding {folder}; free some space and rerun "
+        "(finished chips are kept)"
+    ]
+    chips = list(folder.glob("*.tif"))
+    assert chips, "some chips fit before the disk filled"
+    for chip in chips:
+        with rasterio.open(chip) as dataset:
+            assert dataset.read().shape == (3, 224, 224)
+    assert not list(folder.glob(".*.part")) and not (folder / LOCK_NAME).exists()
+    done = mtimes(folder)
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(tiny_disk)], check=True)
+    again = cli(*args, "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {k: v for k, v in mtimes(folder).items() if k in done} == done
+    assert len(list(folder.glob("*.tif"))) == 25

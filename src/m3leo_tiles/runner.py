@@ -344,7 +344,7 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address="127.0.0.1:0",  # never clash with another run's port 8787
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # task errors are ours to report
             )
         client = Client(cluster, set_as_default=False)
     try:
