@@ -28,12 +28,13 @@ def write(tmp_path: Path, data, name: str = "mine.yaml") -> Path:
 
 def test_every_shipped_recipe_loads_and_is_listed() -> None:
     infos = {info.name: info for info in list_recipes()}
-    assert {"agb", "ghsbuilts", "demo-dem", "demo-s1", "demo-s2"} <= set(infos)
+    assert {"agb", "ghsbuilts", "demo-dem", "demo-s1", "demo-s2", "demo-landcover"} <= set(infos)
     for info in infos.values():
         assert not info.description.startswith("INVALID"), info
         recipe = load_recipe(info.name)
         assert recipe.description and recipe.bands
     assert infos["agb"].origin == "built-in" and infos["demo-s2"].origin == "example"
+    assert infos["agb"].builtin and infos["demo-s2"].builtin
     ghs = load_recipe("ghsbuilts")
     assert ghs.resampling == "sum" and ghs.resolution == 89.6
 
@@ -43,7 +44,49 @@ def test_load_by_path_and_user_dir(tmp_path: Path, monkeypatch) -> None:
     assert load_recipe(path).name == "mine"
     monkeypatch.setenv("M3LEO_RECIPES_PATH", str(tmp_path))
     assert load_recipe("mine").path == str(path.resolve())
-    assert any(i.name == "mine" and i.origin == "user" for i in list_recipes())
+    assert any(i.name == "mine" and i.origin == "user" and not i.builtin for i in list_recipes())
+    write(tmp_path, {**GOOD, "name": "renamed"}, "file-name.yaml")
+    assert load_recipe("renamed").path == str((tmp_path / "file-name.yaml").resolve())
+
+
+def test_example_recipes_plan_the_sample_data_and_follow_the_env_var(
+    shared_data: Path, monkeypatch, tmp_path: Path
+) -> None:
+    """Examples find ../shared/data by default, or wherever M3LEO_SHARED_DATA points."""
+    from m3leo_tiles.grid.tile import Tile
+
+    tile = Tile.from_point(6.6, 0.25)
+    monkeypatch.delenv("M3LEO_SHARED_DATA", raising=False)
+    recipe = load_recipe("demo-landcover")
+    assert recipe.resampling == "mode" and recipe.dtype == "uint8" and recipe.nodata == 0
+    (planned,) = get_source("raster")(recipe).plan([tile])[tile.identifier]
+    assert Path(planned).samefile(shared_data / "landcover" / Path(planned).name)
+    elsewhere = tmp_path / "landcover"
+    elsewhere.mkdir()
+    (elsewhere / Path(planned).name).symlink_to(planned)
+    monkeypatch.setenv("M3LEO_SHARED_DATA", str(tmp_path))
+    assert get_source("raster")(recipe).plan([tile])[tile.identifier] == (
+        str(elsewhere / Path(planned).name),
+    )
+
+
+def test_builtin_recipes_plan_the_public_products_without_network() -> None:
+    from m3leo_tiles.grid.tile import Tile
+
+    tile = Tile.from_point(-95.0, 35.0)
+    agb = get_source("raster")(load_recipe("agb"), FetchOptions(year=2019))
+    ceda = "/vsicurl/https://dap.ceda.ac.uk/neodc/esacci/biomass/data/agb/maps/v5.01/geotiff/2019"
+    assert agb.plan([tile])[tile.identifier] == (
+        f"agb={ceda}/N40W100_ESACCI-BIOMASS-L4-AGB-MERGED-100m-2019-fv5.0.tif",
+        f"agb_sd={ceda}/N40W100_ESACCI-BIOMASS-L4-AGB_SD-MERGED-100m-2019-fv5.0.tif",
+    )
+    ghs = get_source("raster")(load_recipe("ghsbuilts"), FetchOptions(year=1990))
+    (zipped,) = ghs.plan([tile])[tile.identifier]
+    assert zipped.startswith("/vsizip//vsicurl/https://jeodpp.jrc.ec.europa.eu/ftp/jrc-opendata/")
+    assert zipped.endswith(
+        "GHS_BUILT_S_E1990_GLOBE_R2023A_54009_100_V1_0.zip/"
+        "GHS_BUILT_S_E1990_GLOBE_R2023A_54009_100_V1_0.tif"
+    )
 
 
 def test_unknown_recipe_lists_known_ones() -> None:

@@ -103,6 +103,11 @@ class RecipeInfo:
     path: Path
     origin: str  # built-in, example, or user
 
+    @property
+    def builtin(self) -> bool:
+        """Shipped with the package (built-in or example), not one of the user's files."""
+        return self.origin != "user"
+
 
 # --- where recipes live ---------------------------------------------------------------------
 
@@ -161,7 +166,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             path = folder / f"{text}{suffix}"
             if path.is_file():
                 return load_recipe_file(path)
-    known = ", ".join(info.name for info in list_recipes()) or "none"
+    infos = list_recipes()
+    for info in infos:  # a recipe whose ``name:`` differs from its file name
+        if info.name == text:
+            return load_recipe_file(info.path)
+    known = ", ".join(info.name for info in infos) or "none"
     raise ConfigError(
         f"unknown recipe {text!r}; known recipes: {known} (or give a path to a .yaml file)"
     )

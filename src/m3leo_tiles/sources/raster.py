@@ -15,9 +15,36 @@ An input may be a *tile template* for global products split into lat/lon cells, 
 cell). Planning then needs no request at all: a tile's inputs are the cells it touches, and a
 cell the product does not have (open sea) counts as no data rather than as a failure.
 
+Paths: relative ones are the recipe file's; ``~``, ``$VAR`` and ``${VAR:-default}`` are
+expanded (the example recipes use ``${M3LEO_SHARED_DATA:-../../../shared/data}``). Remote
+inputs are not touched while planning: ``footprint: [west, south, east, north]`` says where
+they have data (default: the world). ``src_nodata`` overrides the files' own nodata.
+
 Each tile's chip is made by one GDAL warp per input, straight onto the tile's own grid (no
 intermediate mosaic): that is what makes chips of every dataset align exactly, and it is the
 same call a user would make with ``rasterio.warp.reproject``.
+
+Why not warp a block of neighbouring tiles once and slice it (measured: ~0.3 ms a chip instead
+of ~0.7)? Because the slices are not the per-tile warps. ``reproject`` always uses GDAL's
+approximate transformer (0.125 px; rasterio 1.4 ignores ``tolerance`` there), which
+interpolates coordinates linearly along each destination row of the region it warps, and GDAL
+sizes resampling kernels per region: on the real SRTM tile around Clipperton Island a 16×16
+tile block differed from the per-tile warps for nearest, bilinear, cubic, average, mode and sum
+(values off by up to 5 m for nearest). An exact transformer (``WarpedVRT(tolerance=1e-9)``)
+makes blocks equal to tiles but costs ~0.5 ms a chip in PROJ calls, more than it saves, and a
+per-tile ``WarpedVRT`` is not ``reproject`` either (it differs for bilinear downsampling and
+near edges). So every chip is its own ``reproject``, and the speed comes from elsewhere
+(datasets kept open, a cheap encoder, batching in the runner).
+
+``sum`` resampling is for extensive quantities (m² built, people per pixel): a tile's total
+must not depend on the chip's pixel size. GDAL's ``sum`` weights each source pixel by the
+fraction of it inside the target pixel, which conserves totals both when target pixels are
+larger (89.6 m from 20 m: measured exact) and, since GDAL 3.6 (OSGeo/gdal#6560), when they are
+smaller or the CRS changes (10 m from 20 m; 89.6 m UTM from 100 m Mollweide). Older GDALs gave
+a small target pixel the whole value of the source pixel under it, inflating totals by the
+pixel-area ratio; rather than correct for an old library's per-pixel area ratio, ``check``
+refuses ``sum`` there (the pinned rasterio wheels carry GDAL 3.10). The tests check
+conservation in both directions on real and on Mollweide data.
 """
 
 from __future__ import annotations
@@ -27,7 +54,7 @@ import math
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,20 +62,19 @@ from typing import Any
 import numpy as np
 import rasterio
 import shapely
-from affine import Affine
+import shapely.affinity
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.warp import reproject, transform
 from shapely.geometry import Polygon, box
+from shapely.geometry.base import BaseGeometry
 
+from m3leo_tiles.enums import ResamplingMethod
 from m3leo_tiles.errors import ConfigError, SourceError, TransientSourceError
 from m3leo_tiles.grid.tile import (
-    TILE_SIZE_M,
     GridTile,
     PixelGrid,
-    Tile,
     lonlat_polygons,
-    pixels_per_side,
 )
 from m3leo_tiles.sources.base import Chip, SourceAdapter, TileInputs, register
 
@@ -58,14 +84,19 @@ TEMPLATE_FIELDS = re.compile(r"\{(lat|lon|NS|EW)(:[^}]*)?\}")
 URL_PREFIXES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://",
                 "s3://": "/vsis3/", "gs://": "/vsigs/"}  # fmt: skip
 LAYER_SEPARATOR = "="
+NETWORK_VSI = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
+               "/vsiwebhdfs", "/vsihdfs")  # fmt: skip
+DEFAULT_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
+# GDAL 3.6 (OSGeo/gdal#6560) made ``sum`` conserve totals when the target pixel is smaller
+# than the source's or the CRS changes; before it a fine target pixel got the whole value of
+# the source pixel under it, inflating totals by the area ratio.
+SUM_CONSERVING_GDAL = (3, 6)
 # Network trouble worth retrying with backoff: DNS, timeouts, throttling, server errors, and
 # GDAL's cached "does not exist" after such a failure (it is not a verdict on the file).
 TRANSIENT_MESSAGES = (
     "CURL error", "HTTP response code: 429", "HTTP response code: 5", "does not exist",
 )  # fmt: skip
 OPEN_DATASETS_PER_WORKER = 32
-BLOCK_MAX_PX = 2048  # a block warp is at most this many pixels a side
-KERNEL_REACH_PX = 4  # source pixels a resampling kernel reaches beyond a pixel (lanczos: 3)
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 
 
@@ -74,17 +105,32 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _is_remote(path: str) -> bool:
-    return path.startswith("/vsi") and not path.startswith("/vsizip//")
+    """Read over the network, possibly inside an archive (``/vsizip//vsicurl/https://...``)."""
+    return any(prefix in path for prefix in NETWORK_VSI)
+
+
+def expand_vars(text: str) -> str:
+    """``$VAR``/``${VAR}`` from the environment, and ``${VAR:-default}`` when VAR is unset.
+
+    The default form lets a shared recipe point at a conventional place (the sample data
+    beside the checkout) while any user redirects it with one environment variable.
+    """
+    text = DEFAULT_VAR.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), text)
+    return os.path.expandvars(text)
 
 
 def _gdal_path(text: str, folder: Path) -> str:
     """A recipe's input string as a path GDAL opens; relative local paths are the recipe's."""
-    text = os.path.expanduser(os.path.expandvars(text))
+    text = os.path.expanduser(expand_vars(text))
     for prefix, replacement in URL_PREFIXES.items():
         if text.startswith(prefix):
             return replacement + text[len(prefix) :]
-    if text.startswith(("/vsi", "zip://", "tar://")):
+    if text.startswith("/vsi"):
         return text
+    if text.startswith(("zip://", "tar://")):  # rasterio's archive form: scheme://archive!member
+        scheme, _, rest = text.partition("://")
+        archive, separator, member = rest.partition("!")
+        return f"{scheme}://{_gdal_path(archive, folder)}{separator}{member}"
     path = Path(text)
     return os.path.normpath(path if path.is_absolute() else folder / path)
 
@@ -119,7 +165,7 @@ def _forget(path: str) -> None:
         dataset.close()
 
 
-def footprint_lonlat(dataset: rasterio.DatasetReader, points_per_edge: int = 21) -> Polygon:
+def footprint_lonlat(dataset: rasterio.DatasetReader, points_per_edge: int = 21) -> BaseGeometry:
     """The raster's outline in lon/lat: its edges densified, so a UTM scene is not a bbox."""
     left, bottom, right, top = dataset.bounds
     steps = np.linspace(0.0, 1.0, points_per_edge)
@@ -130,8 +176,30 @@ def footprint_lonlat(dataset: rasterio.DatasetReader, points_per_edge: int = 21)
     if dataset.crs is None:
         raise ConfigError(f"{dataset.name} has no CRS; give it one (e.g. gdal_edit.py -a_srs)")
     lons, lats = transform(dataset.crs, "EPSG:4326", xs, ys)
-    polygon = Polygon(zip(lons, lats, strict=True))
-    return polygon if polygon.is_valid else polygon.buffer(0)
+    return around_the_world(np.asarray(lons), np.asarray(lats))
+
+
+def around_the_world(lons: np.ndarray, lats: np.ndarray) -> BaseGeometry:
+    """A lon/lat ring as a footprint that also matches tiles written past ±180°.
+
+    PROJ wraps longitudes into [-180, 180], so a scene crossing the antimeridian comes back as
+    a ring that jumps from 179.9 to -179.9 and would span the whole globe. Unwrapping makes
+    the ring continuous (it may then run past 180, as may a 0..360 raster), and copies shifted
+    by ±360° make it meet the lattice's tile polygons, which are unwrapped around their zone's
+    central meridian and so may also lie a little past ±180°.
+    """
+    polygon = Polygon(zip(np.unwrap(lons, period=360.0), lats, strict=True))
+    return with_copies_across_the_antimeridian(polygon)
+
+
+def with_copies_across_the_antimeridian(polygon: BaseGeometry) -> BaseGeometry:
+    if not polygon.is_valid:
+        polygon = polygon.buffer(0)
+    west, _, east, _ = polygon.bounds
+    if west >= -180.0 and east <= 180.0 and east - west < 180.0:
+        return polygon  # far from the antimeridian: no copies needed
+    copies = [shapely.affinity.translate(polygon, xoff=shift) for shift in (-360.0, 360.0)]
+    return shapely.union_all([polygon, *copies])
 
 
 # --- the adapter ----------------------------------------------------------------------------
@@ -170,6 +238,11 @@ class RasterSource(SourceAdapter):
                                                           for i in indexes)
         ):  # fmt: skip
             raise ConfigError(f"{where}: key 'params.band_indexes': a list of 1-based integers")
+        src_nodata = params.get("src_nodata")
+        if src_nodata is not None and (
+            isinstance(src_nodata, bool) or not isinstance(src_nodata, int | float)
+        ):
+            raise ConfigError(f"{where}: key 'params.src_nodata': a number (the inputs' nodata)")
         footprint = params.get("footprint")
         if footprint is not None and not (
             isinstance(footprint, list) and len(footprint) == 4
@@ -236,6 +309,11 @@ class RasterSource(SourceAdapter):
         return spec.replace("{year}", str(year))
 
     def check(self) -> None:
+        if self.recipe.resampling is ResamplingMethod.SUM and gdal_version() < SUM_CONSERVING_GDAL:
+            raise ConfigError(
+                f"recipe {self.recipe.name!r} uses sum resampling, which conserves totals only "
+                f"from GDAL 3.6; this rasterio has GDAL {rasterio.__gdal_version__}: upgrade it"
+            )
         layers = self.layers()
         names = [layer.name for layer in layers]
         if names != [None] and sorted(names) != sorted(self.recipe.bands):
@@ -257,8 +335,13 @@ class RasterSource(SourceAdapter):
         paths: list[str] = []
         for spec in layer.specs:
             path = _gdal_path(spec, self.recipe.folder)
-            if TEMPLATE_FIELDS.search(path) or _is_remote(path) or path.startswith("zip://"):
+            if path.startswith(("zip://", "tar://")) and not TEMPLATE_FIELDS.search(path):
+                archive = path.partition("://")[2].partition("!")[0]
+                if not os.path.exists(archive):
+                    raise ConfigError(f"archive {archive} does not exist; check the path")
                 paths.append(path)
+            elif TEMPLATE_FIELDS.search(path) or path.startswith("/vsi"):
+                paths.append(path)  # remote, or an archive member: opened at plan time if local
             elif glob.has_magic(path):
                 found = sorted(glob.glob(path))
                 if not found:
@@ -270,9 +353,13 @@ class RasterSource(SourceAdapter):
                 paths.append(path)
         return paths
 
-    def _footprint(self, path: str) -> Polygon:
+    def _footprint(self, path: str) -> BaseGeometry:
         if _is_remote(path):
-            return box(*self.recipe.params.get("footprint", WORLD))
+            west, south, east, north = self.recipe.params.get("footprint", WORLD)
+            if east < west:  # declared across the antimeridian, e.g. [170, -20, -170, 0]
+                east += 360.0
+            declared = box(west, south, east, north)
+            return with_copies_across_the_antimeridian(declared)
         try:
             with rasterio.open(path) as dataset:
                 return footprint_lonlat(dataset)
@@ -376,96 +463,31 @@ class RasterSource(SourceAdapter):
         name, _, path = item.partition(LAYER_SEPARATOR)
         return name, path
 
-    # --- rendering a batch: one warp for a block of neighbouring tiles -----------------------
-
-    def render_many(
-        self, items: Sequence[tuple[GridTile, tuple[str, ...]]]
-    ) -> Iterator[tuple[GridTile, Chip | Exception]]:
-        """Neighbouring lattice tiles that lie well inside every input are warped together.
-
-        Per-tile warps spend most of their time setting GDAL up, not moving pixels. Tiles of
-        one zone share one pixel lattice, so one warp onto the block's bounding grid followed
-        by slicing gives each tile its chip at a fraction of the cost. GDAL's result for a
-        destination pixel depends on the pixel alone only away from the inputs' edges (near an
-        edge the source window it reads is clipped differently), so a block is warped together
-        only when it lies, with a margin of the resampling kernel, inside every input; any
-        other tile is rendered on its own. ``test_render_many_equals_render`` checks equality.
-        """
-        blocks: dict[tuple, list[Tile]] = {}
-        for tile, inputs in items:
-            if isinstance(tile, Tile) and inputs:
-                side = BLOCK_MAX_PX // pixels_per_side(self.recipe.resolution) or 1
-                key = (inputs, tile.epsg, tile.row // side, tile.col // side)
-                blocks.setdefault(key, []).append(tile)
-            else:
-                yield from super().render_many([(tile, inputs)])
-        for (inputs, _, _, _), tiles in blocks.items():
-            grid = _block_grid(tiles, self.recipe.resolution)
-            if (
-                len(tiles) < 2
-                or grid.width * grid.height > 4 * _pixels(tiles, self.recipe)
-                or not self._inside_inputs(grid, inputs)
-            ):
-                yield from super().render_many([(tile, inputs) for tile in tiles])
-            else:
-                yield from self._render_block(grid, tiles, inputs)
-
-    def _render_block(
-        self, grid: PixelGrid, tiles: list[Tile], inputs: tuple[str, ...]
-    ) -> Iterator[tuple[GridTile, Chip | Exception]]:
-        try:
-            data, fill, used = self._warp(grid, inputs)
-        except SourceError as error:
-            for tile in tiles:
-                yield tile, error
-            return
-        size = pixels_per_side(self.recipe.resolution)
-        metadata = {"inputs": ";".join(used)}
-        for tile in tiles:
-            row = round((grid.transform.f - tile.bounds[3]) / TILE_SIZE_M) * size
-            col = round((tile.bounds[0] - grid.transform.c) / TILE_SIZE_M) * size
-            window = data[:, row : row + size, col : col + size].copy()
-            yield tile, Chip(self._encode(window, fill), self.recipe.bands, metadata)
-
-    def _inside_inputs(self, grid: PixelGrid, inputs: tuple[str, ...]) -> bool:
-        """Does ``grid``, widened by the kernel's reach, lie inside every input's extent?"""
-        left, bottom, right, top = grid.bounds
-        steps = np.linspace(0.0, 1.0, 9)
-        xs = np.concatenate([left + (right - left) * steps, np.full(9, right),
-                             right - (right - left) * steps, np.full(9, left)])  # fmt: skip
-        ys = np.concatenate([np.full(9, bottom), bottom + (top - bottom) * steps,
-                             np.full(9, top), top - (top - bottom) * steps])  # fmt: skip
-        for item in inputs:
-            _, path = self._split(item)
-            try:
-                dataset = _open(path)
-            except RasterioIOError:
-                return False
-            if dataset.crs is None:
-                return False
-            src_x, src_y = transform(grid.crs, dataset.crs, xs, ys)
-            pixel_x, pixel_y = abs(dataset.transform.a), abs(dataset.transform.e)
-            scale = max(1.0, self.recipe.resolution / max(pixel_x, 1e-12) / _metres(dataset))
-            margin = (KERNEL_REACH_PX * scale + 2) * max(pixel_x, pixel_y)
-            b = dataset.bounds
-            inside_x = b.left + margin < min(src_x) and max(src_x) < b.right - margin
-            inside_y = b.bottom + margin < min(src_y) and max(src_y) < b.top - margin
-            if not (inside_x and inside_y):
-                return False
-        return True
-
     def _band_indexes(self, dataset: rasterio.DatasetReader) -> list[int]:
         indexes = self.recipe.params.get("band_indexes")
         return list(indexes) if indexes else list(range(1, dataset.count + 1))
 
     def _encode(self, data: np.ndarray, fill: float) -> np.ndarray:
-        """Apply the recipe's scale and cast to its dtype, keeping nodata as nodata."""
+        """Apply the recipe's scale and cast to its dtype, keeping nodata as nodata.
+
+        Scaled values are rounded (not truncated) and clipped into an integer dtype's range,
+        so that 0.9999 × 10000 stays 9999 and a negative value never wraps to 65535.
+        """
         recipe = self.recipe
         if recipe.scale == 1.0:
             return data
         valid = ~np.isnan(data) if np.isnan(fill) else data != fill
+        scaled = data * recipe.scale
+        if np.dtype(recipe.dtype).kind in "iu":
+            limits = np.iinfo(recipe.dtype)
+            scaled = np.clip(np.rint(np.nan_to_num(scaled)), limits.min, limits.max)
         out_fill = recipe.nodata if recipe.nodata is not None else fill
-        return np.where(valid, data * recipe.scale, out_fill).astype(recipe.dtype)
+        return np.where(valid, scaled, out_fill).astype(recipe.dtype)
+
+
+def gdal_version() -> tuple[int, int]:
+    major, minor = rasterio.__gdal_version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 def _names_a_missing_file(path: str, message: str) -> bool:
@@ -477,28 +499,6 @@ def _names_a_missing_file(path: str, message: str) -> bool:
     if _is_remote(path):
         return "HTTP response code: 404" in message
     return "No such file" in message
-
-
-def _block_grid(tiles: Sequence[Tile], resolution: float) -> PixelGrid:
-    """The pixel grid of the tiles' bounding box: the same lattice as each tile's grid."""
-    left = min(t.bounds[0] for t in tiles)
-    top = max(t.bounds[3] for t in tiles)
-    right = max(t.bounds[2] for t in tiles)
-    bottom = min(t.bounds[1] for t in tiles)
-    size = pixels_per_side(resolution)
-    width = round((right - left) / TILE_SIZE_M) * size
-    height = round((top - bottom) / TILE_SIZE_M) * size
-    step = TILE_SIZE_M / size
-    return PixelGrid(tiles[0].crs, Affine(step, 0.0, left, 0.0, -step, top), width, height)
-
-
-def _pixels(tiles: Sequence[Tile], recipe) -> int:
-    return len(tiles) * pixels_per_side(recipe.resolution) ** 2
-
-
-def _metres(dataset: rasterio.DatasetReader) -> float:
-    """Metres per CRS unit, roughly: degrees count as ~111 km (enough for a safety margin)."""
-    return 111_000.0 if dataset.crs.is_geographic else 1.0
 
 
 def _cell_field(match: re.Match[str], lat: float, lon: float) -> str:
