@@ -186,6 +186,9 @@ def main() -> int:
     parser.add_argument("--baseline-tiles", type=int, default=1000)
     parser.add_argument("--counts", type=int, nargs="+", default=[1_000, 20_000])
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--tmp", default=None, help="folder for the sources and chips (default: the system's)"
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # count sources out
     args = parser.parse_args()
     if args.child:
@@ -193,7 +196,7 @@ def main() -> int:
         print(json.dumps(runner_once(int(count), Path(sources), Path(out), args.workers)))
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-fetch-", dir=args.tmp) as tmp:
         root = Path(tmp)
         sources = root / "sources"
         sources.mkdir()

@@ -1,6 +1,6 @@
 """Writing chips: compressed GeoTIFFs that appear whole or not at all.
 
-A chip is encoded in memory (GDAL's GTiff driver through a rasterio ``MemoryFile``), written
+A chip is encoded in memory (``m3leo_tiles.geotiff``: GDAL's tags, tifffile's writer), written
 to a hidden ``.<name>.<pid>.<random>.part`` file in the destination folder and renamed onto
 ``<tile>.tif``. A run killed at any moment therefore leaves either a whole chip or a hidden
 partial file that never ends in ``.tif`` and that the next run removes. Encoding in memory
@@ -14,17 +14,15 @@ import errno
 import os
 import uuid
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
-from rasterio.crs import CRS
-from rasterio.io import MemoryFile
 
 from m3leo_tiles import __version__
 from m3leo_tiles.errors import DiskFullError
+from m3leo_tiles.geotiff import ChipEncoder
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import PixelGrid
@@ -32,37 +30,7 @@ if TYPE_CHECKING:
     from m3leo_tiles.sources.base import Chip
 
 PARTIAL_SUFFIX = ".part"
-TILED_FROM_PX = 256  # smaller chips are one strip: tiling them only adds padding
-BLOCK_PX = 256
-
-
-@lru_cache(maxsize=128)
-def _crs(text: str) -> CRS:
-    """Parsing a CRS costs more than encoding a small chip; tiles of a zone share one."""
-    return CRS.from_user_input(text)
-
-
-def _profile(chip: Chip, grid: PixelGrid, recipe: Recipe) -> dict:
-    count, height, width = chip.data.shape
-    floating = np.dtype(recipe.dtype).kind == "f"
-    profile = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count,
-        "dtype": recipe.dtype,
-        "crs": _crs(grid.crs),
-        "transform": grid.transform,
-        "nodata": recipe.nodata,
-        "compress": "deflate",  # read everywhere; zstd measured slower for small chips here
-        "predictor": 3 if floating else 2,
-        "interleave": "band" if count > 1 else "pixel",
-    }
-    if width >= TILED_FROM_PX and height >= TILED_FROM_PX:
-        profile.update(tiled=True, blockxsize=BLOCK_PX, blockysize=BLOCK_PX)
-    else:
-        profile.update(tiled=False, blockysize=height)
-    return profile
+_ENCODER = ChipEncoder()  # one per process: its GDAL templates serve every later chip
 
 
 def chip_tags(recipe: Recipe, tags: Mapping[str, str]) -> dict[str, str]:
@@ -76,18 +44,20 @@ def chip_tags(recipe: Recipe, tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def encode_chip(chip: Chip, grid: PixelGrid, recipe: Recipe, tags: Mapping[str, str]) -> bytes:
-    """The GeoTIFF bytes of a chip: band descriptions, nodata, tags, compression."""
+    """The GeoTIFF bytes of a chip: band descriptions, nodata, tags, deflate (see geotiff)."""
     if chip.data.shape[1:] != (grid.height, grid.width):
         raise ValueError(
             f"chip is {chip.data.shape[1:]} pixels but its grid is {(grid.height, grid.width)}"
         )
-    with MemoryFile() as memory:
-        with memory.open(**_profile(chip, grid, recipe)) as dataset:
-            dataset.write(chip.data.astype(recipe.dtype, copy=False))
-            for index, name in enumerate(chip.band_names, start=1):
-                dataset.set_band_description(index, name)
-            dataset.update_tags(**chip_tags(recipe, tags))
-        return memory.read()
+    return _ENCODER.encode(
+        chip.data,
+        grid.crs,
+        grid.transform,
+        recipe.dtype,
+        recipe.nodata,
+        chip.band_names,
+        chip_tags(recipe, tags),
+    )
 
 
 def write_bytes_atomically(path: Path, payload: bytes) -> None:

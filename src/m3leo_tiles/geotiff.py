@@ -1,0 +1,233 @@
+"""Chip GeoTIFF bytes: GDAL decides the georeferencing once, tifffile writes every chip.
+
+Why not let GDAL's GTiff driver write each chip? For a 50×50 chip it spends ~0.55 ms on
+creating a dataset, exporting the CRS to GeoTIFF keys and serialising metadata: as much as the
+warp itself (bench/RESULTS.md). All chips of one dataset and UTM zone share everything but
+their corner, their pixels and two tag values, so:
+
+* the first chip of a *kind* (CRS, pixel size, shape, dtype, nodata, band names, tag names)
+  is encoded by GDAL, as before: the **template**;
+* its GeoTIFF keys (tags 34735-34737), its nodata (42113) and its GDAL metadata XML (42112,
+  band descriptions and tags) are kept verbatim, and every later chip of that kind is written
+  by tifffile (deflate, the same predictor and layout) with those tags, its own tiepoint
+  (33922) and its own tag values put into the template's XML.
+
+GDAL reads such a chip back exactly as it reads the chip it would have written itself (CRS,
+transform, nodata, band descriptions, tags, compression, predictor, block layout, pixels:
+``tests/test_geotiff.py`` checks each against a GDAL-encoded chip), with one addition: TIFF's
+baseline resolution tags (1 pixel per unit, no unit), which tifffile always writes and GDAL
+lists as ``TIFFTAG_XRESOLUTION``/``TIFFTAG_YRESOLUTION``/``TIFFTAG_RESOLUTIONUNIT``.
+A transform GeoTIFF cannot express as pixel scale + tiepoint (a rotated grid) would make GDAL
+write a full matrix instead; such kinds simply stay with GDAL.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from xml.sax.saxutils import escape
+
+import numpy as np
+import tifffile
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.io import MemoryFile
+
+TILED_FROM_PX = 256  # smaller chips are one strip: tiling them only adds padding
+BLOCK_PX = 256
+DEFLATE_LEVEL = 6  # GDAL's default ZLEVEL, so both encoders make the same trade-off
+# TIFF tags: GeoTIFF's georeferencing, and GDAL's own nodata and metadata tags.
+MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
+GEO_KEYS, GEO_DOUBLES, GEO_ASCII = 34735, 34736, 34737
+GDAL_METADATA, GDAL_NODATA = 42112, 42113
+SHORT, DOUBLE, ASCII = 3, 12, 2
+PLACEHOLDER = "m3leo-per-chip-value-{index}-a1f3"  # unlikely in any real tag value
+
+
+@lru_cache(maxsize=128)
+def cached_crs(text: str) -> CRS:
+    """Parsing a CRS costs more than encoding a small chip; tiles of a zone share one."""
+    return CRS.from_user_input(text)
+
+
+@dataclass(frozen=True)
+class ChipKind:
+    """What all chips of one template share: everything but corner, pixels and tag values."""
+
+    crs: str
+    pixel_size: tuple[float, float]  # (transform.a, transform.e)
+    count: int
+    height: int
+    width: int
+    dtype: str
+    nodata: float | None
+    band_names: tuple[str, ...]
+    tag_names: tuple[str, ...]
+
+    @property
+    def floating(self) -> bool:
+        return np.dtype(self.dtype).kind == "f"
+
+    @property
+    def tiled(self) -> bool:
+        return self.width >= TILED_FROM_PX and self.height >= TILED_FROM_PX
+
+
+def gdal_profile(kind: ChipKind, transform: Affine) -> dict:
+    """The creation options both encoders follow (deflate: read everywhere; zstd was slower
+    for small chips here)."""
+    profile = {
+        "driver": "GTiff",
+        "width": kind.width,
+        "height": kind.height,
+        "count": kind.count,
+        "dtype": kind.dtype,
+        "crs": cached_crs(kind.crs),
+        "transform": transform,
+        "nodata": kind.nodata,
+        "compress": "deflate",
+        "zlevel": DEFLATE_LEVEL,
+        "predictor": 3 if kind.floating else 2,
+        "interleave": "band" if kind.count > 1 else "pixel",
+    }
+    if kind.tiled:
+        profile.update(tiled=True, blockxsize=BLOCK_PX, blockysize=BLOCK_PX)
+    else:
+        profile.update(tiled=False, blockysize=kind.height)
+    return profile
+
+
+def encode_with_gdal(
+    data: np.ndarray, kind: ChipKind, transform: Affine, tags: Mapping[str, str]
+) -> bytes:
+    """GDAL's own encoding of a chip: the reference, and the template of each kind."""
+    with MemoryFile() as memory:
+        with memory.open(**gdal_profile(kind, transform)) as dataset:
+            dataset.write(data.astype(kind.dtype, copy=False))
+            for index, name in enumerate(kind.band_names, start=1):
+                dataset.set_band_description(index, name)
+            dataset.update_tags(**tags)
+        return memory.read()
+
+
+@dataclass(frozen=True)
+class Template:
+    """The tags GDAL wrote for a kind, ready to be reused by tifffile."""
+
+    geo_tags: tuple[tuple[int, int, int, object, bool], ...]
+    nodata_text: str | None
+    metadata_xml: str | None  # with PLACEHOLDER values for the per-chip tags
+
+    @classmethod
+    def from_gdal(cls, kind: ChipKind, transform: Affine) -> Template | None:
+        """Encode one placeholder chip with GDAL and keep its tags; None: keep using GDAL."""
+        placeholders = {
+            name: PLACEHOLDER.format(index=index) for index, name in enumerate(kind.tag_names)
+        }
+        blank = np.zeros((kind.count, kind.height, kind.width), dtype=kind.dtype)
+        encoded = encode_with_gdal(blank, kind, transform, placeholders)
+        with tifffile.TiffFile(io.BytesIO(encoded)) as tiff:
+            tags = tiff.pages[0].tags
+            if MODEL_TRANSFORMATION in tags or MODEL_TIEPOINT not in tags:
+                return None  # a rotated grid: GDAL wrote a matrix we do not rebuild
+            geo_tags = []
+            for code, dtype in ((GEO_KEYS, SHORT), (GEO_DOUBLES, DOUBLE), (GEO_ASCII, ASCII)):
+                if code in tags:
+                    value = tags[code].value
+                    count = 0 if dtype == ASCII else len(value)
+                    geo_tags.append((code, dtype, count, value, True))
+            nodata = tags[GDAL_NODATA].value if GDAL_NODATA in tags else None
+            metadata = tags[GDAL_METADATA].value if GDAL_METADATA in tags else None
+        return cls(tuple(geo_tags), nodata, metadata)
+
+    def metadata_for(self, kind: ChipKind, tags: Mapping[str, str]) -> str | None:
+        if self.metadata_xml is None:
+            return None
+        xml = self.metadata_xml
+        for index, name in enumerate(kind.tag_names):
+            xml = xml.replace(PLACEHOLDER.format(index=index), escape(tags[name], {'"': "&quot;"}))
+        return xml
+
+
+class ChipEncoder:
+    """Encodes chips to GeoTIFF bytes, one GDAL template per kind, then tifffile.
+
+    Thread-safe: templates are built under a lock and never change afterwards.
+    """
+
+    def __init__(self) -> None:
+        self._templates: dict[ChipKind, Template | None] = {}
+        self._lock = threading.Lock()
+
+    def _template(self, kind: ChipKind, transform: Affine) -> Template | None:
+        template = self._templates.get(kind, False)
+        if template is False:
+            with self._lock:
+                template = Template.from_gdal(kind, transform)
+                self._templates[kind] = template
+        return template  # type: ignore[return-value]
+
+    def encode(
+        self,
+        data: np.ndarray,
+        crs: str,
+        transform: Affine,
+        dtype: str,
+        nodata: float | None,
+        band_names: Sequence[str],
+        tags: Mapping[str, str],
+    ) -> bytes:
+        count, height, width = data.shape
+        kind = ChipKind(
+            crs=crs,
+            pixel_size=(transform.a, transform.e),
+            count=count,
+            height=height,
+            width=width,
+            dtype=dtype,
+            nodata=nodata,
+            band_names=tuple(band_names),
+            tag_names=tuple(sorted(tags)),
+        )
+        data = data.astype(dtype, copy=False)
+        north_up = transform.b == 0 and transform.d == 0 and transform.e < 0
+        template = self._template(kind, transform) if north_up else None
+        if template is None:
+            return encode_with_gdal(data, kind, transform, tags)
+        return _encode_with_tifffile(data, kind, transform, template, tags)
+
+
+def _encode_with_tifffile(
+    data: np.ndarray, kind: ChipKind, transform: Affine, template: Template, tags: Mapping[str, str]
+) -> bytes:
+    extratags: list[tuple[int, int, int, object, bool]] = [
+        (MODEL_PIXEL_SCALE, DOUBLE, 3, (transform.a, -transform.e, 0.0), True),
+        (MODEL_TIEPOINT, DOUBLE, 6, (0.0, 0.0, 0.0, transform.c, transform.f, 0.0), True),
+        *template.geo_tags,
+    ]
+    if template.nodata_text is not None:
+        extratags.append((GDAL_NODATA, ASCII, 0, template.nodata_text, True))
+    metadata = template.metadata_for(kind, tags)
+    if metadata is not None:
+        extratags.append((GDAL_METADATA, ASCII, 0, metadata, True))
+    layout: dict[str, object] = (
+        {"tile": (BLOCK_PX, BLOCK_PX)} if kind.tiled else {"rowsperstrip": kind.height}
+    )
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        data if kind.count > 1 else data[0],
+        photometric="minisblack",
+        planarconfig="separate" if kind.count > 1 else "contig",
+        compression="zlib",  # TIFF compression 8, what GDAL calls DEFLATE
+        compressionargs={"level": DEFLATE_LEVEL},
+        predictor=3 if kind.floating else 2,
+        metadata=None,
+        software=False,
+        extratags=extratags,
+        **layout,
+    )
+    return buffer.getvalue()
