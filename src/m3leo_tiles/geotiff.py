@@ -137,6 +137,8 @@ class Template:
             for code, dtype in ((GEO_KEYS, SHORT), (GEO_DOUBLES, DOUBLE), (GEO_ASCII, ASCII)):
                 if code in tags:
                     value = tags[code].value
+                    if dtype == ASCII:  # tifffile takes only 7-bit str; bytes pass as they are
+                        value = value.encode("utf-8")
                     count = 0 if dtype == ASCII else len(value)
                     geo_tags.append((code, dtype, count, value, True))
             nodata = tags[GDAL_NODATA].value if GDAL_NODATA in tags else None
@@ -148,8 +150,21 @@ class Template:
             return None
         xml = self.metadata_xml
         for index, name in enumerate(kind.tag_names):
-            xml = xml.replace(PLACEHOLDER.format(index=index), escape(tags[name], {'"': "&quot;"}))
+            xml = xml.replace(PLACEHOLDER.format(index=index), gdal_xml_text(tags[name]))
         return xml
+
+
+def gdal_xml_text(value: str) -> str:
+    """A tag value as GDAL's GTiff driver puts it in its metadata XML: escaped *twice*.
+
+    GDAL escapes each value (``CPLEscapeString``, ``CPLES_XML``: ``& < > "``; control
+    characters other than tab and newlines dropped) and then serialises the XML, which escapes
+    the text again; its reader undoes both. A value escaped only once would be cut at its
+    first ``&`` when GDAL reads it back.
+    """
+    kept = "".join(c for c in value if c >= " " or c in "\t\n\r")
+    once = escape(kept, {'"': "&quot;"})
+    return escape(once, {'"': "&quot;"})
 
 
 class ChipEncoder:
@@ -211,8 +226,8 @@ def _encode_with_tifffile(
     if template.nodata_text is not None:
         extratags.append((GDAL_NODATA, ASCII, 0, template.nodata_text, True))
     metadata = template.metadata_for(kind, tags)
-    if metadata is not None:
-        extratags.append((GDAL_METADATA, ASCII, 0, metadata, True))
+    if metadata is not None:  # UTF-8, as GDAL writes it (band names, paths may be non-ASCII)
+        extratags.append((GDAL_METADATA, ASCII, 0, metadata.encode("utf-8"), True))
     layout: dict[str, object] = (
         {"tile": (BLOCK_PX, BLOCK_PX)} if kind.tiled else {"rowsperstrip": kind.height}
     )
