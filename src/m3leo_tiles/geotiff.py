@@ -24,6 +24,7 @@ write a full matrix instead; such kinds simply stay with GDAL.
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ GEO_KEYS, GEO_DOUBLES, GEO_ASCII = 34735, 34736, 34737
 GDAL_METADATA, GDAL_NODATA = 42112, 42113
 SHORT, DOUBLE, ASCII = 3, 12, 2
 PLACEHOLDER = "m3leo-per-chip-value-{index}-a1f3"  # unlikely in any real tag value
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")  # GDAL drops these
 
 
 @lru_cache(maxsize=128)
@@ -162,8 +164,7 @@ def gdal_xml_text(value: str) -> str:
     the text again; its reader undoes both. A value escaped only once would be cut at its
     first ``&`` when GDAL reads it back.
     """
-    kept = "".join(c for c in value if c >= " " or c in "\t\n\r")
-    once = escape(kept, {'"': "&quot;"})
+    once = escape(CONTROL_CHARACTERS.sub("", value), {'"': "&quot;"})
     return escape(once, {'"': "&quot;"})
 
 
