@@ -289,3 +289,60 @@ def test_status_counts_against_the_grid(cluster, tmp_path: Path) -> None:
     assert table[1].split()[:7] == ["testaoi", "fake", "3", "1", "1", "0", str(len(IDS) - 5)]
     (unknown,) = status(out, tmp_path / "no-grids")
     assert unknown.missing is None and "?" in format_status_table([unknown])
+
+
+SCRIPT = """
+import helpers.fake_sources
+from pathlib import Path
+from m3leo_tiles.grid.tile import Tile
+from m3leo_tiles.recipes import Recipe
+from m3leo_tiles.runner import fetch_tiles
+
+def main():
+    recipe = Recipe(name="fake", source="fake-synthetic", resolution=224.0, bands=("value",),
+                    dtype="int16", nodata=-1)
+    tiles = [Tile.from_id(i) for i in {ids!r}]
+    report = fetch_tiles(recipe, tiles, aoi="testaoi", out=Path("out"), workers=1,
+                         progress=False)
+    print("ok", report.ok)
+"""
+
+
+def run_script(tmp_path: Path, body: str, *, stdin: bool = False) -> subprocess.CompletedProcess:
+    """A user's Python script that calls the API with its own local cluster."""
+    source = SCRIPT.format(ids=IDS[:2]) + body
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    )
+    script = tmp_path / "user_script.py"
+    script.write_text(source)
+    command = [sys.executable, "-"] if stdin else [sys.executable, str(script)]
+    return subprocess.run(
+        command, input=source if stdin else None, capture_output=True, text=True, cwd=tmp_path,
+        env=env, timeout=180, check=False,
+    )  # fmt: skip
+
+
+def test_script_with_main_guard_starts_its_own_cluster(tmp_path: Path) -> None:
+    done = run_script(tmp_path, 'if __name__ == "__main__":\n    main()\n')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok", "2"]
+
+
+def test_script_without_main_guard_gets_one_line_per_worker_not_a_traceback_storm(
+    tmp_path: Path,
+) -> None:
+    done = run_script(tmp_path, "main()\n")
+    assert done.returncode != 0
+    worker_says = "error: fetch() ran again while a dask worker process was starting"
+    assert worker_says in done.stderr
+    assert done.stderr.count("Traceback") == 1  # the script's own ConfigError, no other
+    assert "Nanny failed to start" in done.stderr.splitlines()[-1]  # our ConfigError, last
+    assert done.stderr.splitlines()[-1].startswith("m3leo_tiles.errors.ConfigError")
+
+
+def test_script_from_stdin_is_a_config_error(tmp_path: Path) -> None:
+    done = run_script(tmp_path, "main()\n", stdin=True)
+    assert done.returncode != 0
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("m3leo_tiles.errors.ConfigError") and "<stdin>" in last

@@ -347,14 +347,22 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]
             "distributed.worker.profile.enabled": False,
             "distributed.nanny.pre-spawn-environ": environ,
         }
-        with dask.config.set(settings):
-            cluster = LocalCluster(
-                n_workers=count,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address="127.0.0.1:0",  # never clash with another run's port 8787
-                silence_logs=logging.CRITICAL,  # task errors are ours to report
-            )
+        _check_main_can_be_respawned()
+        with dask.config.set(settings), _silenced("distributed"):
+            try:
+                cluster = LocalCluster(
+                    n_workers=count,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address="127.0.0.1:0",  # never clash with another run's 8787
+                    silence_logs=logging.CRITICAL,  # task errors are ours to report
+                )
+            except RuntimeError as error:  # "Nanny failed to start": the workers died at birth
+                raise ConfigError(
+                    f"the local dask workers did not start ({error}); if you call fetch from a "
+                    'script, put the call under `if __name__ == "__main__":`, or use a running '
+                    "cluster (scheduler=ADDRESS, --scheduler on the command line)"
+                ) from None
         client = Client(cluster, set_as_default=False)
     try:
         yield client
@@ -368,6 +376,47 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close(timeout=10)
+
+
+@contextlib.contextmanager
+def _silenced(name: str) -> Iterator[None]:
+    """dask logs a worker that fails to start as a traceback; we say it in one line instead."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def refuse_in_starting_worker() -> None:
+    """Stop a script that calls ``fetch`` at import time from running again in each worker.
+
+    dask starts local workers with multiprocessing's *spawn*, which re-imports the script that
+    started them; an unguarded ``fetch(...)`` would then plan again and try to start a
+    cluster inside every starting worker, which Python refuses with a long traceback. This
+    ends such a worker with one line instead; the driver then reports a ConfigError.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(
+            "error: fetch() ran again while a dask worker process was starting, because the "
+            'script calls it at import time; put the call under `if __name__ == "__main__":`'
+        )
+
+
+def _check_main_can_be_respawned() -> None:
+    """Workers re-import the driver's main script; a script read from stdin cannot be."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is None and path and not os.path.isfile(path):
+        raise ConfigError(
+            f"local dask workers re-import the script that starts them, and {path} cannot be "
+            "re-imported; save the script to a file (the call under "
+            '`if __name__ == "__main__":`) or use a running cluster (scheduler=ADDRESS)'
+        )
 
 
 def _kill_workers(cluster: LocalCluster) -> None:
@@ -465,6 +514,7 @@ def fetch_tiles(
     """Render ``tiles`` (already selected) into ``out/<aoi>/<dataset>``; see ``fetch``."""
     from m3leo_tiles.io import remove_partials
 
+    refuse_in_starting_worker()
     started = time.perf_counter()
     year = year if year is not None else recipe.default_year
     adapter = get_source(recipe.source)(recipe, FetchOptions(year=year, sources=tuple(sources)))
@@ -683,6 +733,7 @@ def fetch(
     """
     from m3leo_tiles.grid import ensure_grid, read_grid
 
+    refuse_in_starting_worker()
     if aoi is not None and grid is not None:
         raise ConfigError("give either --aoi or --grid, not both")
     if limit is not None and limit < 1:
