@@ -16,8 +16,8 @@ georeferencing shifted by whole degrees: a synthetic mosaic, used only to have e
 * memory: peak RSS of the driver plus all its child processes (the workers), sampled every
   50 ms, for 1,000 and for 20,000 tiles (each run in a fresh process, so peaks don't mix).
 
-Run: ``.venv/bin/python bench/bench_fetch.py`` (about a minute on 2 cores). It prints a
-markdown section; ``--write`` also puts it in bench/RESULTS.md under "## fetch".
+Run: ``.venv/bin/python bench/bench_fetch.py`` (about a minute a round, 3 rounds, on 2 cores).
+It prints a markdown section; ``--write`` also puts it in bench/RESULTS.md under "## fetch".
 """
 
 from __future__ import annotations
@@ -235,6 +235,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-tiles", type=int, default=1000)
     parser.add_argument("--counts", type=int, nargs="+", default=[1_000, 20_000])
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="measure everything this many times, interleaved (this VM drifts by ±30 %%)",
+    )  # fmt: skip
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument(
         "--tmp", default=None, help="folder for the sources and chips (default: the system's)"
@@ -246,75 +250,103 @@ def main() -> int:
         print(json.dumps(runner_once(int(count), Path(sources), Path(out), args.workers)))
         return 0
 
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-fetch-", dir=args.tmp) as tmp:
         root = Path(tmp)
         sources = root / "sources"
         sources.mkdir()
         make_sources(sources)
-        file_ms = new_file_ms(root / "files")
-        baseline = naive(bench_tiles(args.baseline_tiles), sources, root / "naive")
-        reference = open_once(bench_tiles(args.baseline_tiles), sources, root / "open-once")
-        runs = []
-        for count in args.counts:
-            child = subprocess.run(
-                [sys.executable, __file__, "--workers", str(args.workers),
-                 "--child", str(count), str(sources), str(root / f"out-{count}")],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if child.returncode != 0:
-                print(child.stderr, file=sys.stderr)
-                return 1
-            run = json.loads(child.stdout.strip().splitlines()[-1])
-            if run["ok"] != count:  # a benchmark of failures would measure nothing
-                print(f"runner made {run['ok']} of {count} chips: {run}", file=sys.stderr)
-                return 1
-            runs.append(run)
-    text = report(baseline, reference, file_ms, runs, args)
+        for index in range(args.rounds):
+            folder = root / f"round-{index}"
+            measured = {
+                "file_ms": new_file_ms(folder / "files"),
+                "naive": naive(bench_tiles(args.baseline_tiles), sources, folder / "naive"),
+                "open_once": open_once(bench_tiles(args.baseline_tiles), sources, folder / "once"),
+                "runs": [],
+            }
+            for count in args.counts:
+                run = runner_child(args, count, sources, folder / f"out-{count}")
+                if run is None:
+                    return 1
+                measured["runs"].append(run)
+            rounds.append(measured)
+            print(f"round {index + 1}/{args.rounds} done", file=sys.stderr)
+    text = report(rounds, args)
     print(text)
     if args.write:
         write_section(REPO / "bench" / "RESULTS.md", heading(args), text)
     return 0
 
 
-def report(
-    baseline: float, reference: float, file_ms: float, runs: list[dict], args: argparse.Namespace
-) -> str:
+def runner_child(args: argparse.Namespace, count: int, sources: Path, out: Path) -> dict | None:
+    """One runner run in a fresh process, so that peak memory is that run's alone."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--workers", str(args.workers),
+         "--child", str(count), str(sources), str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if child.returncode != 0:
+        print(child.stderr, file=sys.stderr)
+        return None
+    run = json.loads(child.stdout.strip().splitlines()[-1])
+    if run["ok"] != count:  # a benchmark of failures would measure nothing
+        print(f"runner made {run['ok']} of {count} chips: {run}", file=sys.stderr)
+        return None
+    run["rate"] = count / run["seconds"]
+    return run
+
+
+def spread(values: list[float], digits: int = 0, suffix: str = "") -> str:
+    """Median, with the range over the rounds when there are several."""
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2]
+    text = f"{median:,.{digits}f}{suffix}"
+    if len(ordered) > 1:
+        text += f" ({ordered[0]:,.{digits}f}–{ordered[-1]:,.{digits}f})"
+    return text
+
+
+def report(rounds: list[dict], args: argparse.Namespace) -> str:
     cores = os.cpu_count()
     where = args.tmp or tempfile.gettempdir()
+    naive_rates = [r["naive"] for r in rounds]
     lines = [
         heading(args),
         "",
         f"`bench/bench_fetch.py{' --tmp ' + args.tmp if args.tmp else ''}` on this machine "
-        f"({cores} CPU cores, shared), chips written under `{where}` ({filesystem(where)}; "
-        f"a new small file cost {file_ms:.2f} ms there in this run), "
-        f"{time.strftime('%Y-%m-%d')}. 50×50 px chips (89.6 m, bilinear, int16, deflate "
+        f"({cores} CPU cores, shared), {time.strftime('%Y-%m-%d')}, {len(rounds)} interleaved "
+        "rounds: medians, with the range in brackets; a ratio is taken within each round. "
+        f"Chips written under `{where}` ({filesystem(where)}; creating a small new file there "
+        f"took {spread([r['file_ms'] for r in rounds], 2, ' ms')}). "
+        "50×50 px chips (89.6 m, bilinear, int16, deflate "
         "GeoTIFF) of the real SRTM tile N10W110, copied side by side over 6°×6° (lon −114…−108, "
         "lat 10…16, UTM zone 12) so that 20,000 distinct tiles exist; the copies are the same "
         "pixels with shifted georeferencing. Smaller runs take tiles spread evenly over the same "
-        "20,000-tile area, so every run reads the same inputs. Both make every chip with its "
+        "20,000-tile area, so every run reads the same inputs. All make every chip with its "
         "own `reproject` onto the tile's grid, so the chips are the same.",
         "",
-        "| run | tiles | seconds | chips/s | vs naive | peak RSS driver+workers |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | tiles | chips/s | vs naive | peak RSS driver+workers |",
+        "|---|---:|---:|---:|---:|",
         f"| naive loop (open, reproject, write; 1 process) | {args.baseline_tiles:,} | "
-        f"{args.baseline_tiles / baseline:.1f} | {baseline:,.0f} | 1.0× | — |",
+        f"{spread(naive_rates)} | 1.0× | — |",
         f"| same loop, sources opened once (1 process) | {args.baseline_tiles:,} | "
-        f"{args.baseline_tiles / reference:.1f} | {reference:,.0f} | "
-        f"{reference / baseline:.1f}× | — |",
+        f"{spread([r['open_once'] for r in rounds])} | "
+        f"{spread([r['open_once'] / r['naive'] for r in rounds], 1, '×')} | — |",
     ]
-    for run in runs:
-        rate = run["tiles"] / run["seconds"]
+    for position, count in enumerate(args.counts):
+        runs = [r["runs"][position] for r in rounds]
+        ratios = [r["runs"][position]["rate"] / r["naive"] for r in rounds]
         lines.append(
             f"| runner, LocalCluster {args.workers} workers (incl. start-up, plan, manifest) | "
-            f"{run['tiles']:,} | {run['seconds']:.1f} | {rate:,.0f} | {rate / baseline:.1f}× | "
-            f"{run['peak_rss_mb']:,.0f} MB |"
+            f"{count:,} | {spread([run['rate'] for run in runs])} | {spread(ratios, 1, '×')} | "
+            f"{spread([run['peak_rss_mb'] for run in runs], 0, ' MB')} |"
         )
-    if len(runs) >= 2:
-        small, large = runs[0], runs[-1]
+    if len(args.counts) >= 2:
+        growth = [r["runs"][-1]["peak_rss_mb"] / r["runs"][0]["peak_rss_mb"] for r in rounds]
         lines += [
             "",
-            f"Memory: {large['tiles'] / small['tiles']:.0f}× the tiles → "
-            f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}× the peak RSS.",
+            f"Memory: {args.counts[-1] / args.counts[0]:.0f}× the tiles → "
+            f"{spread(growth, 2, '×')} the peak RSS.",
         ]
     return "\n".join(lines) + "\n"
 
