@@ -26,6 +26,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/bench_grid.py
 	$(BIN)/python bench/bench_fetch.py
+	$(BIN)/python bench/bench_chip_steps.py
 
 clean:
 	rm -rf $(VENV) build dist demo-output .pytest_cache
