@@ -143,6 +143,25 @@ def test_fetch_statuses_rerun_and_status(tmp_path: Path, shared_data: Path) -> N
 
 
 @requires_raster
+def test_non_ascii_paths_and_band_names_make_whole_chips(tmp_path: Path, shared_data: Path) -> None:
+    """Paths and band names end up in each chip's GDAL metadata, which must stay readable."""
+    home = tmp_path / "São Tomé & Príncipe"
+    source = home / "entrées" / "carte <2021>.tif"
+    source.parent.mkdir(parents=True)
+    shutil.copy(shared_data / WORLDCOVER, source)
+    grid = write_grid(home / "grids" / "testaoi" / "tiles.geojson", [LAND])
+    recipe = write_recipe(home / "occupation-du-sol.yaml", bands=["classe d'occupation é"])
+    out = home / "données"
+    done = cli("fetch", recipe, "--grid", grid, "--out", out, "--workers", "1", "--source",
+               source, cwd=home)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(out / "testaoi" / "occupation-du-sol" / f"{LAND.identifier}.tif") as chip:
+        assert chip.tags()["inputs"] == str(source)
+        assert chip.descriptions == ("classe d'occupation é",)
+        assert chip.read(1).max() > 0
+
+
+@requires_raster
 def test_corrupt_input_is_recorded_failed(tmp_path: Path, shared_data: Path) -> None:
     tile = Tile.from_point(128.658, 37.668)  # corrupt.tif's footprint
     grid = write_grid(tmp_path / "g.geojson", [tile])
