@@ -292,6 +292,7 @@ def test_status_counts_against_the_grid(cluster, tmp_path: Path) -> None:
 
 
 SCRIPT = """
+import distributed  # a user who has dask loaded already: its loggers exist
 import helpers.fake_sources
 from pathlib import Path
 from m3leo_tiles.grid.tile import Tile

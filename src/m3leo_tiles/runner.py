@@ -289,7 +289,7 @@ def make_plan(
 
 
 @contextlib.contextmanager
-def _quiet_dask_logs() -> Iterator[None]:
+def _quiet_dask_logs(level: int = logging.ERROR) -> Iterator[None]:
     """dask logs every worker start, loss and close at INFO; users need only its errors."""
     names = [
         name
@@ -298,12 +298,12 @@ def _quiet_dask_logs() -> Iterator[None]:
     ] + ["distributed"]
     previous = {name: logging.getLogger(name).level for name in names}
     for name in names:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(level)
     try:
         yield
     finally:
-        for name, level in previous.items():
-            logging.getLogger(name).setLevel(level)
+        for name, old_level in previous.items():
+            logging.getLogger(name).setLevel(old_level)
 
 
 @contextlib.contextmanager
@@ -358,7 +358,8 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]
             "distributed.admin.system-monitor.interval": "2s",
         }
         _check_main_can_be_respawned()
-        with dask.config.set(settings), _silenced("distributed"):
+        # dask logs a worker that fails to start as a traceback; we say it in one line.
+        with dask.config.set(settings), _quiet_dask_logs(logging.CRITICAL + 1):
             try:
                 cluster = LocalCluster(
                     n_workers=count,
@@ -386,18 +387,6 @@ def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close(timeout=10)
-
-
-@contextlib.contextmanager
-def _silenced(name: str) -> Iterator[None]:
-    """dask logs a worker that fails to start as a traceback; we say it in one line instead."""
-    logger = logging.getLogger(name)
-    previous = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
 
 
 def refuse_in_starting_worker() -> None:
