@@ -15,6 +15,22 @@ An input may be a *tile template* for global products split into lat/lon cells, 
 cell). Planning then needs no request at all: a tile's inputs are the cells it touches, and a
 cell the product does not have (open sea) counts as no data rather than as a failure.
 
+Products stored as one file per (season, polarisation, metric...) in every cell (GSSIC) need
+not list each layer: ``layer_grids`` generates them from ``axes`` (``{season}`` × ``{pol}`` ×
+``{metric}`` substituted into ``path``; the band is ``band`` filled the same way, in lower
+case). ``root: ...`` names the product's top folder or URL as ``{root}`` in paths, so that
+``--source ROOT`` swaps a whole mirror in at once. ``band_metadata: {glob: {scale, offset,
+units...}}`` gives bands their physical meaning without changing the stored values (``scale``
+and ``offset`` become GDAL band scale/offset in the chip), ``band_resampling: {glob: method}``
+overrides the recipe's resampling for some bands (nearest for a class mask beside bilinear
+coherence), and ``remote: download`` copies remote files whole into the run's ``--cache``
+(atomic, locked per file) instead of reading ranges through ``/vsicurl/``.
+
+The cells one layer of a templated product needs are mosaicked first (an in-memory VRT over
+the cells, which share one 3-arcsec or 1/N-degree grid) and warped once: a bilinear kernel
+across a 1° line then sees both sides, exactly as ``reproject`` of the merged cells does,
+where one warp per cell would leave a seam.
+
 Paths: relative ones are the recipe file's; ``~``, ``$VAR`` and ``${VAR:-default}`` are
 expanded (the example recipes use ``${M3LEO_SHARED_DATA:-../../../shared/data}``). Remote
 inputs are not touched while planning: ``footprint: [west, south, east, north]`` says where
@@ -49,7 +65,10 @@ conservation in both directions on real and on Mollweide data.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import glob
+import itertools
 import math
 import os
 import re
@@ -60,6 +79,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
@@ -82,7 +102,14 @@ from m3leo_tiles.grid.tile import (
 from m3leo_tiles.sources.base import Chip, SourceAdapter, TileInputs, register
 
 PARAMS = {"inputs", "layers", "band_indexes", "src_nodata", "footprint", "tile_degrees",
-          "tile_corner"}  # fmt: skip
+          "tile_corner", "root", "layer_grids", "band_metadata", "band_resampling",
+          "remote"}  # fmt: skip
+RESERVED_FIELDS = {"lat", "lon", "NS", "EW", "year", "root"}
+AXIS_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+REMOTE_READS = ("stream", "download")
+GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
+              "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
+              "float64": "Float64"}  # fmt: skip
 TEMPLATE_FIELDS = re.compile(r"\{(lat|lon|NS|EW)(:[^}]*)?\}")
 URL_PREFIXES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://",
                 "s3://": "/vsis3/", "gs://": "/vsigs/"}  # fmt: skip
@@ -101,6 +128,27 @@ TRANSIENT_MESSAGES = (
 )  # fmt: skip
 OPEN_DATASETS_PER_WORKER = 32
 WORLD = (-180.0, -90.0, 180.0, 90.0)
+
+
+def grid_layers(grids: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Band name → [path] for every combination of each ``layer_grids`` entry's axes.
+
+    ``{axis}`` fields are filled in ``path`` and ``band`` (the band in lower case, so GSSIC's
+    ``COH12`` file is band ``winter_vv_coh12``); cell fields (``{lat:02d}``...), ``{year}``
+    and ``{root}`` are left for later.
+    """
+    layers: dict[str, list[str]] = {}
+    for grid in grids:
+        names = list(grid["axes"])
+        for combo in itertools.product(*(grid["axes"][name] for name in names)):
+            values = dict(zip(names, map(str, combo), strict=True))
+            band = _fill_axes(grid["band"], values).lower()
+            layers[band] = [_fill_axes(grid["path"], values)]
+    return layers
+
+
+def _fill_axes(text: str, values: Mapping[str, str]) -> str:
+    return AXIS_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 def _as_list(value: Any) -> list[str]:
@@ -286,8 +334,9 @@ class RasterSource(SourceAdapter):
                 f"{where}: key 'params.{unknown[0]}': unknown raster parameter; allowed: "
                 f"{', '.join(sorted(PARAMS))}"
             )
-        if "inputs" in params and "layers" in params:
+        if "inputs" in params and ("layers" in params or "layer_grids" in params):
             raise ConfigError(f"{where}: key 'params': give either 'inputs' or 'layers', not both")
+        cls._check_layer_params(params, where)
         specs = cls._spec_lists(params, where)
         if any(TEMPLATE_FIELDS.search(s) for ss in specs for s in ss):
             degrees = params.get("tile_degrees")
@@ -319,15 +368,66 @@ class RasterSource(SourceAdapter):
             )
 
     @staticmethod
+    def _check_layer_params(params: Mapping[str, Any], where: str) -> None:
+        """``layer_grids``, ``root``, ``band_metadata``, ``band_resampling`` and ``remote``."""
+        grids = params.get("layer_grids")
+        if grids is not None:
+            key = f"{where}: key 'params.layer_grids'"
+            if not (isinstance(grids, list) and grids):
+                raise ConfigError(f"{key}: a list of {{path, band, axes}} mappings")
+            for grid in grids:
+                if not (isinstance(grid, dict) and set(grid) == {"path", "band", "axes"}
+                        and isinstance(grid["path"], str) and isinstance(grid["band"], str)
+                        and isinstance(grid["axes"], dict) and grid["axes"]):  # fmt: skip
+                    raise ConfigError(f"{key}: each entry needs exactly path, band and axes")
+                for axis, values in grid["axes"].items():
+                    if axis in RESERVED_FIELDS or not AXIS_FIELD.fullmatch(f"{{{axis}}}"):
+                        raise ConfigError(f"{key}: {axis!r} cannot be an axis name")
+                    if not (isinstance(values, list) and values
+                            and all(isinstance(v, str | int) for v in values)):  # fmt: skip
+                        raise ConfigError(f"{key}: axis {axis!r} needs a list of values")
+                    if f"{{{axis}}}" not in grid["band"]:
+                        raise ConfigError(f"{key}: band {grid['band']!r} must use {{{axis}}}")
+            bands = [b for g in grids for b in grid_layers([g])]
+            if len(set(bands)) != len(bands) or set(bands) & set(params.get("layers") or {}):
+                raise ConfigError(f"{key}: the generated band names are not unique")
+        if "root" in params and not isinstance(params["root"], str):
+            raise ConfigError(f"{where}: key 'params.root': a folder or URL")
+        if params.get("remote", "stream") not in REMOTE_READS:
+            raise ConfigError(f"{where}: key 'params.remote': one of {', '.join(REMOTE_READS)}")
+        metadata = params.get("band_metadata") or {}
+        if not isinstance(metadata, dict) or not all(
+            isinstance(tags, dict) and all(isinstance(v, str | int | float) for v in tags.values())
+            for tags in metadata.values()
+        ):
+            raise ConfigError(
+                f"{where}: key 'params.band_metadata': a mapping band glob → {{tag: value}}"
+            )
+        for tags in metadata.values():
+            for number in ("scale", "offset"):
+                value = tags.get(number, 0)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigError(
+                        f"{where}: key 'params.band_metadata': {number} must be a number"
+                    )
+        methods = params.get("band_resampling") or {}
+        allowed = {m.value for m in ResamplingMethod}
+        if not isinstance(methods, dict) or not set(methods.values()) <= allowed:
+            raise ConfigError(
+                f"{where}: key 'params.band_resampling': a mapping band glob → one of "
+                f"{', '.join(sorted(allowed))}"
+            )
+
+    @staticmethod
     def _spec_lists(params: Mapping[str, Any], where: str) -> list[list[str]]:
         raw = [params["inputs"]] if "inputs" in params else None
-        if raw is None and "layers" not in params:
+        if raw is None and "layers" not in params and "layer_grids" not in params:
             return []  # inputs come from --source at run time
         if raw is None:
-            layers = params["layers"]
-            if not isinstance(layers, dict) or not layers:
+            layers = params.get("layers", {})
+            if not isinstance(layers, dict) or not (layers or "layer_grids" in params):
                 raise ConfigError(f"{where}: key 'params.layers': a mapping band → input paths")
-            raw = list(layers.values())
+            raw = [*layers.values(), *grid_layers(params.get("layer_grids") or []).values()]
         lists = []
         for value in raw:
             if not (
@@ -343,12 +443,13 @@ class RasterSource(SourceAdapter):
     def layers(self) -> list[Layer]:
         """The recipe's mosaics after ``--source`` overrides and ``{year}`` substitution."""
         params = self.recipe.params
-        if "layers" in params:
-            layers = {name: _as_list(value) for name, value in params["layers"].items()}
+        if self._layered:
+            layers = {name: _as_list(value) for name, value in params.get("layers", {}).items()}
+            layers.update(grid_layers(params.get("layer_grids") or []))
         else:
             layers = {None: _as_list(params.get("inputs", []))}
-        overrides = self.options.sources
-        if overrides and "layers" not in params:
+        overrides = () if "root" in params else self.options.sources  # --source is the root
+        if overrides and not self._layered:
             layers = {None: list(overrides)}
         elif overrides:
             replaced: dict[str, list[str]] = {}
@@ -361,8 +462,40 @@ class RasterSource(SourceAdapter):
                     )
                 replaced.setdefault(name, []).append(path)
             layers.update(replaced)
-        return [Layer(name, tuple(self._fill_year(s) for s in specs))
+        return [Layer(name, tuple(self._fill_year(self._fill_root(s)) for s in specs))
                 for name, specs in layers.items()]  # fmt: skip
+
+    @property
+    def _layered(self) -> bool:
+        return "layers" in self.recipe.params or "layer_grids" in self.recipe.params
+
+    def root(self) -> str | None:
+        """The product's top folder or URL: ``--source ROOT`` if given, else the recipe's.
+
+        A relative ``--source`` folder, or one from an environment variable
+        (``${M3LEO_GSSIC_ROOT:-...}``), is the user's (the current directory); a relative
+        ``root:`` written in the recipe is the recipe file's, as for every other recipe path.
+        """
+        if "root" not in self.recipe.params:
+            return None
+        given = self.options.sources
+        if len(given) > 1:
+            raise ConfigError(
+                f"recipe {self.recipe.name!r} takes one --source: the folder or URL of a "
+                f"mirror laid out like the product (got {len(given)})"
+            )
+        if not given:
+            root = str(self.recipe.params["root"])
+            if "$" not in root:
+                return root.rstrip("/")  # the recipe's own: relative to the recipe file
+        root = os.path.expanduser(expand_vars(given[0] if given else root)).rstrip("/")
+        if "://" in root or root.startswith("/vsi"):
+            return root
+        return os.path.abspath(root)
+
+    def _fill_root(self, spec: str) -> str:
+        root = self.root()
+        return spec if root is None else spec.replace("{root}", root)
 
     def _fill_year(self, spec: str) -> str:
         if "{year}" not in spec:
@@ -460,17 +593,52 @@ class RasterSource(SourceAdapter):
             for col in range(math.floor(west / degrees), math.floor(east / degrees) + 1):
                 lat = (row + 1) * degrees if upper else row * degrees
                 lon = ((col * degrees + 180.0) % 360.0) - 180.0
-                if not -90 <= row * degrees < 90:
+                if not -90 <= row * degrees < 90 or not self._in_footprint(lon, row * degrees):
                     continue
                 names.append(TEMPLATE_FIELDS.sub(
                     lambda m, lat=lat, lon=lon: _cell_field(m, lat, lon), template))  # fmt: skip
         return names
 
+    def _in_footprint(self, west: float, south: float) -> bool:
+        """Whether a template cell can hold data: cells outside the declared ``footprint``
+        (GSSIC: 79°S–82°N) are not asked for at all, so their tiles are ``no-source``."""
+        footprint = self.recipe.params.get("footprint")
+        if footprint is None:
+            return True
+        degrees = float(self.recipe.params["tile_degrees"])
+        f_west, f_south, f_east, f_north = footprint
+        if not (south < f_north and south + degrees > f_south):
+            return False
+        if f_east < f_west:  # across the antimeridian
+            return west + degrees > f_west or west < f_east
+        return west < f_east and west + degrees > f_west
+
     # --- rendering (worker) ----------------------------------------------------------------
 
     def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
         data, fill, used = self._warp(tile.pixel_grid(self.recipe.resolution), inputs)
-        return Chip(self._encode(data, fill), self.recipe.bands, {"inputs": ";".join(used)})
+        chip = Chip(self._encode(data, fill), self.recipe.bands, {"inputs": ";".join(used)})
+        tags = self.band_metadata()
+        return dataclasses.replace(chip, band_metadata=tags) if tags else chip
+
+    def band_metadata(self) -> tuple[Mapping[str, str], ...]:
+        """Per band tags from ``band_metadata`` globs (later globs override earlier keys)."""
+        globs = self.recipe.params.get("band_metadata") or {}
+        tags: list[dict[str, str]] = []
+        for band in self.recipe.bands:
+            merged: dict[str, str] = {}
+            for pattern, values in globs.items():
+                if fnmatch.fnmatchcase(band, pattern):
+                    merged.update({key: _tag(value) for key, value in values.items()})
+            tags.append(merged)
+        return tuple(tags) if any(tags) else ()
+
+    def _resampling(self, band: str) -> Resampling:
+        method = self.recipe.resampling.value
+        for pattern, value in (self.recipe.params.get("band_resampling") or {}).items():
+            if band and fnmatch.fnmatchcase(band, pattern):
+                method = value
+        return Resampling[method]
 
     def _fill(self) -> tuple[str, float]:
         work_dtype = self.recipe.dtype if self.recipe.scale == 1.0 else "float64"
@@ -479,49 +647,86 @@ class RasterSource(SourceAdapter):
         return work_dtype, np.nan if np.dtype(work_dtype).kind == "f" else 0
 
     def _warp(self, grid: PixelGrid, inputs: tuple[str, ...]) -> tuple[np.ndarray, float, list]:
-        """Every input warped onto ``grid`` in turn (sorted by path): where inputs overlap, the
-        last one's valid pixels win, as in a GDAL VRT mosaic."""
+        """Every layer's inputs warped onto ``grid`` in turn (sorted by path): where inputs
+        overlap, the last one's valid pixels win, as in a GDAL VRT mosaic. The cells of a
+        templated product are mosaicked first and warped once (see the module docstring)."""
         recipe = self.recipe
         work_dtype, fill = self._fill()
         scratch = _scratch(len(recipe.bands), grid, work_dtype)
         scratch.reset(grid, fill)
-        resampling = Resampling[recipe.resampling.value]
         templated = "tile_degrees" in recipe.params
-        used = []
-        for item in inputs:
-            name, path = self._split(item)
+        used: list[str] = []
+        for name, items in itertools.groupby(map(self._split, inputs), key=lambda x: x[0]):
             targets = [recipe.bands.index(name) + 1] if name else scratch.all_bands
-            try:
-                dataset = _open(path)
-            except RasterioIOError as error:
-                if templated and _names_a_missing_file(path, str(error)):
-                    continue  # a cell the tiled product does not have (open sea): no data there
-                if _is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
-                    raise TransientSourceError(f"cannot reach {path}: {_short(error)}") from None
-                raise SourceError(f"cannot open input {path}: {_short(error)}") from None
-            indexes = [1] if name else self._band_indexes(dataset)
-            if len(indexes) != len(targets):
-                raise SourceError(
-                    f"{path} gives {len(indexes)} bands but the recipe names {len(targets)}"
-                )
-            try:
-                reproject(
-                    source=rasterio.band(dataset, indexes),
-                    destination=scratch.band(targets),
-                    src_nodata=recipe.params.get("src_nodata", dataset.nodata),
-                    dst_nodata=fill,
-                    resampling=resampling,
-                    init_dest_nodata=False,
-                )
-            except (RasterioError, OSError) as error:
-                _forget(path)
-                raise SourceError(f"cannot read input {path}: {_short(error)}") from None
-            used.append(path)
+            opened = [found for _, path in items
+                      if (found := self._open_input(path, templated)) is not None]  # fmt: skip
+            if templated and len(opened) > 1:
+                mosaic = _mosaic(opened, recipe.params.get("src_nodata"))
+                if mosaic is not None:
+                    used.extend(path for path, _ in opened)
+                    opened = [(mosaic.name, mosaic)]
+            for path, dataset in opened:
+                indexes = [1] if name else self._band_indexes(dataset)
+                if len(indexes) != len(targets):
+                    raise SourceError(
+                        f"{path} gives {len(indexes)} bands but the recipe names {len(targets)}"
+                    )
+                try:
+                    reproject(
+                        source=rasterio.band(dataset, indexes),
+                        destination=scratch.band(targets),
+                        src_nodata=recipe.params.get("src_nodata", dataset.nodata),
+                        dst_nodata=fill,
+                        resampling=self._resampling(name),
+                        init_dest_nodata=False,
+                    )
+                except (RasterioError, OSError) as error:
+                    _forget(path)
+                    raise SourceError(f"cannot read input {_label(path)}: {_short(error)}"
+                                      ) from None  # fmt: skip
+                if not path.startswith("<"):
+                    used.append(path)
         return scratch.read(), fill, used
+
+    def _open_input(self, path: str, templated: bool) -> tuple[str, rasterio.DatasetReader] | None:
+        """The input opened (downloaded first with ``remote: download``), or None when it is a
+        cell the tiled product does not have (open sea): no data there, not a failure."""
+        if _is_remote(path) and self._downloads():
+            local = self._download(path, templated)
+            if local is None:
+                return None
+            path = local
+        try:
+            return path, _open(path)
+        except RasterioIOError as error:
+            if templated and _names_a_missing_file(path, str(error)):
+                return None
+            if _is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
+                raise TransientSourceError(f"cannot reach {path}: {_short(error)}") from None
+            raise SourceError(f"cannot open input {path}: {_short(error)}") from None
+
+    def _downloads(self) -> bool:
+        return self.recipe.params.get("remote") == "download" and bool(self.options.cache_dir)
+
+    def _download(self, path: str, templated: bool) -> str | None:
+        """A remote file copied whole into ``<cache>/<host>/<path>`` (atomic, locked per file,
+        shared by every worker and run), or None for a missing cell of a tiled product."""
+        from m3leo_tiles.download import MissingRemoteFile, cached_download
+
+        url = path.removeprefix("/vsicurl/")
+        scheme, _, rest = url.partition("://")
+        folder, _, name = rest.partition("?")[0].rpartition("/")
+        cache = Path(self.options.cache_dir or ".") / "raster" / scheme / folder
+        try:
+            return str(cached_download(url, cache, name=name))
+        except MissingRemoteFile:
+            if templated:
+                return None
+            raise SourceError(f"input {url} does not exist (HTTP 404)") from None
 
     def _split(self, item: str) -> tuple[str, str]:
         """``layer=path`` of a layered recipe, or ``("", path)``."""
-        if "layers" not in self.recipe.params:
+        if not self._layered:
             return "", item
         name, _, path = item.partition(LAYER_SEPARATOR)
         return name, path
@@ -573,3 +778,65 @@ def _cell_field(match: re.Match[str], lat: float, lon: float) -> str:
 
 def _short(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _tag(value: Any) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _label(path: str) -> str:
+    return "mosaic of cells" if path.startswith("<") else path
+
+
+def _mosaic(
+    opened: Sequence[tuple[str, rasterio.DatasetReader]], src_nodata: float | None
+) -> rasterio.DatasetReader | None:
+    """One VRT over cells that share a grid (same CRS, pixel size, bands and dtype, offsets
+    a whole number of pixels), later cells over earlier ones; None when they do not, or when
+    there is no nodata to leave the gaps between cells empty (then each cell is warped alone).
+    """
+    first = opened[0][1]
+    nodata = src_nodata if src_nodata is not None else first.nodata
+    xres, yres = first.transform.a, first.transform.e
+    if nodata is None or first.transform.b or first.transform.d:
+        return None
+    for _, dataset in opened:
+        same = (dataset.crs == first.crs and dataset.count == first.count
+                and dataset.dtypes == first.dtypes and dataset.transform.a == xres
+                and dataset.transform.e == yres and not dataset.transform.b
+                and not dataset.transform.d)  # fmt: skip
+        if not same:
+            return None
+    left = min(d.transform.c for _, d in opened)
+    top = max(d.transform.f for _, d in opened)
+    placed = []
+    for path, dataset in opened:
+        x = (dataset.transform.c - left) / xres
+        y = (dataset.transform.f - top) / yres
+        if abs(x - round(x)) > 1e-6 or abs(y - round(y)) > 1e-6:
+            return None
+        placed.append((path, dataset, round(x), round(y)))
+    width = max(x + d.width for _, d, x, _ in placed)
+    height = max(y + d.height for _, d, _, y in placed)
+    gdal_type = GDAL_TYPES.get(first.dtypes[0])
+    if gdal_type is None:
+        return None
+    bands = []
+    for band in range(1, first.count + 1):
+        sources = "".join(
+            f'<ComplexSource><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
+            f"<SourceBand>{band}</SourceBand>"
+            f'<SrcRect xOff="0" yOff="0" xSize="{d.width}" ySize="{d.height}"/>'
+            f'<DstRect xOff="{x}" yOff="{y}" xSize="{d.width}" ySize="{d.height}"/>'
+            f"<NODATA>{nodata!r}</NODATA></ComplexSource>"
+            for path, d, x, y in placed
+        )
+        bands.append(f'<VRTRasterBand dataType="{gdal_type}" band="{band}">'
+                     f"<NoDataValue>{nodata!r}</NoDataValue>{sources}</VRTRasterBand>")  # fmt: skip
+    xml = (
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
+        f"<SRS>{escape(first.crs.to_wkt())}</SRS>"
+        f"<GeoTransform>{left!r}, {xres!r}, 0.0, {top!r}, 0.0, {yres!r}</GeoTransform>"
+        f"{''.join(bands)}</VRTDataset>"
+    )
+    return _open(xml)

@@ -1,0 +1,258 @@
+"""The ``gssic`` recipe (the raster source over GSSIC's 1° cells), from a mirror folder and
+from a loopback bucket, checked against ``rasterio.warp.reproject`` of the merged cells.
+
+The cells are faithful replicas of GSSIC files (tests/helpers/gssic_tiles.py: bucket keys,
+1200 × 1200 3-arcsec EPSG:4326, uint8 coherence / uint16 amplitude, LZW, nodata 0). The
+expectation is computed here independently: ``rasterio.merge`` of the cell files that exist,
+then one ``reproject`` onto the tile's grid derived from its bounds, so a seam at a 1° line, a
+shifted cell or a mixed-up band fails.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from affine import Affine
+from rasterio.merge import merge
+from rasterio.warp import Resampling, reproject
+
+from helpers.gssic_tiles import cell_name, tile_key, write_mirror
+from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
+from m3leo_tiles.recipes import load_recipe, parse_recipe
+from m3leo_tiles.sources.base import FetchOptions, get_source
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPE = REPO_ROOT / "recipes" / "gssic.yaml"
+METRICS = ("COH12", "AMP")
+BANDS = ("winter_vv_coh12", "winter_vv_amp")
+
+INSIDE = Tile.from_point(-117.5, 33.5)  # inside cell N34W118
+CORNER = Tile.from_point(-118.0, 34.0)  # across 118°W and 34°N: four cells
+SEAM = Tile.from_point(-120.0, 33.5, zone=10)  # zone 10 tile reaching over the 120°W seam
+SOUTH = Tile.from_point(-60.0, -10.5)  # southern hemisphere, across 60°W
+CASES = {"inside": INSIDE, "corner": CORNER, "utm-seam": SEAM, "south": SOUTH}
+
+
+def small_recipe(tmp_path: Path, **params):
+    """The shipped gssic recipe with its axes cut to winter × vv × (COH12, AMP)."""
+    data = yaml.safe_load(RECIPE.read_text())
+    grid = data["params"]["layer_grids"][0]
+    grid["axes"] = {"season": ["winter"], "pol": ["vv"], "metric": list(METRICS)}
+    data["params"].update(params)
+    data["bands"] = list(BANDS)
+    data["name"] = "gssic-small"
+    return parse_recipe(data, "test", tmp_path / "gssic-small.yaml")
+
+
+def source_for(recipe, **options):
+    return get_source(recipe.source)(recipe, FetchOptions(**options))
+
+
+def cells_of(tile: Tile) -> set[str]:
+    west, south, east, north = tile.lonlat_polygon().bounds
+    return {cell_name(lon, lat) for lon in (west, east) for lat in (south, north)}
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mirror")
+    cells = set().union(*(cells_of(tile) for tile in CASES.values()))
+    write_mirror(root, sorted(cells), ["winter"], ["vv"], METRICS)
+    return root
+
+
+def tile_grid(tile: Tile) -> tuple[Affine, int]:
+    x0, _, _, y1 = tile.bounds
+    return Affine(89.6, 0, x0, 0, -89.6, y1), round(TILE_SIZE_M / 89.6)
+
+
+def expected_chip(root: Path, tile: Tile, resampling=Resampling.bilinear) -> np.ndarray:
+    """``reproject`` of the merge of the cells' files that exist, band by band."""
+    transform, size = tile_grid(tile)
+    bands = []
+    for metric in METRICS:
+        files = sorted(
+            str(path)
+            for cell in cells_of(tile)
+            if (path := root / tile_key(cell, "winter", "vv", metric)).exists()
+        )
+        out = np.zeros((size, size), "uint16")
+        if files:
+            mosaic, mosaic_transform = merge(files, nodata=0)
+            reproject(
+                mosaic[0], out, src_transform=mosaic_transform, src_crs="EPSG:4326",
+                src_nodata=0, dst_transform=transform, dst_crs=tile.crs, dst_nodata=0,
+                resampling=resampling,
+            )  # fmt: skip
+        bands.append(out)
+    return np.stack(bands)
+
+
+def render(source, tile: Tile):
+    inputs = source.plan([tile])[tile.identifier]
+    return source.render(tile, inputs), inputs
+
+
+def test_cells_planned_per_tile(tmp_path: Path, mirror: Path) -> None:
+    source = source_for(small_recipe(tmp_path), sources=(str(mirror),))
+    source.check()
+    plan = source.plan(list(CASES.values()))
+    for tile in CASES.values():
+        planned = {Path(item.partition("=")[2]).parent.name for item in plan[tile.identifier]}
+        assert planned == cells_of(tile)
+        assert len(plan[tile.identifier]) == len(cells_of(tile)) * len(METRICS)
+    assert len(cells_of(CORNER)) == 4 and len(cells_of(SEAM)) == 2 and len(cells_of(SOUTH)) == 2
+    assert cells_of(SOUTH) == {"S10W061", "S10W060"}  # upper-left corner names the cell
+    far_north = Tile.from_point(10.0, 83.0)  # beyond GSSIC's 82°N: no cell, no request
+    assert source.plan([far_north])[far_north.identifier] == ()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_chip_equals_reproject_of_the_merged_cells(tmp_path: Path, mirror: Path, case) -> None:
+    tile = CASES[case]
+    chip, _ = render(source_for(small_recipe(tmp_path), sources=(str(mirror),)), tile)
+    expected = expected_chip(mirror, tile)
+    assert chip.band_names == BANDS and chip.data.dtype == np.uint16
+    np.testing.assert_array_equal(chip.data, expected)
+    assert (expected > 0).mean() > 0.9  # real values, not an all-nodata coincidence
+
+
+def test_seam_is_gone_compared_with_one_warp_per_cell(tmp_path: Path, mirror: Path) -> None:
+    """Why cells are mosaicked before the warp: separate bilinear warps differ at 1° lines."""
+    chip, inputs = render(source_for(small_recipe(tmp_path), sources=(str(mirror),)), CORNER)
+    transform, size = tile_grid(CORNER)
+    per_cell = np.zeros((size, size), "uint16")
+    for item in sorted(i for i in inputs if i.startswith(BANDS[0])):
+        with rasterio.open(item.partition("=")[2]) as cell:
+            reproject(rasterio.band(cell, 1), per_cell, dst_transform=transform,
+                      dst_crs=CORNER.crs, dst_nodata=0, resampling=Resampling.bilinear,
+                      init_dest_nodata=False)  # fmt: skip
+    assert (per_cell != chip.data[0]).any()
+
+
+def test_band_scale_offset_and_amplitude_formula(tmp_path: Path, mirror: Path) -> None:
+    chip, _ = render(source_for(small_recipe(tmp_path), sources=(str(mirror),)), INSIDE)
+    coherence, amplitude = chip.band_metadata
+    assert float(coherence["scale"]) == 0.01 and float(coherence["offset"]) == 0
+    assert "scale" not in amplitude and amplitude["gamma0_db"] == "20*log10(DN) - 83"
+
+
+def test_missing_cells_and_files_are_no_data(tmp_path: Path, mirror: Path) -> None:
+    partial = tmp_path / "partial"
+    for path in mirror.rglob("*.tif"):
+        if "N35W119" in path.name or path.name == "N34W118_winter_vv_AMP.tif":
+            continue  # a whole cell missing (sea) and one file of another cell missing
+        target = partial / path.relative_to(mirror)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+    source = source_for(small_recipe(tmp_path), sources=(str(partial),))
+    chip, _ = render(source, CORNER)
+    np.testing.assert_array_equal(chip.data, expected_chip(partial, CORNER))
+    assert (chip.data[0] > 0).any() and (chip.data[0] == 0).any()
+    empty, _ = render(source, Tile.from_point(-118.5, 34.5))  # inside the missing cell
+    assert not empty.data.any()
+
+
+def test_root_from_environment_and_relative_source(tmp_path: Path, mirror: Path,
+                                                   monkeypatch) -> None:  # fmt: skip
+    monkeypatch.setenv("M3LEO_GSSIC_ROOT", str(mirror))
+    chip, inputs = render(source_for(small_recipe(tmp_path)), INSIDE)
+    assert all(item.partition("=")[2].startswith(str(mirror)) for item in inputs)
+    np.testing.assert_array_equal(chip.data, expected_chip(mirror, INSIDE))
+    monkeypatch.delenv("M3LEO_GSSIC_ROOT")
+    monkeypatch.chdir(mirror.parent)
+    relative = source_for(small_recipe(tmp_path), sources=(mirror.name,))
+    assert relative.root() == str(mirror)
+    default = source_for(small_recipe(tmp_path))
+    assert default.root() == (
+        "https://sentinel-1-global-coherence-earthbigdata.s3.us-west-2.amazonaws.com"
+    )
+
+
+def test_shipped_recipe_is_the_papers_set() -> None:
+    recipe = load_recipe("gssic")
+    assert recipe.resolution == 89.6 and recipe.dtype == "uint16" and recipe.nodata == 0
+    assert len(recipe.bands) == 4 * 2 * 8 and recipe.bands[0] == "winter_vv_coh12"
+    assert {b.split("_", 2)[2] for b in recipe.bands} == {
+        "coh12", "coh24", "coh36", "coh48", "amp", "rho", "tau", "rmse"}  # fmt: skip
+    get_source("raster")(recipe, FetchOptions(sources=("/nonexistent",))).check()
+
+
+# --- remote: the loopback bucket ----------------------------------------------------------
+
+
+def test_stream_and_download_equal_the_mirror(tmp_path: Path, mirror: Path) -> None:
+    from helpers.loopback import serve_files_in_process
+
+    expected = expected_chip(mirror, CORNER)
+    with serve_files_in_process(mirror) as server:
+        streamed, inputs = render(
+            source_for(small_recipe(tmp_path, remote="stream"), sources=(server.url,)), CORNER
+        )
+        assert inputs[0].partition("=")[2].startswith("/vsicurl/http://127.0.0.1")
+        np.testing.assert_array_equal(streamed.data, expected)
+        cache = tmp_path / "cache"
+        downloaded, _ = render(
+            source_for(small_recipe(tmp_path), sources=(server.url,), cache_dir=str(cache)),
+            CORNER,
+        )
+        np.testing.assert_array_equal(downloaded.data, expected)
+    cached = sorted(cache.rglob("*.tif"))
+    assert len(cached) == len(cells_of(CORNER)) * len(METRICS)
+    for path in cached:
+        assert path.read_bytes() == (mirror / "data/tiles" / path.parent.name / path.name
+                                     ).read_bytes()  # fmt: skip
+
+
+def test_truncated_download_is_retried_and_never_looks_whole(tmp_path: Path, mirror: Path):
+    from helpers.loopback import serve_files_in_process
+
+    key = "/" + tile_key("N34W118", "winter", "vv", "COH12")
+    with serve_files_in_process(mirror) as server:
+        server.set(truncate={key: 5000})
+        source = source_for(small_recipe(tmp_path), sources=(server.url,),
+                            cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        chip, _ = render(source, INSIDE)
+        tries = [p for p in server.paths() if p == key]
+    assert len(tries) == 2  # the cut one, then a whole one
+    np.testing.assert_array_equal(chip.data, expected_chip(mirror, INSIDE))
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def _render_in_child(recipe_data: dict, root: str, cache: str, results) -> None:
+    recipe = parse_recipe(recipe_data, "child")
+    source = source_for(recipe, sources=(root,), cache_dir=cache)
+    chip, _ = render(source, INSIDE)
+    results.put(int(chip.data.sum()))
+
+
+@pytest.mark.slow
+def test_two_workers_download_each_file_once(tmp_path: Path, mirror: Path) -> None:
+    from helpers.loopback import serve_files_in_process
+
+    recipe_data = yaml.safe_load(RECIPE.read_text())
+    recipe_data["params"]["layer_grids"][0]["axes"] = {
+        "season": ["winter"], "pol": ["vv"], "metric": list(METRICS)}  # fmt: skip
+    recipe_data["bands"] = list(BANDS)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    with serve_files_in_process(mirror, latency_s=0.2) as server:
+        workers = [
+            context.Process(target=_render_in_child,
+                            args=(recipe_data, server.url, str(tmp_path / "cache"), results))
+            for _ in range(2)
+        ]  # fmt: skip
+        for worker in workers:
+            worker.start()
+        sums = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+        gets = [p for p in server.paths() if p.endswith(".tif")]
+    assert sums[0] == sums[1] == int(expected_chip(mirror, INSIDE).sum())
+    assert sorted(gets) == sorted(set(gets)) and len(gets) == len(METRICS)
