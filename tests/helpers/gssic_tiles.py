@@ -12,8 +12,9 @@ are faithful replicas of the product's published layout, not its values:
 
 Values are a smooth function of longitude and latitude (so neighbouring cells join without a
 step and bilinear warps across a 1° line are meaningful), different for every season, pol and
-metric (so a band mix-up shows), with a disc of nodata in every cell (so nodata handling is
-exercised). Run as a script to make a mirror folder by hand::
+metric (so a band mix-up shows), with a disc of nodata in every cell, somewhere else in every
+layer (so nodata handling is exercised band by band). Run as a script to make a mirror
+folder by hand::
 
     python tests/helpers/gssic_tiles.py OUT N34W118 N35W118 --metrics COH12 AMP
 """
@@ -72,7 +73,8 @@ def values(cell: str, season: str, pol: str, metric: str) -> np.ndarray:
     wave = np.sin(lon * 9.0 + layer) * np.cos(lat * 7.0 - layer)
     step = 2 if dtype_of(metric) == "uint8" else 80  # 50 levels: small LZW files, fast tests
     data = 1 + step * np.rint(49 * (wave + 1) / 2)
-    disc = (lon - (west + 0.3)) ** 2 + (lat - (north - 0.7)) ** 2 < 0.05**2
+    centre = (west + 0.02 + 0.004 * (layer % 8), north - 0.02 - 0.004 * (layer % 5))
+    disc = (lon - centre[0]) ** 2 + (lat - centre[1]) ** 2 < 0.03**2  # by the NW corner
     data[disc] = 0
     return data.astype(dtype_of(metric))
 
