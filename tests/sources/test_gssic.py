@@ -243,9 +243,10 @@ def test_two_workers_download_each_file_once(tmp_path: Path, mirror: Path) -> No
     recipe_data["params"]["layer_grids"][0]["axes"] = {
         "season": ["winter"], "pol": ["vv"], "metric": list(METRICS)}  # fmt: skip
     recipe_data["bands"] = list(BANDS)
+    recipe_data["name"] = "gssic-small"
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    with serve_files_in_process(mirror, latency_s=0.2) as server:
+    with serve_files_in_process(mirror, latency_s=1.0) as server:  # downloads overlap
         workers = [
             context.Process(target=_render_in_child,
                             args=(recipe_data, server.url, str(tmp_path / "cache"), results))
@@ -253,7 +254,7 @@ def test_two_workers_download_each_file_once(tmp_path: Path, mirror: Path) -> No
         ]  # fmt: skip
         for worker in workers:
             worker.start()
-        sums = [results.get(timeout=120) for _ in workers]
+        sums = [results.get(timeout=60) for _ in workers]
         for worker in workers:
             worker.join(timeout=30)
         gets = [p for p in server.paths() if p.endswith(".tif")]

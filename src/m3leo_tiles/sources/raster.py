@@ -65,6 +65,7 @@ conservation in both directions on real and on Mollweide data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import glob
@@ -74,7 +75,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -99,7 +101,14 @@ from m3leo_tiles.grid.tile import (
     PixelGrid,
     lonlat_polygons,
 )
-from m3leo_tiles.sources.base import Chip, SourceAdapter, SourceOption, TileInputs, register
+from m3leo_tiles.sources.base import (
+    Chip,
+    RenderContext,
+    SourceAdapter,
+    SourceOption,
+    TileInputs,
+    register,
+)
 
 PARAMS = {"inputs", "layers", "band_indexes", "src_nodata", "footprint", "tile_degrees",
           "tile_corner", "root", "layer_grids", "band_metadata", "band_resampling",
@@ -213,13 +222,17 @@ class _ThreadState(threading.local):
 _STATE = _ThreadState()
 
 
-def _open(path: str) -> rasterio.DatasetReader:
-    """Keep recently used inputs open in this thread: opening costs more than a small warp."""
+def _open(path: str, keep: int = OPEN_DATASETS_PER_WORKER) -> rasterio.DatasetReader:
+    """Keep recently used inputs open in this thread: opening costs more than a small warp.
+
+    ``keep`` (at least what one tile reads: GSSIC's 64 layers × up to 4 cells) stops a tile
+    with many inputs from closing the files its neighbours are about to reopen.
+    """
     datasets = _STATE.open
     dataset = datasets.pop(path, None)
     if dataset is None:
         dataset = rasterio.open(path)
-        while len(datasets) >= OPEN_DATASETS_PER_WORKER:
+        while len(datasets) >= max(OPEN_DATASETS_PER_WORKER, keep):
             datasets.popitem(last=False)[1].close()
     datasets[path] = dataset
     return dataset
@@ -681,13 +694,14 @@ class RasterSource(SourceAdapter):
         scratch = _scratch(len(recipe.bands), grid, work_dtype)
         scratch.reset(grid, fill)
         templated = "tile_degrees" in recipe.params
+        keep = 2 * len(inputs) + 2  # this tile's files and mosaics stay open for the next
         used: list[str] = []
         for name, items in itertools.groupby(map(self._split, inputs), key=lambda x: x[0]):
             targets = [recipe.bands.index(name) + 1] if name else scratch.all_bands
-            opened = [found for _, path in items
-                      if (found := self._open_input(path, templated)) is not None]  # fmt: skip
+            found = (self._open_input(path, templated, keep) for _, path in items)
+            opened = [item for item in found if item is not None]
             if templated and len(opened) > 1:
-                mosaic = _mosaic(opened, recipe.params.get("src_nodata"))
+                mosaic = _mosaic(opened, recipe.params.get("src_nodata"), keep)
                 if mosaic is not None:
                     used.extend(path for path, _ in opened)
                     opened = [(mosaic.name, mosaic)]
@@ -714,7 +728,9 @@ class RasterSource(SourceAdapter):
                     used.append(path)
         return scratch.read(), fill, used
 
-    def _open_input(self, path: str, templated: bool) -> tuple[str, rasterio.DatasetReader] | None:
+    def _open_input(
+        self, path: str, templated: bool, keep: int = OPEN_DATASETS_PER_WORKER
+    ) -> tuple[str, rasterio.DatasetReader] | None:
         """The input opened (downloaded first with ``remote: download``), or None when it is a
         cell the tiled product does not have (open sea): no data there, not a failure."""
         if _is_remote(path) and self._downloads():
@@ -723,13 +739,38 @@ class RasterSource(SourceAdapter):
                 return None
             path = local
         try:
-            return path, _open(path)
+            return path, _open(path, keep)
         except RasterioIOError as error:
             if templated and _names_a_missing_file(path, str(error)):
                 return None
             if _is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
                 raise TransientSourceError(f"cannot reach {path}: {_short(error)}") from None
             raise SourceError(f"cannot open input {path}: {_short(error)}") from None
+
+    def render_many(
+        self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
+    ) -> Iterator[tuple[GridTile, Chip | Exception]]:
+        """With ``remote: download``: the batch's files are fetched first, concurrently within
+        the request budget, then its chips are made one after the other in this thread, so
+        every file is opened once per batch rather than once per thread."""
+        if not self._downloads():
+            yield from super().render_many(items, context)
+            return
+        templated = "tile_degrees" in self.recipe.params
+        remote = sorted({path for _, inputs in items for item in inputs
+                         if _is_remote(path := self._split(item)[1])})  # fmt: skip
+
+        def fetch(path: str) -> None:
+            # A failure here is reported (and retried) by the tile's own render.
+            with contextlib.suppress(Exception), context.slot():
+                self._download(path, templated)
+
+        if remote:
+            with ThreadPoolExecutor(min(context.threads, len(remote)),
+                                    thread_name_prefix="m3leo-download") as pool:  # fmt: skip
+                list(pool.map(fetch, remote))
+        sequential = RenderContext(threads=1, slot=context.slot, sleep=context.sleep)
+        yield from super().render_many(items, sequential)
 
     def _downloads(self) -> bool:
         return self.recipe.params.get("remote") == "download" and bool(self.options.cache_dir)
@@ -815,7 +856,9 @@ def _label(path: str) -> str:
 
 
 def _mosaic(
-    opened: Sequence[tuple[str, rasterio.DatasetReader]], src_nodata: float | None
+    opened: Sequence[tuple[str, rasterio.DatasetReader]],
+    src_nodata: float | None,
+    keep: int = OPEN_DATASETS_PER_WORKER,
 ) -> rasterio.DatasetReader | None:
     """One VRT over cells that share a grid (same CRS, pixel size, bands and dtype, offsets
     a whole number of pixels), later cells over earlier ones; None when they do not, or when
@@ -865,4 +908,4 @@ def _mosaic(
         f"<GeoTransform>{left!r}, {xres!r}, 0.0, {top!r}, 0.0, {yres!r}</GeoTransform>"
         f"{''.join(bands)}</VRTDataset>"
     )
-    return _open(xml)
+    return _open(xml, keep)
