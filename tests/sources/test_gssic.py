@@ -260,3 +260,92 @@ def test_two_workers_download_each_file_once(tmp_path: Path, mirror: Path) -> No
         gets = [p for p in server.paths() if p.endswith(".tif")]
     assert sums[0] == sums[1] == int(expected_chip(mirror, INSIDE).sum())
     assert sorted(gets) == sorted(set(gets)) and len(gets) == len(METRICS)
+
+
+# --- end to end: `m3leo-tiles fetch gssic --aoi demo` -------------------------------------
+
+
+def demo_cells() -> list[str]:
+    """The cells the demo AOI touches, from the AOI file itself."""
+    import shapely
+
+    from m3leo_tiles.grid.aois import load_aoi
+
+    geometry = load_aoi("demo").geometry
+    cells = set()
+    for part in getattr(geometry, "geoms", [geometry]):
+        west, south, east, north = shapely.buffer(part, 0.05).bounds  # tiles reach past it
+        for lon in np.arange(np.floor(west), east, 1.0):
+            for lat in np.arange(np.floor(south), north, 1.0):
+                cells.add(cell_name(lon + 0.5, lat + 0.5))
+    return sorted(cells)
+
+
+@pytest.fixture(scope="module")
+def demo_mirror(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo-mirror")
+    write_mirror(root, demo_cells())  # every season, pol and metric of the shipped recipe
+    return root
+
+
+def run_cli(args: list[str], cwd: Path, **env: str):
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), **env}
+    script = Path(sys.executable).parent / "m3leo-tiles"  # the installed entry point
+    return subprocess.run(
+        [str(script), *args], cwd=cwd, env=environment,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def read_manifest(dataset: Path) -> dict[str, str]:
+    import csv
+
+    with open(dataset / "manifest.csv", newline="") as handle:
+        return {row["identifier"]: row["status"] for row in csv.DictReader(handle)}
+
+
+def check_demo_chips(dataset: Path) -> dict[str, np.ndarray]:
+    statuses = read_manifest(dataset)
+    assert len(statuses) > 50 and set(statuses.values()) == {"ok"}, statuses
+    recipe = load_recipe("gssic")
+    chips = {}
+    for identifier in statuses:
+        with rasterio.open(dataset / f"{identifier}.tif") as chip:
+            grid = Tile.from_id(identifier).pixel_grid(89.6)  # every source's grid of the tile
+            assert chip.crs.to_string() == grid.crs and chip.transform == grid.transform
+            assert chip.descriptions == recipe.bands and chip.nodata == 0
+            assert chip.scales[0] == 0.01 and chip.scales[recipe.bands.index("winter_vv_rho")]\
+                == 0.001  # fmt: skip
+            chips[identifier] = chip.read()
+    return chips
+
+
+@pytest.mark.slow
+def test_fetch_demo_from_a_mirror_folder_and_from_the_loopback_bucket(
+    tmp_path: Path, demo_mirror: Path
+) -> None:
+    from helpers.loopback import serve_files_in_process
+
+    mirrored = run_cli(
+        ["fetch", "gssic", "--aoi", "demo", "--source", str(demo_mirror), "--out", "out",
+         "--workers", "1", "--quiet"], tmp_path,
+    )  # fmt: skip
+    assert mirrored.returncode == 0, mirrored.stderr
+    from_mirror = check_demo_chips(tmp_path / "out" / "demo" / "gssic")
+
+    with serve_files_in_process(demo_mirror) as server:
+        remote = run_cli(
+            ["fetch", "gssic", "--aoi", "demo", "--out", "remote", "--cache", "cache",
+             "--workers", "2", "--quiet"], tmp_path, M3LEO_GSSIC_ROOT=server.url,
+        )  # fmt: skip
+        gets = [path for path in server.paths() if path.endswith(".tif")]
+    assert remote.returncode == 0, remote.stderr
+    from_bucket = check_demo_chips(tmp_path / "remote" / "demo" / "gssic")
+    assert from_bucket.keys() == from_mirror.keys()
+    for identifier, data in from_mirror.items():
+        np.testing.assert_array_equal(from_bucket[identifier], data)
+    assert len(gets) == len(set(gets)) == len(demo_cells()) * 64  # every file fetched once
+    assert not list((tmp_path / "cache").rglob("*.part"))
