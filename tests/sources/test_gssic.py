@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,44 @@ def test_fetch_demo_from_a_mirror_folder_and_from_the_loopback_bucket(
         np.testing.assert_array_equal(from_bucket[identifier], data)
     assert len(gets) == len(set(gets)) == len(demo_cells()) * 64  # every file fetched once
     assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def test_band_resampling_overrides_the_recipe_for_matching_bands(tmp_path: Path, mirror: Path):
+    recipe = small_recipe(tmp_path, band_resampling={"*_amp": "nearest"})
+    chip, _ = render(source_for(recipe, sources=(str(mirror),)), CORNER)
+    bilinear = expected_chip(mirror, CORNER)
+    nearest = expected_chip(mirror, CORNER, Resampling.nearest)
+    np.testing.assert_array_equal(chip.data[0], bilinear[0])
+    np.testing.assert_array_equal(chip.data[1], nearest[1])
+    assert (bilinear[1] != nearest[1]).any()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"layer_grids": [{"path": "x_{a}.tif", "band": "b", "axes": {"a": [1, 2]}}]},
+         "must use {a}"),
+        ({"layer_grids": [{"path": "{lat}.tif", "band": "{lat}", "axes": {"lat": [1]}}]},
+         "cannot be an axis name"),
+        ({"band_metadata": {"*": {"scale": "big"}}}, "scale must be a number"),
+        ({"band_resampling": {"*": "bicubic"}}, "band_resampling"),
+        ({"remote": "ftp"}, "stream, download"),
+    ],
+)  # fmt: skip
+def test_bad_layer_params_are_one_line_errors(tmp_path: Path, change, message) -> None:
+    from m3leo_tiles.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        small_recipe(tmp_path, **change)
+
+
+def test_bands_must_be_the_generated_layers(tmp_path: Path, mirror: Path) -> None:
+    from m3leo_tiles.errors import ConfigError
+
+    data = yaml.safe_load(RECIPE.read_text())
+    data["bands"] = data["bands"][:-1]
+    recipe = parse_recipe(data, "test", tmp_path / "g.yaml")
+    with pytest.raises(ConfigError, match="must be the recipe's bands"):
+        source_for(recipe, sources=(str(mirror),)).check()
+    with pytest.raises(ConfigError, match="takes one --source"):
+        source_for(load_recipe("gssic"), sources=(str(mirror), str(mirror))).layers()
