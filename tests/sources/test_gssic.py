@@ -207,6 +207,7 @@ def test_stream_and_download_equal_the_mirror(tmp_path: Path, mirror: Path) -> N
             CORNER,
         )
         np.testing.assert_array_equal(downloaded.data, expected)
+        assert all(used.startswith(server.url) for used in downloaded.metadata["inputs"].split(";"))
     cached = sorted(cache.rglob("*.tif"))
     assert len(cached) == len(cells_of(CORNER)) * len(METRICS)
     for path in cached:

@@ -238,6 +238,12 @@ def _open(path: str, keep: int = OPEN_DATASETS_PER_WORKER) -> rasterio.DatasetRe
     return dataset
 
 
+def _forget_dataset(dataset: rasterio.DatasetReader) -> None:
+    """Close and drop ``dataset`` whatever key it is kept under (a path, a URL, a VRT)."""
+    for key in [k for k, v in _STATE.open.items() if v is dataset]:
+        _STATE.open.pop(key).close()
+
+
 def _forget(path: str) -> None:
     dataset = _STATE.open.pop(path, None)
     if dataset is not None:
@@ -721,7 +727,7 @@ class RasterSource(SourceAdapter):
                         init_dest_nodata=False,
                     )
                 except (RasterioError, OSError) as error:
-                    _forget(path)
+                    _forget_dataset(dataset)
                     raise SourceError(f"cannot read input {_label(path)}: {_short(error)}"
                                       ) from None  # fmt: skip
                 if not path.startswith("<"):
@@ -737,7 +743,10 @@ class RasterSource(SourceAdapter):
             local = self._download(path, templated)
             if local is None:
                 return None
-            path = local
+            try:  # named by its URL in the chip's inputs; the VRT reads the dataset's file
+                return path.removeprefix("/vsicurl/"), _open(local, keep)
+            except RasterioIOError as error:
+                raise SourceError(f"cannot open {local}: {_short(error)}") from None
         try:
             return path, _open(path, keep)
         except RasterioIOError as error:
@@ -879,12 +888,12 @@ def _mosaic(
     left = min(d.transform.c for _, d in opened)
     top = max(d.transform.f for _, d in opened)
     placed = []
-    for path, dataset in opened:
+    for _, dataset in opened:
         x = (dataset.transform.c - left) / xres
         y = (dataset.transform.f - top) / yres
         if abs(x - round(x)) > 1e-6 or abs(y - round(y)) > 1e-6:
             return None
-        placed.append((path, dataset, round(x), round(y)))
+        placed.append((dataset.name, dataset, round(x), round(y)))
     width = max(x + d.width for _, d, x, _ in placed)
     height = max(y + d.height for _, d, _, y in placed)
     gdal_type = GDAL_TYPES.get(first.dtypes[0])
