@@ -185,7 +185,7 @@ def test_shipped_recipe_is_the_papers_set() -> None:
     assert len(recipe.bands) == 4 * 2 * 8 and recipe.bands[0] == "winter_vv_coh12"
     assert {b.split("_", 2)[2] for b in recipe.bands} == {
         "coh12", "coh24", "coh36", "coh48", "amp", "rho", "tau", "rmse"}  # fmt: skip
-    get_source("raster")(recipe, FetchOptions(sources=("/nonexistent",))).check()
+    get_source("raster")(recipe).check()  # the bucket's URL: nothing asked while checking
 
 
 # --- remote: the loopback bucket ----------------------------------------------------------
@@ -390,5 +390,7 @@ def test_bands_must_be_the_generated_layers(tmp_path: Path, mirror: Path) -> Non
     recipe = parse_recipe(data, "test", tmp_path / "g.yaml")
     with pytest.raises(ConfigError, match="must be the recipe's bands"):
         source_for(recipe, sources=(str(mirror),)).check()
+    with pytest.raises(ConfigError, match=r"mirror folder .*nowhere does not exist"):
+        source_for(load_recipe("gssic"), sources=(str(tmp_path / "nowhere"),)).check()
     with pytest.raises(ConfigError, match="takes one --source"):
         source_for(load_recipe("gssic"), sources=(str(mirror), str(mirror))).layers()

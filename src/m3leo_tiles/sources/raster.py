@@ -543,6 +543,14 @@ class RasterSource(SourceAdapter):
                 f"from GDAL 3.6; this rasterio has GDAL {rasterio.__gdal_version__}: upgrade it"
             )
         layers = self.layers()
+        root = self.root()
+        if root is not None:
+            folder = _gdal_path(root, self.recipe.folder)
+            if not folder.startswith("/vsi") and not os.path.isdir(folder):
+                raise ConfigError(
+                    f"the mirror folder {folder} does not exist; give --source a folder laid "
+                    "out like the product (or its URL)"
+                )
         names = [layer.name for layer in layers]
         if names != [None] and sorted(names) != sorted(self.recipe.bands):
             raise ConfigError(
