@@ -235,9 +235,7 @@ def load_splits(grid_file: Path) -> dict[str, str]:
 
     splits = dict(read_grid(grid_file).splits)
     if not splits:
-        raise ConfigError(
-            f"the grid {grid_file} has no splits; make one with `m3leo-tiles grid`"
-        )
+        raise ConfigError(f"the grid {grid_file} has no splits; make one with `m3leo-tiles grid`")
     return splits
 
 

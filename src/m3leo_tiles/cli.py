@@ -344,9 +344,7 @@ def stats(
 
 @app.command()
 def pack(
-    dataset: Annotated[
-        str, typer.Argument(help="A dataset folder or its name under --root.")
-    ],
+    dataset: Annotated[str, typer.Argument(help="A dataset folder or its name under --root.")],
     root: Annotated[Path, typer.Option(help="The --out folder of fetch.")] = Path("data"),
     aoi: Annotated[str | None, typer.Option(help="AOI folder, when the name is ambiguous.")] = None,
 ) -> None:

@@ -203,9 +203,7 @@ def compute_stats(
     import rasterio
 
     chipset = ChipSet.open(Path(folder))
-    splits = (
-        load_splits(grid_path_for(grid, chipset.aoi, grids_dir)) if split is not None else {}
-    )
+    splits = load_splits(grid_path_for(grid, chipset.aoi, grids_dir)) if split is not None else {}
     ids = ids_of_split(chipset.ids, splits, split)
     if not ids:
         raise ConfigError(
