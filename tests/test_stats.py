@@ -103,7 +103,8 @@ def test_class_values_are_recorded_and_the_file_round_trips(tree: ChipTree) -> N
 
 def test_no_chips_in_split_is_a_config_error(real_chips: Path) -> None:
     with pytest.raises(ConfigError, match="no chips of split 'test'"):
-        compute_stats(real_chips / "data" / "demo" / "demo-s1", "test", grids_dir=real_chips / "grids")
+        folder = real_chips / "data" / "demo" / "demo-s1"
+        compute_stats(folder, "test", grids_dir=real_chips / "grids")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

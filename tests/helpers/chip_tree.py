@@ -167,7 +167,11 @@ def make_chip_tree(base: Path) -> ChipTree:
     _write_dataset(tree, s2_recipe, s2, skip={1})
 
     s1_recipe = _recipe("s1x", ["vv", "vh"], 224, "float32", -9999)
-    _write_dataset(tree, s1_recipe, lambda i, size: _smooth(np.random.default_rng(i), 2, size, -25, 0), skip={2})
+
+    def s1(index, size):
+        return _smooth(np.random.default_rng(index), 2, size, -25, 0)
+
+    _write_dataset(tree, s1_recipe, s1, skip={2})
 
     wc_recipe = _recipe("esawc", ["map"], 89.6, "uint8", 0)
 

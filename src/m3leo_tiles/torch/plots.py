@@ -67,8 +67,9 @@ def _rgb(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
 
 def plot_predictions(model: Any, dataset: Any, data: Any, config: Any, path: Path) -> Path:
     """A row per sample: the input, the target, the prediction (first ``config.predictions``)."""
-    import torch
     from matplotlib.colors import ListedColormap
+
+    import torch
 
     plt = _pyplot()
     count = max(1, min(config.predictions, len(dataset)))
@@ -107,7 +108,9 @@ def plot_predictions(model: Any, dataset: Any, data: Any, config: Any, path: Pat
         for column, title in ((1, "target"), (2, "prediction")):
             shown_image = axes[row, column].imshow(shown[column - 1], **options)
             axes[row, column].set_title(title)
-        figure.colorbar(shown_image, ax=axes[row, 1:], shrink=0.8)
+        bar = figure.colorbar(shown_image, ax=axes[row, 1:], shrink=0.8)
+        if categorical:  # label the colours with the class values, not their indices
+            bar.set_ticks(range(n), labels=[str(v) for v in dataset.classes])
         for axis in axes[row]:
             axis.set_xticks([])
             axis.set_yticks([])

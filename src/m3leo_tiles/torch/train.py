@@ -246,6 +246,7 @@ def compute_loss(output: Any, batch: dict[str, Any], categorical: bool, mean: fl
 
 def _seed_everything(seed: int) -> None:
     import numpy as np
+
     import torch
 
     random.seed(seed)
@@ -254,8 +255,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _loader(dataset: Any, config: TrainConfig, shuffle: bool, epoch: int = 0) -> Any:
-    import torch
     from torch.utils.data import DataLoader
+
+    import torch
 
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     return DataLoader(
@@ -320,8 +322,25 @@ def train(
     """Run (or resume) training; returns the test metrics. ``stop_after`` ends the run after
     that many epochs of this call without the final evaluation (as an interruption would)."""
     import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(config, resume, progress, log, stop_after)
+    finally:  # a notebook's torch settings are its own
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    stop_after: int | None,
+) -> dict[str, Any]:
     from tqdm import tqdm
 
+    import torch
     from m3leo_tiles.torch.unet import UNet, parameter_count
 
     out = Path(config.out)
