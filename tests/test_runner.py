@@ -7,7 +7,6 @@ One LocalCluster is shared through ``scheduler=`` (which is also the existing-cl
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -205,47 +204,6 @@ def test_worker_killed_mid_run_is_survived_and_resumed(tmp_path: Path) -> None:
     assert again.exit_code == 0 and again.skipped == report.ok
     assert {k: mtimes(folder)[k] for k in before} == before
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
-
-
-@pytest.fixture
-def external_cluster(tmp_path: Path):
-    """A real `dask scheduler` and `dask worker` as separate processes, torn down after."""
-    bin_dir = Path(sys.executable).parent
-    info = tmp_path / "scheduler.json"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    )
-    logs = (tmp_path / "scheduler.log").open("w"), (tmp_path / "worker.log").open("w")
-    scheduler = subprocess.Popen(
-        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", info],
-        stdout=logs[0], stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    processes = [scheduler]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            assert scheduler.poll() is None, (tmp_path / "scheduler.log").read_text()
-            time.sleep(0.1)
-        address = json.loads(info.read_text())["address"]
-        worker = subprocess.Popen(
-            [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-             "--death-timeout", "60"],
-            stdout=logs[1], stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
-        processes.append(worker)
-        yield address, scheduler
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for handle in logs:
-            handle.close()
 
 
 def test_existing_cluster_via_scheduler_address(external_cluster, tmp_path: Path) -> None:
