@@ -165,5 +165,6 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
 
 
 def open_pack(folder: Path) -> np.ndarray:
-    """The packed chips as a read-only memory map (open it in each worker process)."""
-    return np.load(pack_dir(folder) / ARRAY_NAME, mmap_mode="r")
+    """The packed chips as a memory map (open it in each worker process; never written)."""
+    # copy-on-write: pages are shared read-only, and torch.from_numpy gets a writable array
+    return np.load(pack_dir(folder) / ARRAY_NAME, mmap_mode="c")

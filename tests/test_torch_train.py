@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-import torch
 from helpers.chip_tree import ChipTree, make_chip_tree
 from m3leo_tiles.torch.train import TrainConfig, main, train
 from m3leo_tiles.torch.unet import PAPER_WIDTH, UNet, parameter_count

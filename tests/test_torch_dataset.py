@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from torch.utils.data import DataLoader
 
-import torch
 from helpers.chip_tree import TILES, WORLDCOVER, ChipTree, make_chip_tree
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
