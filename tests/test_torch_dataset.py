@@ -140,7 +140,9 @@ def test_two_workers_give_the_same_batches(tree: ChipTree) -> None:
 def test_pack_and_chips_give_the_same_samples(tree: ChipTree, tmp_path: Path) -> None:
     root = tmp_path / "data"
     shutil.copytree(tree.folder("s2x"), root / "tst" / "s2x")
-    pack(root / "tst" / "s2x")
+    index = pack(root / "tst" / "s2x")
+    assert index.ids == tuple(sorted(i for i in tree.ids if i != TILES[1].identifier))
+    assert index.with_nodata == {TILES[0].identifier}  # its nodata rows; others need no mask
     packed = M3LEODataset(root, tree.grid, ["s2x"], grids_dir=tree.grids_dir)
     files = M3LEODataset(root, tree.grid, ["s2x"], grids_dir=tree.grids_dir, use_pack=False)
     assert packed.inputs[0].packed and not files.inputs[0].packed

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m3leo_tiles.chipsets import ChipSet, read_chip_info
+from m3leo_tiles.chipsets import ChipSet, read_chip_info, valid_mask
 from m3leo_tiles.errors import ConfigError
 
 PACK_DIR = "pack"
@@ -51,6 +51,7 @@ class PackIndex:
     height: int
     width: int
     fingerprint: str
+    with_nodata: frozenset[str] | None = None  # chips holding nodata/NaN (None: unknown)
 
     def row_of(self) -> dict[str, int]:
         return {identifier: row for row, identifier in enumerate(self.ids)}
@@ -75,6 +76,7 @@ def read_pack_index(folder: Path) -> PackIndex | None:
             height=int(data["height"]),
             width=int(data["width"]),
             fingerprint=data["fingerprint"],
+            with_nodata=frozenset(data["with_nodata"]) if "with_nodata" in data else None,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -108,6 +110,7 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
     staging = chipset.folder / f".{PACK_DIR}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    with_nodata: set[str] = set()
     try:
         array = np.lib.format.open_memmap(
             staging / ARRAY_NAME,
@@ -128,14 +131,16 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
                         f"{first.height}x{first.width} (per-tile band lists are read from the "
                         "chips, not packed)"
                     )
-                array[row] = dataset.read()
+                array[row] = data = dataset.read()
+                if not valid_mask(data, first.nodata).all():
+                    with_nodata.add(identifier)
             if progress:
                 progress(row + 1, len(ids))
         array.flush()
         del array
         index = PackIndex(
             tuple(ids), first.bands, first.dtype, first.nodata, first.height, first.width,
-            fingerprint,
+            fingerprint, frozenset(with_nodata),
         )  # fmt: skip
         (staging / INDEX_NAME).write_text(
             json.dumps(
@@ -147,6 +152,8 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
                     "height": index.height,
                     "width": index.width,
                     "fingerprint": index.fingerprint,
+                    # chips without any nodata/NaN pixel need no mask when read
+                    "with_nodata": sorted(index.with_nodata or ()),
                 }
             ),
             encoding="utf-8",

@@ -277,11 +277,14 @@ class M3LEODataset(Dataset):
         )
         self._pair_bands = self._index_pair_bands()
         self._pack_rows: dict[str, dict[str, int]] = {}
+        self._with_nodata: dict[str, frozenset[str]] = {}  # packed: chips that need a mask
         for spec in (*self.inputs, self.target):
             if spec is not None and spec.packed:
                 index = current_pack(ChipSet.open(spec.folder))
                 if index is not None:
                     self._pack_rows[spec.name] = index.row_of()
+                    if index.with_nodata is not None:
+                        self._with_nodata[spec.name] = index.with_nodata
         self._maps: dict[tuple[int, str], np.ndarray] = {}
 
     # --- construction helpers ------------------------------------------------------------
@@ -415,6 +418,7 @@ class M3LEODataset(Dataset):
         nodata: float | None,
         mean: np.ndarray | None,
         std: np.ndarray | None,
+        clean: bool = False,
     ) -> None:
         """Write ``data`` (bands, h, w), normalised and resized, into ``out`` (bands, S, S).
 
@@ -428,7 +432,7 @@ class M3LEODataset(Dataset):
         if mean is not None and std is not None:
             values.sub_(torch.from_numpy(mean)[:, None, None])
             values.div_(torch.from_numpy(std)[:, None, None])
-        invalid = invalid_mask(data, nodata)
+        invalid = None if clean else invalid_mask(data, nodata)
         if invalid is not None:
             values.masked_fill_(torch.from_numpy(invalid), 0.0)
         if not native:
@@ -442,7 +446,9 @@ class M3LEODataset(Dataset):
         if spec.pairs is None:
             every = spec.band_index == tuple(range(raw.shape[0]))
             chosen = raw if every else raw[list(spec.band_index)]
-            self._scaled_into(out, chosen, spec.nodata, spec.mean, spec.std)
+            packed = self._with_nodata.get(spec.name)
+            clean = packed is not None and identifier not in packed  # the pack checked it
+            self._scaled_into(out, chosen, spec.nodata, spec.mean, spec.std, clean)
             filled[:] = False
             return
         out.zero_()  # pairs a tile lacks stay zero (padding)
