@@ -159,7 +159,7 @@ def make_chip_tree(base: Path) -> ChipTree:
     s2_recipe = _recipe("s2x", ["B2", "B3", "B4"], 89.6, "uint16", 0)
 
     def s2(index, size):
-        data = _smooth(np.random.default_rng(index), 3, size, 100, 3000)
+        data = np.clip(_smooth(np.random.default_rng(index), 3, size, 100, 3000), 1, None)
         if index == 0:
             data[:, :5] = 0  # nodata rows
         return data
