@@ -46,19 +46,19 @@ def main() -> int:
 
 
 def train_smoke_test(grid: Path) -> None:
-    """Two epochs of a narrow UNet on demo-s2: B05 + B8A in, B11 out (see the docstring)."""
+    """Ten epochs of a narrow UNet on demo-s2: B05 + B8A in, B11 out (see the docstring)."""
     from m3leo_tiles.torch.train import TrainConfig, train
 
     run = OUT / "runs" / "demo-s2-swir"
     config = TrainConfig(
         out=str(run), target="demo-s2", target_type="continuous", target_bands=("B11",),
         inputs=("demo-s2",), bands={"demo-s2": ("B05", "B8A")}, root=str(OUT / "data"),
-        grid=str(grid), grids_dir=str(OUT / "grids"), epochs=2, batch_size=4, width=8,
+        grid=str(grid), grids_dir=str(OUT / "grids"), epochs=10, lr=0.01, batch_size=4, width=8,
         chip_size=112, threads=1, seed=0,
     )  # fmt: skip
     print(
         "training (pipeline smoke test, not a paper task: the samples have no target map over "
-        "the Sentinel tiles): UNet width 8, demo-s2 B05+B8A → B11, 2 epochs on CPU"
+        "the Sentinel tiles): UNet width 8, demo-s2 B05+B8A → B11, 10 epochs on CPU"
     )
     resume = (run / "checkpoints" / "last.pt").exists()
     result = train(config, resume=resume, progress=False, log=lambda line: print(f"  {line}"))

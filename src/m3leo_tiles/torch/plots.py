@@ -67,9 +67,8 @@ def _rgb(image: np.ndarray, filled: np.ndarray) -> np.ndarray:
 
 def plot_predictions(model: Any, dataset: Any, data: Any, config: Any, path: Path) -> Path:
     """A row per sample: the input, the target, the prediction (first ``config.predictions``)."""
-    from matplotlib.colors import ListedColormap
-
     import torch
+    from matplotlib.colors import ListedColormap
 
     plt = _pyplot()
     count = max(1, min(config.predictions, len(dataset)))
@@ -101,6 +100,7 @@ def plot_predictions(model: Any, dataset: Any, data: Any, config: Any, path: Pat
         else:
             truth = sample["target"][0].numpy()
             prediction = output[0].numpy() * data.target_std + data.target_mean
+            prediction[~np.isfinite(truth)] = np.nan  # only where there is a target
             shown = [truth, prediction]
             finite = truth[np.isfinite(truth)]
             low, high = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
