@@ -49,7 +49,7 @@ from m3leo_tiles.chipsets import (
 from m3leo_tiles.enums import Split
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.pack import current_pack, open_pack
-from m3leo_tiles.stats import DatasetStats, ids_fingerprint, read_stats
+from m3leo_tiles.stats import DatasetStats, read_stats
 
 
 class NoChipsError(ConfigError):
@@ -630,20 +630,3 @@ def _lookup_table(classes: Sequence[int]) -> np.ndarray:
     for position, value in enumerate(classes):
         table[value] = position
     return table
-
-
-def stats_are_current(dataset: M3LEODataset) -> dict[str, bool]:
-    """Whether each input's train statistics were made from its current train chips."""
-    from m3leo_tiles.chipsets import load_splits
-
-    result = {}
-    for spec in dataset.inputs:
-        try:
-            stats = read_stats(spec.folder, "train")
-        except ConfigError:
-            result[spec.name] = False
-            continue
-        grid_file = grid_path_for(dataset.aoi, dataset.aoi)
-        ids = ids_of_split(spec.ids, load_splits(grid_file), "train")
-        result[spec.name] = stats.ids_hash == ids_fingerprint(ids)
-    return result
