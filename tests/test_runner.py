@@ -179,6 +179,25 @@ def test_tiles_with_inputs_of_their_own_are_packed_into_full_batches(tmp_path: P
     assert [len(b) for b in batches] == [20] * 4 + [10]
 
 
+def test_batch_key_keeps_tiles_with_overlapping_inputs_together(tmp_path: Path) -> None:
+    """A source whose tiles' input lists differ but share a frame batches them by the frame."""
+
+    class Frames(type(get_source("fake-synthetic")(recipe()))):
+        def plan(self, tiles):
+            # every tile: its frame (one of two) and a file of its own
+            return {t.identifier: (f"frame-{k % 2}", f"own-{k}") for k, t in enumerate(tiles)}
+
+        def batch_key(self, inputs):
+            return inputs[0]
+
+    tiles = [Tile(ORIGIN.zone, ORIGIN.row + i, ORIGIN.col + j) for i in range(4) for j in range(8)]
+    plan = make_plan(Frames(recipe()), tiles, tmp_path, {}, overwrite=False)
+    assert len(plan.groups) == 2
+    for batch in plan.batches(1, min_size=16):
+        assert len({inputs[0] for _, inputs in batch}) == 1  # one frame per task
+        assert len(batch) == 16
+
+
 def test_worker_killed_mid_run_is_survived_and_resumed(tmp_path: Path) -> None:
     tiles = [Tile(ORIGIN.zone, ORIGIN.row + i, ORIGIN.col + j) for i in range(6) for j in range(5)]
     the_recipe = recipe(sleep=0.15)
