@@ -170,6 +170,10 @@ def test_pair_rule_picks_shortest_pairs_and_pads_with_flags(tree: ChipTree) -> N
     assert three_pairs["image"][:, 0, 0].tolist() == [12, 13, 24, 25]
     assert three_pairs["filled"].tolist() == [False] * 4
     assert [(r - s).days for r, s in data.pairs_of(2)["gunw"]] == [12, 24]
+    # tile 4: pairs of 12 and 24 days, the 12-day one also from a second track (values +100):
+    # a pair is its dates, so the first track's bands are used once and the rest is padding
+    three = dataset(tree, inputs=["gunw"], pairs=PairRule(count=3))
+    assert three[4]["image"][:, 0, 0].tolist() == [12, 13, 24, 25, 0, 0]
 
 
 def test_pair_rule_by_longest_baseline_date_range_and_layers(tree: ChipTree) -> None:

@@ -24,8 +24,9 @@ from m3leo_tiles.enums import Split, TileStatus
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 
-PAIR_BAND = re.compile(r"^(\d{8})_(\d{8})_(.+)$")
-"""Band names of per-tile pair products (GUNW): ``<reference>_<secondary>_<layer>``."""
+PAIR_BAND = re.compile(r"^(\d{8})_(\d{8})(?:_[AD]\d{3})?_(.+)$")
+"""Band names of per-tile pair products (GUNW): ``<reference>_<secondary>_<layer>``, with
+``_A064`` (direction, track) after the dates where two pairs of a tile share them."""
 
 
 # --- band names ----------------------------------------------------------------------------
@@ -72,9 +73,9 @@ def parse_pair_band(name: str, metadata: Mapping[str, str] | None = None) -> Pai
     return None
 
 
-def band_key(name: str) -> str:
+def band_key(name: str, metadata: Mapping[str, str] | None = None) -> str:
     """What statistics are grouped by: the layer of a pair band, else the band name itself."""
-    pair = parse_pair_band(name)
+    pair = parse_pair_band(name, metadata)
     return pair.layer if pair else name
 
 

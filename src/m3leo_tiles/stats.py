@@ -218,7 +218,7 @@ def compute_stats(
         data = dataset.read()
         valid = valid_mask(data, dataset.nodata)
         names = [d or f"band_{i + 1}" for i, d in enumerate(dataset.descriptions)]
-        return [(band_key(n), data[i][valid[i]]) for i, n in enumerate(names)]
+        return [(band_key(n, dataset.tags(i + 1)), data[i][valid[i]]) for i, n in enumerate(names)]
 
     total = len(ids) * 2
     for step, identifier in enumerate(ids):

@@ -12,7 +12,10 @@ Layout (AOI ``tst``, 12 lattice tiles of zone 33 in a 3 x 4 block):
 * ``s1x``  float32 2 bands (vv vh) at 224 m (20 px), nodata -9999, no chip for tile 2;
 * ``esawc`` uint8 WorldCover classes at 89.6 m, 0 (nodata) in a corner of every tile;
 * ``agb-2020`` float32 (agb agb_sd) at 224 m, nodata -9999 in places, no chip for tile 11;
-* ``gunw`` float32 pairs at 448 m (10 px): tile i has i % 3 + 1 pairs, two layers each.
+* ``gunw`` float32 pairs at 448 m (10 px): tile i has i % 3 + 1 pairs, two layers each, named
+  and described as the gunw source does (``20200117_20200105_coherence``; ISO dates, layer and
+  baseline in each band's metadata); tile 4 also has its first pair from a second track
+  (``..._D099_coherence``, values + 100).
 """
 
 from __future__ import annotations
@@ -113,21 +116,23 @@ def _write_gunw(tree: ChipTree) -> None:
     for index, tile in enumerate(TILES):
         grid = tile.pixel_grid(448)
         names, metadata, arrays = [], [], []
-        for reference, secondary in gunw_pairs(index):
+        pairs = [(r, s, "", 0) for r, s in gunw_pairs(index)]
+        if index == 4:
+            pairs.append((*gunw_pairs(index)[0], "_D099", 100))
+        for reference, secondary, track, offset in pairs:
             for layer_number, layer in enumerate(GUNW_LAYERS):
-                names.append(f"{reference:%Y%m%d}_{secondary:%Y%m%d}_{layer}")
+                names.append(f"{reference:%Y%m%d}_{secondary:%Y%m%d}{track}_{layer}")
                 metadata.append(
                     {
-                        "reference_date": f"{reference:%Y%m%d}",
-                        "secondary_date": f"{secondary:%Y%m%d}",
-                        "temporal_baseline_days": str((reference - secondary).days),
                         "layer": layer,
+                        "reference_date": reference.isoformat(),
+                        "secondary_date": secondary.isoformat(),
+                        "temporal_baseline_days": str((reference - secondary).days),
                     }
                 )
                 # value = baseline days + layer number: tests can tell which pair is where
-                arrays.append(
-                    np.full((grid.height, grid.width), (reference - secondary).days + layer_number)
-                )
+                value = (reference - secondary).days + layer_number + offset
+                arrays.append(np.full((grid.height, grid.width), value))
         data = np.stack(arrays).astype("float32")
         profile = {
             "driver": "GTiff", "width": grid.width, "height": grid.height,

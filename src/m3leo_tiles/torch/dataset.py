@@ -453,7 +453,9 @@ class M3LEODataset(Dataset):
             return
         out.zero_()  # pairs a tile lacks stay zero (padding)
         bands = self._pair_bands[spec.name][identifier]
-        position = {(p.reference, p.secondary, p.layer): i for i, p in enumerate(bands)}
+        position: dict[tuple[date, date, str], int] = {}
+        for i, p in enumerate(bands):  # pairs of equal dates (two tracks): the first
+            position.setdefault((p.reference, p.secondary, p.layer), i)
         chosen_pairs = spec.pairs.choose([(p.reference, p.secondary) for p in bands])
         layer_count = len(spec.bands)
         for k, (reference, secondary) in enumerate(chosen_pairs):
