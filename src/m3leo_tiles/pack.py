@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m3leo_tiles.chipsets import ChipSet, read_chip_info, valid_mask
+from m3leo_tiles.chipsets import ChipSet, parse_pair_band, read_chip_info, valid_mask
 from m3leo_tiles.errors import ConfigError
 
 PACK_DIR = "pack"
@@ -106,6 +106,12 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
     if not ids:
         raise ConfigError(f"{chipset.folder} holds no finished chips; run fetch first")
     first = read_chip_info(chipset.path(ids[0]))
+    pairs = [parse_pair_band(b, m) for b, m in zip(first.bands, first.band_metadata, strict=True)]
+    if all(pairs):
+        raise ConfigError(
+            f"cannot pack {chipset.name}: its chips have per-tile band lists (pairs); the "
+            "Dataset reads them from the chips"
+        )
     fingerprint = files_fingerprint(chipset.folder, ids)
     staging = chipset.folder / f".{PACK_DIR}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
