@@ -104,6 +104,20 @@ def test_missing_inputs_are_zeros_with_flags(tree: ChipTree) -> None:
     assert (no_s1["image"][3:] == 0).all()
 
 
+def test_an_unreadable_input_chip_counts_as_missing(tree: ChipTree, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for name in ("s2x", "esawc"):
+        shutil.copytree(tree.folder(name), root / "tst" / name)
+    broken = root / "tst" / "s2x" / f"{TILES[3].identifier}.tif"
+    broken.write_bytes(broken.read_bytes()[:500])  # truncated
+    data = M3LEODataset(root, tree.grid, ["s2x"], "esawc", grids_dir=tree.grids_dir)
+    index = data.tile_ids.index(TILES[3].identifier)
+    with pytest.warns(UserWarning, match=f"cannot read the s2x chip of {TILES[3].identifier}"):
+        sample = data[index]
+    assert sample["missing"].tolist() == [True] and sample["filled"].all()
+    assert (sample["image"] == 0).all() and sample["mask"].shape == (50, 50)
+
+
 def test_normalisation_uses_the_train_stats(tree: ChipTree) -> None:
     data = dataset(tree, inputs=["s2x"], normalize=True)
     stats = compute_stats(tree.folder("s2x"), "train", grids_dir=tree.grids_dir)

@@ -440,9 +440,21 @@ class M3LEODataset(Dataset):
 
     def _fill_input(
         self, spec: _Input, identifier: str, out: torch.Tensor, filled: np.ndarray
-    ) -> None:
-        """One input's channels of a sample into ``out``; ``filled`` marks channels left 0."""
-        raw = self._raw(spec, identifier)
+    ) -> bool:
+        """One input's channels of a sample into ``out``; ``filled`` marks channels left 0.
+
+        An unreadable chip (truncated, corrupt) counts as missing, with a warning, so one bad
+        file does not stop a training run; False then.
+        """
+        try:
+            raw = self._raw(spec, identifier)
+        except Exception as error:
+            warnings.warn(
+                f"cannot read the {spec.name} chip of {identifier} ({error}); it is treated as "
+                "missing (zeros, flagged)",
+                stacklevel=3,
+            )
+            return False
         if spec.pairs is None:
             every = spec.band_index == tuple(range(raw.shape[0]))
             chosen = raw if every else raw[list(spec.band_index)]
@@ -450,7 +462,7 @@ class M3LEODataset(Dataset):
             clean = packed is not None and identifier not in packed  # the pack checked it
             self._scaled_into(out, chosen, spec.nodata, spec.mean, spec.std, clean)
             filled[:] = False
-            return
+            return True
         out.zero_()  # pairs a tile lacks stay zero (padding)
         bands = self._pair_bands[spec.name][identifier]
         position: dict[tuple[date, date, str], int] = {}
@@ -470,6 +482,7 @@ class M3LEODataset(Dataset):
                     out[channel : channel + 1], raw[band : band + 1], spec.nodata, mean, std
                 )
                 filled[channel] = False
+        return True
 
     def pairs_of(self, index: int) -> dict[str, list[tuple[date, date]]]:
         """The pairs each pair input used for sample ``index`` (for inspection)."""
@@ -535,11 +548,12 @@ class M3LEODataset(Dataset):
         for spec in self.inputs:
             channels = slice(offset, offset + spec.channels)
             offset += spec.channels
-            missing.append(identifier not in spec.ids)
-            if missing[-1]:
+            present = identifier in spec.ids
+            if present:
+                present = self._fill_input(spec, identifier, image[channels], filled[channels])
+            if not present:
                 image[channels] = 0.0
-            else:
-                self._fill_input(spec, identifier, image[channels], filled[channels])
+            missing.append(not present)
         tile = self._tiles[identifier]
         sample: dict[str, Any] = {
             "image": image,

@@ -191,7 +191,8 @@ class Meter:
                 predicted = output.argmax(1)[valid]
                 truth = mask[valid]
                 n = self.confusion.shape[0]
-                self.confusion += torch.bincount(truth * n + predicted, minlength=n * n).view(n, n)
+                counts = torch.bincount(truth * n + predicted, minlength=n * n).view(n, n)
+                self.confusion += counts.cpu()  # counted where the model runs (GPU or CPU)
             else:
                 target = batch["target"]
                 valid = torch.isfinite(target)
@@ -246,7 +247,6 @@ def compute_loss(output: Any, batch: dict[str, Any], categorical: bool, mean: fl
 
 def _seed_everything(seed: int) -> None:
     import numpy as np
-
     import torch
 
     random.seed(seed)
@@ -255,9 +255,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _loader(dataset: Any, config: TrainConfig, shuffle: bool, epoch: int = 0) -> Any:
-    from torch.utils.data import DataLoader
-
     import torch
+    from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     return DataLoader(
@@ -304,7 +303,7 @@ def _evaluate(model: Any, loader: Any, data: Data, device: str, num_classes: int
             batch = _to(batch, device)
             output = model(batch["image"])
             loss = compute_loss(output, batch, categorical, data.target_mean, data.target_std)
-            meter.add(loss.item(), output.cpu(), _to(batch, "cpu"))
+            meter.add(loss.item(), output, batch)
     return meter.result()
 
 
@@ -338,9 +337,9 @@ def _train(
     log: Callable[[str], None],
     stop_after: int | None,
 ) -> dict[str, Any]:
+    import torch
     from tqdm import tqdm
 
-    import torch
     from m3leo_tiles.torch.unet import UNet, parameter_count
 
     out = Path(config.out)
@@ -403,7 +402,7 @@ def _train(
             loss = compute_loss(output, batch, categorical, data.target_mean, data.target_std)
             loss.backward()
             optimizer.step()
-            meter.add(loss.item(), output.detach().cpu(), _to(batch, "cpu"))
+            meter.add(loss.item(), output.detach(), batch)
             bar.set_postfix(loss=f"{meter.loss_sum / meter.batches:.4f}")
         trained = meter.result()
         row: dict[str, Any] = {
