@@ -24,6 +24,7 @@ import yaml
 from m3leo_tiles.enums import ResamplingMethod
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import pixels_per_side
+from m3leo_tiles.names import ALLOWED, name_problem
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -278,6 +279,9 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     name = data.get("name", path.stem if path else None)
     if not isinstance(name, str) or not name:
         raise _fail(where, "name", "must be a non-empty string")
+    problem = name_problem(name)
+    if problem is not None:  # it names the dataset folder: never a path out of --out
+        raise _fail(where, "name", f"{name!r} {problem}; it names the dataset folder ({ALLOWED})")
     return Recipe(
         name=name,
         source=source,
