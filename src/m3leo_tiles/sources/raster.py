@@ -138,6 +138,17 @@ def _gdal_path(text: str, folder: Path) -> str:
     return os.path.normpath(path if path.is_absolute() else folder / path)
 
 
+def _from_command_line(path: str) -> str:
+    """A ``--source`` path with a relative local path made absolute against the current folder.
+
+    Paths typed on the command line are relative to where the command runs (as in every other
+    tool); only paths written inside a recipe file are relative to that file. URLs and
+    ``/vsi`` paths are kept; an archive member's archive (``zip://a.zip!b.tif``) is made
+    absolute too.
+    """
+    return _gdal_path(path, Path.cwd())
+
+
 @dataclass(frozen=True)
 class Layer:
     """One mosaic: where its files are and which output bands it fills."""
@@ -349,7 +360,7 @@ class RasterSource(SourceAdapter):
             layers = {None: _as_list(params.get("inputs", []))}
         overrides = self.options.sources
         if overrides and "layers" not in params:
-            layers = {None: list(overrides)}
+            layers = {None: [_from_command_line(item) for item in overrides]}
         elif overrides:
             replaced: dict[str, list[str]] = {}
             for item in overrides:
@@ -359,7 +370,7 @@ class RasterSource(SourceAdapter):
                         f"--source {item!r}: this recipe has layers ({', '.join(layers)}); "
                         "give --source LAYER=PATH"
                     )
-                replaced.setdefault(name, []).append(path)
+                replaced.setdefault(name, []).append(_from_command_line(path))
             layers.update(replaced)
         return [Layer(name, tuple(self._fill_year(s) for s in specs))
                 for name, specs in layers.items()]  # fmt: skip
