@@ -153,6 +153,17 @@ def recipes() -> None:
             f"{info.name.ljust(name_width)}  {info.origin.ljust(origin_width)}  "
             f"{info.source:<7} {info.description}".rstrip()
         )
+        typer.echo(f"{'':{name_width}}  from {_shown_path(info.path)}")
+        for hidden in info.shadows:
+            typer.echo(f"{'':{name_width}}  (hides {_shown_path(hidden)})")
+
+
+def _shown_path(path: Path) -> str:
+    """A path relative to the current folder when it is below it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,7 @@ class RecipeInfo:
     source: str
     path: Path
     origin: str  # built-in, example, or user
+    shadows: tuple[Path, ...] = ()  # files further down the search order with the same name
 
     @property
     def builtin(self) -> bool:
@@ -124,15 +125,20 @@ def builtin_recipes_dir() -> Path:
 
 
 def recipe_dirs(extra_dirs: Sequence[Path] = ()) -> list[tuple[str, Path]]:
-    """Search order: built-in, examples, ``./recipes``, ``$M3LEO_RECIPES_PATH``, extras."""
+    """Search order, first wins: extras, ``./recipes``, ``$M3LEO_RECIPES_PATH``, built-in, examples.
+
+    A user's own recipe comes before the shipped ones of the same name, so copying
+    ``agb.yaml`` into ``./recipes/`` and editing it is how a user changes a built-in recipe
+    (``m3leo-tiles recipes`` shows which file each name comes from).
+    """
     builtin = builtin_recipes_dir()
-    dirs = [("built-in", builtin), ("example", builtin / "examples")]
+    dirs = [("user", Path(item)) for item in extra_dirs]
     local = Path.cwd() / "recipes"
     if local.resolve() != builtin.resolve():
         dirs.append(("user", local))
     env = os.environ.get(RECIPES_PATH_ENV, "")
     dirs += [("user", Path(item)) for item in env.split(os.pathsep) if item]
-    dirs += [("user", Path(item)) for item in extra_dirs]
+    dirs += [("built-in", builtin), ("example", builtin / "examples")]
     return [(origin, folder) for origin, folder in dirs if folder.is_dir()]
 
 
@@ -141,34 +147,38 @@ def _recipe_files(folder: Path) -> list[Path]:
 
 
 def list_recipes(extra_dirs: Sequence[Path] = ()) -> list[RecipeInfo]:
-    """Every recipe that can be fetched by name; broken files are listed with their error."""
+    """Every recipe that can be fetched by name, the first in search order winning a name;
+    broken files are listed with their error (under their file name)."""
     infos: dict[str, RecipeInfo] = {}
+    seen: set[Path] = set()
     for origin, folder in recipe_dirs(extra_dirs):
         for path in _recipe_files(folder):
+            if path.resolve() in seen:  # the same folder reached twice (./recipes and the env)
+                continue
+            seen.add(path.resolve())
             try:
                 recipe = load_recipe_file(path)
                 info = RecipeInfo(recipe.name, recipe.description, recipe.source, path, origin)
             except ConfigError as error:
                 info = RecipeInfo(path.stem, f"INVALID: {error}", "?", path, origin)
-            infos.setdefault(info.name, info)
+            first = infos.get(info.name)
+            if first is None:
+                infos[info.name] = info
+            else:
+                infos[info.name] = replace(first, shadows=(*first.shadows, path))
     return list(infos.values())
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe by built-in/user name (``agb``) or by path to a YAML file."""
+    """A recipe by name (``agb``: the one ``m3leo-tiles recipes`` lists) or by YAML path."""
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.suffix in RECIPE_SUFFIXES or os.sep in text:
         if not candidate.is_file():
             raise ConfigError(f"recipe file {candidate} does not exist")
         return load_recipe_file(candidate)
-    for _, folder in recipe_dirs():
-        for suffix in RECIPE_SUFFIXES:
-            path = folder / f"{text}{suffix}"
-            if path.is_file():
-                return load_recipe_file(path)
     infos = list_recipes()
-    for info in infos:  # a recipe whose ``name:`` differs from its file name
+    for info in infos:
         if info.name == text:
             return load_recipe_file(info.path)
     known = ", ".join(info.name for info in infos) or "none"
@@ -300,6 +310,29 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word, so a recipe that sets ``nodata``
+    twice (a copy-paste slip) would silently use the second value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports an unhashable key itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe_file(path: Path) -> Recipe:
     path = Path(path)
     try:
@@ -307,7 +340,7 @@ def load_recipe_file(path: Path) -> Recipe:
     except OSError as error:
         raise ConfigError(f"cannot read recipe {path}: {error.strerror or error}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
