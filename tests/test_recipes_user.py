@@ -55,7 +55,7 @@ def test_a_key_given_twice_is_refused(
 ) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("source: raster\nresolution: 448\nnodata: 1\nbands: [v]\nnodata: 2\n")
-    with pytest.raises(ConfigError, match="line 5.*'nodata' is given twice"):
+    with pytest.raises(ConfigError, match=r"line 5.*'nodata' is given twice"):
         load_recipe_file(path)
     nested = tmp_path / "n.yaml"
     nested.write_text(
