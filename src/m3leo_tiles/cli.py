@@ -301,10 +301,13 @@ def quicklook(
     """
     from m3leo_tiles.quicklook import quicklook as draw_quicklook
 
-    for folder in datasets:
-        if not folder.is_dir():
-            raise ConfigError(f"{folder} is not a dataset folder; see `m3leo-tiles status`")
-    path = draw_quicklook(datasets, out, max_px=size, max_tiles=max_tiles)
+    path = draw_quicklook(
+        datasets,
+        out,
+        max_px=size,
+        max_tiles=max_tiles,
+        warn=lambda message: typer.echo(f"warning: {message}", err=True),
+    )
     typer.echo(f"wrote {path}")
 
 
