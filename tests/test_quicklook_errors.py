@@ -76,7 +76,7 @@ def test_unwritable_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_a_corrupt_chip_is_skipped_with_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    good, damaged, garbage = _chips(tmp_path / "ds")
+    _good, damaged, garbage = _chips(tmp_path / "ds")
     size = damaged.stat().st_size
     with open(damaged, "r+b") as handle:  # a partial truncation: the header survives
         handle.truncate(size // 2)
