@@ -257,26 +257,45 @@ def fetch(
 @app.command()
 def status(
     out: Annotated[Path, typer.Argument(help="Output root given to fetch --out.")] = Path("data"),
-    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+    grids_dir: Annotated[
+        Path, typer.Option(help="Where grid files are kept.", metavar="DIR")
+    ] = Path("grids"),
+    grid: Annotated[
+        Path | None,
+        typer.Option(
+            help="The grid file fetch used (for its AOI's 'missing' count), when it is not "
+            "under --grids-dir.",
+            metavar="FILE",
+        ),
+    ] = None,
 ) -> None:
     """Summarise every dataset under OUT: tiles ok / empty / no-source / failed / missing.
 
     "missing" counts grid tiles with no manifest row (shown as ? when the AOI's grid file is
-    not found under --grids-dir).
+    not found under --grids-dir and not given with --grid). The last column says whether a
+    run is writing the folder now (its pid, host and start), or a lock was left behind.
 
     \b
     Examples:
       m3leo-tiles status
       m3leo-tiles status /data/m3leo --grids-dir /data/grids
+      m3leo-tiles status --grid my-tiles.geojson
     """
     from m3leo_tiles.status import format_status_table
     from m3leo_tiles.status import status as read_status
 
     if not out.is_dir():
-        raise ConfigError(f"{out} is not a folder; pass the --out folder that fetch wrote to")
-    found = read_status(out, grids_dir)
+        where = out if out.is_absolute() else f"{out} (in {Path.cwd()})"
+        raise ConfigError(
+            f"no output folder {where}; status looks for OUT/<aoi>/<dataset>/manifest.csv "
+            "under the folder fetch wrote to: pass it, e.g. `m3leo-tiles status /data/m3leo`"
+        )
+    found = read_status(out, grids_dir, grid=grid)
     if not found:
-        typer.echo(f"no datasets under {out}/ yet; make one with `m3leo-tiles fetch RECIPE`")
+        typer.echo(
+            f"no datasets under {out}/ yet (looked for {out}/<aoi>/<dataset>/ holding "
+            "manifest.csv or chips); make one with `m3leo-tiles fetch RECIPE`"
+        )
         return
     typer.echo(format_status_table(found))
 

@@ -1,8 +1,8 @@
 """What is in an output folder: per dataset, how many tiles are done, failed or still missing.
 
-It reads only manifests, file sizes and (when found) the AOI's grid file, never the chips, so
-it answers in a moment for a folder of a million chips: the question a user or a cron job asks
-before deciding to rerun ``fetch``.
+It reads only manifests, lock files, file sizes and (when found) the AOI's grid file, never
+the chips, so it answers in a moment for a folder of a million chips: the question a user or a
+cron job asks before deciding to rerun ``fetch``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,44 @@ class DatasetStatus:
     grid_tiles: int | None
     size_bytes: int
     last_run: float | None  # unix time of the manifest's last change
+    run: str = ""  # "running (pid ... on ... since ...)", "stale lock ...", or "" when idle
+    chips: int = 0  # *.tif files in the folder
+    manifest: bool = True  # False: chips found but no manifest.csv (made elsewhere, or lost)
 
     @property
     def complete(self) -> bool:
-        return self.failed == 0 and self.missing == 0
+        return self.failed == 0 and self.missing == 0 and not self.run and self.manifest
+
+    @property
+    def note(self) -> str:
+        """What the table's last column says about this folder."""
+        if self.run:
+            return self.run
+        if not self.manifest:
+            return f"{self.chips} chips but no manifest.csv; rerun fetch to adopt them"
+        return "finished"
+
+
+def run_state(folder: Path) -> str:
+    """Whether a fetch holds this folder now, from its lock file (see ``locking``).
+
+    A lock whose process is alive on this host is a live run; one whose process is gone is
+    stale (the next fetch takes it over); one from another host cannot be checked from here.
+    """
+    from m3leo_tiles.locking import LOCK_NAME, is_live, read_owner
+
+    path = folder / LOCK_NAME
+    if not path.exists():
+        return ""
+    owner = read_owner(path)
+    if owner is None:
+        return "lock file being written or unreadable"
+    live = is_live(owner)
+    if live is None:
+        return f"locked by {owner.describe()} (another host: cannot tell if it still runs)"
+    if live:
+        return f"running: {owner.describe()}"
+    return f"stale lock of {owner.describe()} (process gone; the next fetch takes it over)"
 
 
 def _grid_ids(
@@ -54,13 +88,15 @@ def _grid_ids(
     return cache[aoi]
 
 
-def _folder_size(folder: Path) -> int:
-    total = 0
+def _folder_size(folder: Path) -> tuple[int, int]:
+    """(bytes of every file, number of chips)."""
+    total = chips = 0
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
                 total += entry.stat(follow_symlinks=False).st_size
-    return total
+                chips += entry.name.endswith(".tif") and not entry.name.startswith(".")
+    return total, chips
 
 
 def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> DatasetStatus:
@@ -70,6 +106,7 @@ def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> D
     missing = None
     if grid_ids is not None:
         missing = len(grid_ids - rows.keys())
+    size, chips = _folder_size(folder)
     return DatasetStatus(
         aoi=aoi,
         dataset=folder.name,
@@ -80,18 +117,42 @@ def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> D
         failed=counts[TileStatus.FAILED],
         missing=missing,
         grid_tiles=len(grid_ids) if grid_ids is not None else None,
-        size_bytes=_folder_size(folder),
+        size_bytes=size,
         last_run=manifest.stat().st_mtime if manifest.exists() else None,
+        run=run_state(folder),
+        chips=chips,
+        manifest=manifest.exists(),
     )
 
 
-def status(out: Path = Path("data"), grids_dir: Path = Path("grids")) -> list[DatasetStatus]:
-    """Every dataset folder (one holding a manifest) under ``out/<aoi>/``, sorted by name."""
+def _is_dataset_folder(folder: Path) -> bool:
+    from m3leo_tiles.locking import LOCK_NAME
+
+    if (folder / MANIFEST_NAME).exists() or (folder / LOCK_NAME).exists():
+        return True
+    return any(p.suffix == ".tif" for p in folder.iterdir())
+
+
+def status(
+    out: Path = Path("data"), grids_dir: Path = Path("grids"), grid: Path | None = None
+) -> list[DatasetStatus]:
+    """Every dataset folder under ``out/<aoi>/``, sorted by name.
+
+    A dataset folder is one holding a manifest, a lock or chips (chips without a manifest
+    are reported as such, not hidden). ``missing`` counts tiles of the AOI's grid without a
+    manifest row; the grid is ``grid`` for its own AOI, else ``grids_dir/<aoi>/tiles.*``.
+    """
     out = Path(out)
     cache: dict[str, frozenset[str] | None] = {}
+    if grid is not None:
+        from m3leo_tiles.grid import read_grid
+
+        given = read_grid(grid)  # a bad file is the user's error: GridError, exit 2
+        cache[given.aoi] = frozenset(t.identifier for t in given.tiles)
     found = []
-    for manifest in sorted(out.glob(f"*/*/{MANIFEST_NAME}")):
-        folder = manifest.parent
+    for folder in sorted(p for p in out.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
+        if not _is_dataset_folder(folder):
+            continue
         aoi = folder.parent.name
         found.append(dataset_status(folder, aoi, _grid_ids(aoi, Path(grids_dir), cache)))
     return found
@@ -107,8 +168,11 @@ def _size(n: int) -> str:
 
 
 def format_status_table(rows: list[DatasetStatus]) -> str:
-    """An aligned text table, one line per dataset."""
-    header = ("aoi", "dataset", "ok", "empty", "no-source", "failed", "missing", "size", "last run")
+    """An aligned text table, one line per dataset; the last column says if a run is live."""
+    header = (
+        "aoi", "dataset", "ok", "empty", "no-source", "failed", "missing", "size", "last run",
+        "state",
+    )  # fmt: skip
     lines = [header]
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.last_run)) if r.last_run else "-"
@@ -123,6 +187,7 @@ def format_status_table(rows: list[DatasetStatus]) -> str:
                 "?" if r.missing is None else str(r.missing),
                 _size(r.size_bytes),
                 when,
+                r.note,
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
