@@ -70,6 +70,12 @@ def grid(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", help="Grid an AOI of more than 3 million tiles (refused without it)."
+        ),
+    ] = False,
 ) -> None:
     """Lay the global 4480 m tile grid over an AOI; split it into train/val/test.
 
@@ -93,6 +99,7 @@ def grid(
       m3leo-tiles grid --aoi field.gpkg --angle 0 --ratios 8:1:1 --seed 2
     """
     from m3leo_tiles.grid import make_grid
+    from m3leo_tiles.grid.build import LARGE_GRID_TILES
 
     result = make_grid(
         aoi,
@@ -103,6 +110,7 @@ def grid(
         ratios=ratios,
         seed=seed,
         progress=not quiet and sys.stderr.isatty(),
+        max_tiles=None if yes else LARGE_GRID_TILES,
     )
     typer.echo(result.summary())
 

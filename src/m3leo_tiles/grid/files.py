@@ -97,12 +97,20 @@ class GridResult:
 
 
 def default_grid_path(aoi: str, grids_dir: Path = Path("grids")) -> Path:
-    """``grids_dir/<aoi>/tiles.parquet`` when that exists, else ``.../tiles.geojson``."""
+    """``grids_dir/<aoi>/tiles.parquet`` when that exists, else ``.../tiles.geojson``.
+
+    ``make_grid`` keeps one grid per folder; a folder holding both (an older version, or a
+    copy by hand) is refused rather than one of them picked silently: they may differ.
+    """
     folder = Path(grids_dir) / aoi
     parquet = folder / f"{TILES_STEM}{_SUFFIX[GridFormat.PARQUET]}"
-    if parquet.exists() and not (folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}").exists():
-        return parquet
-    return folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}"
+    geojson = folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}"
+    if parquet.exists() and geojson.exists():
+        raise GridError(
+            f"{folder} holds two grids ({geojson.name} and {parquet.name}) that may differ; "
+            "delete the one you do not want, or regrid with `m3leo-tiles grid`"
+        )
+    return parquet if parquet.exists() else geojson
 
 
 def grid_file_name(fmt: GridFormat) -> str:
@@ -116,7 +124,7 @@ def list_grids(grids_dir: Path = Path("grids")) -> list[Path]:
         return []
     found: list[Path] = []
     for folder in sorted(p for p in grids_dir.iterdir() if p.is_dir() and p.name != "aois"):
-        path = default_grid_path(folder.name, grids_dir)
+        path = default_grid_path(folder.name, grids_dir)  # two grids in one folder: refused
         if path.exists():
             found.append(path)
     return found
