@@ -85,7 +85,10 @@ def test_a_polygon_written_across_the_antimeridian_is_split(tmp_path: Path) -> N
 def test_an_aoi_of_millions_of_tiles_needs_yes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    huge = _wkt(tmp_path / "huge.wkt", "POLYGON ((-170 -60, 0 -60, 170 -60, 170 80, 0 80, -170 80, -170 -60))")
+    huge = _wkt(
+        tmp_path / "huge.wkt",
+        "POLYGON ((-170 -60, 0 -60, 170 -60, 170 80, 0 80, -170 80, -170 -60))",
+    )
     with pytest.raises(ConfigError, match="--yes"):
         make_grid(huge, out_dir=tmp_path / "g")
     code, _, err = call_cli(capsys, "grid", "--aoi", huge, "--out", tmp_path / "g")
