@@ -7,7 +7,6 @@ One LocalCluster is shared through ``scheduler=`` (which is also the existing-cl
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -22,7 +21,7 @@ import rasterio
 from distributed import Client, LocalCluster
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
-from m3leo_tiles import runner as runner_module
+from m3leo_tiles import cluster as cluster_module
 from m3leo_tiles.enums import TileStatus
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
@@ -207,47 +206,6 @@ def test_worker_killed_mid_run_is_survived_and_resumed(tmp_path: Path) -> None:
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
 
 
-@pytest.fixture
-def external_cluster(tmp_path: Path):
-    """A real `dask scheduler` and `dask worker` as separate processes, torn down after."""
-    bin_dir = Path(sys.executable).parent
-    info = tmp_path / "scheduler.json"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    )
-    logs = (tmp_path / "scheduler.log").open("w"), (tmp_path / "worker.log").open("w")
-    scheduler = subprocess.Popen(
-        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", info],
-        stdout=logs[0], stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    processes = [scheduler]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            assert scheduler.poll() is None, (tmp_path / "scheduler.log").read_text()
-            time.sleep(0.1)
-        address = json.loads(info.read_text())["address"]
-        worker = subprocess.Popen(
-            [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-             "--death-timeout", "60"],
-            stdout=logs[1], stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
-        processes.append(worker)
-        yield address, scheduler
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for handle in logs:
-            handle.close()
-
-
 def test_existing_cluster_via_scheduler_address(external_cluster, tmp_path: Path) -> None:
     address, scheduler = external_cluster
     report = run_on(address, recipe(empty=[IDS[0]]), tmp_path / "out", tiles=TILES[:5])
@@ -259,7 +217,7 @@ def test_existing_cluster_via_scheduler_address(external_cluster, tmp_path: Path
 
 
 def test_unreachable_scheduler_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(runner_module, "CLIENT_TIMEOUT_S", 2)
+    monkeypatch.setattr(cluster_module, "CLIENT_TIMEOUT_S", 2)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

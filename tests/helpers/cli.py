@@ -1,7 +1,8 @@
-"""Run the CLI as a user would: in a child process, or in-process for fast error checks.
+"""Run the ``m3leo-tiles`` command in a subprocess, as a user does.
 
-The child process imports this checkout's ``src`` first (not whatever ``m3leo-tiles`` script is
-installed), plus the test adapters of ``tests/helpers/site``.
+The subprocess (and the dask workers it starts) load ``helpers/site/sitecustomize.py``, which
+registers the test-only adapters; any PYTHONPATH already set (a checkout's ``src``) is kept
+after it, so the code under test is the one this test run imports.
 """
 
 from __future__ import annotations
@@ -11,44 +12,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-SITE = REPO / "tests" / "helpers" / "site"
-ENTRY = "import sys; from m3leo_tiles.cli import main; sys.argv[0] = 'm3leo-tiles'; main()"
+HELPERS = Path(__file__).resolve().parent
+CLI = Path(sys.executable).parent / "m3leo-tiles"
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    path = os.pathsep.join([str(REPO / "src"), str(SITE)])
-    return dict(os.environ, PYTHONPATH=path, **extra)
+def cli_env(**extra: str) -> dict[str, str]:
+    paths = [str(HELPERS / "site"), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), **extra)
 
 
-def run_cli(*args: object, cwd: Path, timeout: float = 120, **extra_env: str):
-    """``m3leo-tiles ARGS`` in ``cwd``; returns the CompletedProcess (text)."""
-    return subprocess.run(
-        [sys.executable, "-c", ENTRY, *map(str, args)],
-        cwd=cwd,
-        env=child_env(**extra_env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def run_cli(args, *, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None,
+            background: bool = False):  # fmt: skip
+    command = [str(CLI), *map(str, args)]
+    environment = env if env is not None else cli_env()
+    if background:
+        return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
 
 
-def start_cli(*args: object, cwd: Path, **extra_env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", ENTRY, *map(str, args)],
-        cwd=cwd,
-        env=child_env(**extra_env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def call_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """In-process ``m3leo-tiles ARGS``: (exit code, stdout, stderr)."""
+def call_cli(capsys, *args: object) -> tuple[int, str, str]:
+    """In-process ``m3leo-tiles ARGS`` (fast, for checks that start no cluster):
+    (exit code, stdout, stderr); ``capsys`` is pytest's fixture."""
     from m3leo_tiles.cli import main
 
     try:
