@@ -276,6 +276,14 @@ def fetch(
         typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
     ] = False,
     grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+    fsync: Annotated[
+        bool,
+        typer.Option(
+            "--fsync/--no-fsync",
+            help="Flush each chip and its folder to the disk before recording it (survives a "
+            "power cut; about 6 ms a chip on an ext4 VM disk). --no-fsync for scratch runs.",
+        ),
+    ] = True,
 ) -> None:
     """Make the chips of RECIPE for every tile of a grid, resuming where the last run stopped.
 
@@ -311,6 +319,7 @@ def fetch(
         options=options,
         progress=not quiet,
         grids_dir=grids_dir,
+        fsync=fsync,
     )
     if not quiet:
         typer.echo(report.summary())
@@ -339,6 +348,14 @@ def status(
             metavar="FILE",
         ),
     ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Read every chip back (size, CRC-32, every pixel through GDAL); damaged ones "
+            "are recorded failed so that the next fetch makes them again. Exit 1 if any.",
+        ),
+    ] = False,
 ) -> None:
     """Summarise every dataset under OUT: tiles ok / empty / no-source / failed / missing.
 
@@ -351,6 +368,7 @@ def status(
       m3leo-tiles status
       m3leo-tiles status /data/m3leo --grids-dir /data/grids
       m3leo-tiles status --grid my-tiles.geojson
+      m3leo-tiles status --verify
     """
     from m3leo_tiles.status import format_status_table
     from m3leo_tiles.status import status as read_status
@@ -368,7 +386,17 @@ def status(
             "manifest.csv or chips); make one with `m3leo-tiles fetch RECIPE`"
         )
         return
+    if verify:
+        from m3leo_tiles.status import verify_dataset
+
+        checks = [verify_dataset(dataset.folder) for dataset in found]
+        found = read_status(out, grids_dir, grid=grid)  # with the damaged tiles now failed
     typer.echo(format_status_table(found))
+    if verify:
+        for check in checks:
+            typer.echo(check.summary())
+        if any(check.damaged for check in checks):
+            raise typer.Exit(1)
 
 
 # --- end engine commands -------------------------------------------------------------------

@@ -85,6 +85,7 @@ class FetchRequest:
     cache: Path | None = None  # shared download cache; default OUT/.cache
     options: Mapping[str, Any] = field(default_factory=dict)  # the sources' declared options
     progress: bool = True
+    fsync: bool = True  # each chip and its folder reach the disk before the manifest says ok
 
     def fetch_options(self, recipe: Recipe) -> FetchOptions:
         year = self.year if self.year is not None else recipe.default_year
@@ -245,7 +246,8 @@ def fetch_tiles(
         try:
             plan = make_plan(adapter, tiles, dataset_dir, previous, overwrite=request.overwrite)
             skipped = plan.skipped + len(plan.adopted)
-            writer.write(plan.adopted + plan.no_source)
+            writer.write(plan.refreshed + plan.adopted + plan.no_source)
+            _report_redone(plan)
             counts[TileStatus.NO_SOURCE] += len(plan.no_source)
             log.info(
                 "plan: %d already done (%d adopted), %d no-source, %d to render",
@@ -258,7 +260,7 @@ def fetch_tiles(
                 with quiet_dask_logs(), dask_client(request.workers, request.scheduler) as client:
                     try:
                         _run_batches(client, adapter, dataset_dir, plan, writer, counts,
-                                     request.progress)  # fmt: skip
+                                     request)  # fmt: skip
                     except KeyboardInterrupt:
                         interrupted = True
                         raise
@@ -289,6 +291,17 @@ def fetch_tiles(
     return report
 
 
+def _report_redone(plan: Plan) -> None:
+    """Say why finished tiles are made again: a damaged chip, or inputs that changed."""
+    if plan.damaged:
+        first = ", ".join(f"{ident} ({why})" for ident, why in plan.damaged[:3])
+        log.warning("%d finished chips are damaged and are made again: %s%s",
+                    len(plan.damaged), first, ", ..." if len(plan.damaged) > 3 else "")  # fmt: skip
+    if plan.inputs_changed:
+        log.warning("%d finished tiles were made from other inputs (--source, files changed "
+                    "since); they are made again", plan.inputs_changed)  # fmt: skip
+
+
 def _budget(client: Client, adapter: SourceAdapter, threads: int) -> Budget | None:
     """The run's request budget, when the source is I/O-bound: one semaphore for the cluster,
     and threads per worker so that the workers together can fill it."""
@@ -310,7 +323,7 @@ def _run_batches(
     plan: Plan,
     writer: ManifestWriter,
     counts: Counter[TileStatus],
-    progress: bool,
+    request: FetchRequest,
 ) -> None:
     from distributed import as_completed
     from tqdm import tqdm
@@ -334,7 +347,7 @@ def _run_batches(
         desc=dataset_dir.name,
         unit="tile",
         file=sys.stderr,
-        disable=not progress,
+        disable=not request.progress,
         mininterval=0.5,
         dynamic_ncols=True,
     )
@@ -343,7 +356,8 @@ def _run_batches(
         items = next(batches, None)
         if items is None:
             return None
-        batch = Batch(str(dataset_dir), items, budget)
+        ids = {tile.identifier: plan.input_ids.get(tile.identifier, "") for tile, _ in items}
+        batch = Batch(str(dataset_dir), items, budget, ids, request.fsync)
         future = client.submit(render_batch, shared_adapter, batch, pure=False, retries=0)
         pending[future.key] = (future, batch)
         return future
@@ -450,6 +464,7 @@ def fetch(
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
     grids_dir: Path = Path("grids"),
+    fsync: bool = True,
 ) -> FetchReport:
     """Make the chips of ``recipe`` for the tiles of a grid, resuming where a run stopped.
 
@@ -495,6 +510,7 @@ def fetch(
         cache=Path(cache) if cache is not None else None,
         options=dict(options or {}),
         progress=progress,
+        fsync=fsync,
     )
     return fetch_tiles(loaded, selected, request)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.manifest import MANIFEST_NAME, ManifestRow, read_manifest
 
 
 @dataclass(frozen=True)
@@ -200,3 +200,69 @@ def format_status_table(rows: list[DatasetStatus]) -> str:
         ]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """``status --verify`` of one dataset folder: every chip read back."""
+
+    folder: Path
+    checked: int
+    damaged: tuple[tuple[str, str], ...]  # (tile id, what is wrong)
+    marked: bool  # the damaged tiles were recorded failed, so the next fetch redoes them
+
+    def summary(self) -> str:
+        if not self.damaged:
+            return f"{self.folder}: {self.checked} chips verified, all whole"
+        first = "; ".join(f"{ident}: {why}" for ident, why in self.damaged[:5])
+        more = f" (and {len(self.damaged) - 5} more)" if len(self.damaged) > 5 else ""
+        then = (
+            "recorded as failed: rerun fetch to make them again"
+            if self.marked
+            else "a run holds the folder, so nothing was recorded; verify again when it ends"
+        )
+        return (
+            f"{self.folder}: {self.checked} chips verified, {len(self.damaged)} damaged "
+            f"({first}{more}); {then}"
+        )
+
+
+def verify_dataset(folder: Path) -> Verification:
+    """Read every chip of ``folder`` back: size and CRC-32 against the manifest when it has
+    them, then every pixel through GDAL. A damaged chip's tile is recorded ``failed`` (so a
+    rerun of fetch makes it again) unless a run holds the folder's lock."""
+    from m3leo_tiles.errors import LockedError
+    from m3leo_tiles.io import Written, chip_problem
+    from m3leo_tiles.locking import DatasetLock
+    from m3leo_tiles.manifest import ManifestWriter, now_iso
+
+    rows = read_manifest(folder / MANIFEST_NAME)
+    damaged: list[tuple[str, str]] = []
+    checked = 0
+    chips = {p.stem: p for p in folder.glob("*.tif") if not p.name.startswith(".")}
+    for identifier in sorted(chips):
+        row = rows.get(identifier)
+        expected = None
+        if row is not None and row.status is TileStatus.OK and row.bytes is not None:
+            expected = Written(row.bytes, row.crc32)
+        checked += 1
+        problem = chip_problem(chips[identifier], expected)
+        if problem is not None:
+            damaged.append((identifier, problem))
+    for identifier, row in sorted(rows.items()):
+        if row.status is TileStatus.OK and identifier not in chips:
+            damaged.append((identifier, "its chip is missing"))
+    marked = False
+    if damaged:
+        try:
+            with DatasetLock(folder), ManifestWriter(folder / MANIFEST_NAME) as writer:
+                writer.write(
+                    ManifestRow(ident, TileStatus.FAILED, f"damaged chip: {why}",
+                                rows[ident].inputs if ident in rows else (), 0.0,
+                                rows[ident].recipe_hash if ident in rows else "", now_iso())
+                    for ident, why in damaged
+                )  # fmt: skip
+            marked = True
+        except LockedError:
+            marked = False
+    return Verification(folder, checked, tuple(damaged), marked)

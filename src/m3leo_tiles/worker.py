@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,8 @@ class Batch:
     dataset_dir: str
     items: tuple[Item, ...]
     budget: Budget | None = None
+    input_ids: Mapping[str, str] = field(default_factory=dict)  # tile id -> inputs' identity
+    durable: bool = True  # fsync each chip and its folder (io.write_bytes_atomically)
 
 
 _SETUP_DONE: set[tuple[str, str]] = set()
@@ -135,6 +137,7 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
     with rasterio.Env():  # one GDAL environment for the batch, not one per call
         for tile, outcome in _outcomes(adapter, batch, context):
             inputs = inputs_of[tile.identifier]
+            written = None
             try:
                 if isinstance(outcome, Exception):
                     raise outcome
@@ -143,8 +146,10 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
                 else:
                     grid = tile.pixel_grid(recipe.resolution)
                     tags = {"tile_id": tile.identifier, "inputs": ";".join(inputs),
-                            **outcome.metadata}  # fmt: skip
-                    write_chip(folder / f"{tile.identifier}.tif", outcome, grid, recipe, tags)
+                            **outcome.metadata,
+                            "input_id": batch.input_ids.get(tile.identifier, "")}  # fmt: skip
+                    written = write_chip(folder / f"{tile.identifier}.tif", outcome, grid,
+                                         recipe, tags, durable=batch.durable)  # fmt: skip
                     status, reason = TileStatus.OK, ""
             except DiskFullError:
                 raise
@@ -164,6 +169,9 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
                     seconds=finished - started,
                     recipe_hash=recipe_hash,
                     finished_at=now_iso(),
+                    bytes=written.size if written is not None else None,
+                    crc32=written.crc32 if written is not None else "",
+                    input_id=batch.input_ids.get(tile.identifier, ""),
                 )
             )
             started = finished
