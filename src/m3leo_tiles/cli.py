@@ -13,6 +13,11 @@ from typing import Annotated
 
 import typer
 
+try:  # typer 0.2x vendors click; its exceptions are what a bad option raises
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover (a typer that uses click itself)
+    from click.exceptions import ClickException, UsageError
+
 from m3leo_tiles import __version__
 from m3leo_tiles.errors import ConfigError, M3leoError
 
@@ -302,25 +307,28 @@ def fetch(
     from m3leo_tiles.runner import fetch as run_fetch
 
     options = parse_source_options(list(ctx.args))
-    report = run_fetch(
-        recipe,
-        aoi=aoi,
-        grid=grid,
-        year=year,
-        out=out,
-        workers=workers,
-        scheduler=scheduler,
-        split=split,
-        tiles=tiles,
-        limit=limit,
-        overwrite=overwrite,
-        sources=tuple(source or ()),
-        cache=cache,
-        options=options,
-        progress=not quiet,
-        grids_dir=grids_dir,
-        fsync=fsync,
-    )
+    try:
+        report = run_fetch(
+            recipe,
+            aoi=aoi,
+            grid=grid,
+            year=year,
+            out=out,
+            workers=workers,
+            scheduler=scheduler,
+            split=split,
+            tiles=tiles,
+            limit=limit,
+            overwrite=overwrite,
+            sources=tuple(source or ()),
+            cache=cache,
+            options=options,
+            progress=not quiet,
+            grids_dir=grids_dir,
+            fsync=fsync,
+        )
+    except KeyboardInterrupt as error:  # typer would turn it into a silent exit 130
+        raise typer.Exit(_interrupted(error)) from None
     if not quiet:
         typer.echo(report.summary())
     elif report.failed:
@@ -443,17 +451,37 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _interrupted(error: KeyboardInterrupt) -> int:
+    """Say in one line that a run was stopped; the exit code a shell expects for the signal."""
+    from m3leo_tiles.runner import Terminated
+
+    text = str(error) or "interrupted; finished work is kept, rerun the same command to resume"
+    typer.echo(text, err=True)
+    return 143 if isinstance(error, Terminated) else 130
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one line and an exit code.
 
     Exit codes: 0 all done, 1 some tiles failed (recorded), 2 usage or configuration error
-    (typer reports bad options itself, also with 2), 130 interrupted.
+    (a bad option value too: one ``error:`` line, not a box), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM during a fetch).
     """
     try:
-        app(args=argv)
+        code = app(args=argv, standalone_mode=False)
+    except UsageError as error:  # unknown option, bad choice such as --split vall
+        where = error.ctx.command_path if error.ctx is not None else "m3leo-tiles"
+        message = " ".join(error.format_message().split())
+        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except ClickException as error:
+        typer.echo(f"error: {' '.join(error.format_message().split())}", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.exit(_interrupted(KeyboardInterrupt()))
     except M3leoError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished work is kept, rerun the same command to resume", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM during a fetch (runner.Terminated)
+        sys.exit(_interrupted(error))
+    sys.exit(code if isinstance(code, int) else 0)

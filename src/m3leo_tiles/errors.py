@@ -43,3 +43,8 @@ class TransientSourceError(SourceError):
 
 class DiskFullError(M3leoError):
     """The output disk is full: fatal for the run (every further chip would fail too)."""
+
+
+class SystematicFailure(M3leoError):
+    """The first tiles of a run all failed the same way: the cause is the run's, not a tile's
+    (a wrong year, a recipe that does not fit its files, no network). Fatal, exit 2."""

@@ -29,6 +29,7 @@ from m3leo_tiles.names import ALLOWED, name_problem
 RECIPE_SUFFIXES = (".yaml", ".yml")
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 RECIPES_PATH_ENV = "M3LEO_RECIPES_PATH"
+FILLABLE = ("bands", "dtype", "nodata")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Recipe:
     default_year: int | None = None
     bands_per_tile: bool = False  # the source names each chip's bands (GUNW: one per pair)
     path: str | None = field(default=None, compare=False)
+    # Keys the recipe left out for its source to fill from the input files (bands, dtype,
+    # nodata), when the source can (``fills_recipe_defaults``); empty once filled.
+    from_source: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Recipes built in Python (notebooks, benchmarks) may pass plain strings and lists.
@@ -269,10 +273,14 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     bands_per_tile = data.get("bands_per_tile", False)
     if not isinstance(bands_per_tile, bool):
         raise _fail(where, "bands_per_tile", "must be true or false")
-    bands = data.get("bands", [] if bands_per_tile else None)
+    # A source that reads its inputs on the driver (raster) fills what the recipe leaves out
+    # from the files themselves: band names, dtype, nodata.
+    fills = bool(getattr(sources[source], "fills_recipe_defaults", False))
+    from_source = tuple(k for k in FILLABLE if fills and k not in data)
+    bands = data.get("bands", [] if bands_per_tile or "bands" in from_source else None)
     if bands is None:
         raise _fail(where, "bands", "is required (or set bands_per_tile: true)")
-    if not (isinstance(bands, list) and (bands or bands_per_tile)
+    if not (isinstance(bands, list) and (bands or bands_per_tile or "bands" in from_source)
             and all(isinstance(b, str) for b in bands)):  # fmt: skip
         raise _fail(where, "bands", "must be a non-empty list of band names")
     if len(set(bands)) != len(bands):
@@ -318,6 +326,7 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         default_year=default_year,
         bands_per_tile=bands_per_tile,
         path=str(path.resolve()) if path else None,
+        from_source=from_source,
     )
 
 
