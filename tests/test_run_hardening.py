@@ -13,9 +13,9 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 from distributed import LocalCluster
-from helpers.cli import cli_env
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
+from helpers.cli import cli_env
 from m3leo_tiles.errors import ConfigError, SystematicFailure
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.locking import LOCK_NAME
@@ -262,3 +262,19 @@ def test_sigterm_stops_cleanly_keeps_chips_and_releases_the_lock(
     rows = read_manifest(folder / MANIFEST_NAME)
     chips = {p.stem for p in folder.glob("*.tif")}
     assert chips and chips <= set(rows)
+
+
+def test_more_workers_than_cores_warns(
+    cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = _grid(tmp_path / "g.geojson", ROME_TILES)
+    recipe = Recipe(name="f", source="fake-synthetic", resolution=448, bands=("v",),
+                    dtype="uint8", nodata=0)  # fmt: skip
+    first = fetch(recipe, grid=grid, out=tmp_path / "data",
+                  scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+    capsys.readouterr()
+    too_many = (os.cpu_count() or 1) + 3
+    again = fetch(recipe, grid=grid, out=tmp_path / "data", workers=too_many)  # all done:
+    assert again.skipped == 2  # no cluster is started
+    assert f"--workers {too_many} is more than the" in capsys.readouterr().err
+    assert f"--workers {too_many} is more than the" in (first.dataset_dir / "fetch.log").read_text()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,46 @@ except ImportError:  # pragma: no cover (a typer that uses click itself)
 
 from m3leo_tiles import __version__
 from m3leo_tiles.errors import ConfigError, M3leoError
+
+
+def _metavars_for_people() -> None:
+    """Help that names values as people write them: ``--aoi NAME``, ``RECIPE``.
+
+    typer 0.2x prints each parameter's Python type (``<str>``, ``<bool>`` after every switch,
+    ``<list[str]>``) and a required argument as ``{recipe}``. Every option here has its own
+    metavar; this drops the type after switches and arguments and the braces.
+    """
+    try:
+        from typer import core
+    except ImportError:  # pragma: no cover
+        return
+    parameter = getattr(core, "_TyperParameter", None)
+    argument = getattr(core, "TyperArgument", None)
+    if parameter is None or argument is None or not hasattr(parameter, "display_type"):
+        return
+    original = parameter.display_type
+
+    def display_type(self: Any, ctx: Any) -> str:
+        if isinstance(self, argument) or getattr(self, "is_flag", False):
+            return ""
+        if self.metavar:
+            return str(self.metavar)
+        shown = original(self, ctx)
+        if "|" in shown:  # a choice: <train|val|test> -> train|val|test
+            return shown.strip("<>")
+        return str(self.name or "").upper()
+
+    def usage_name(self: Any) -> str:
+        name = str(self.metavar or self.name).upper()
+        name = name if self.required else f"[{name}]"
+        return f"{name}..." if self.nargs != 1 else name
+
+    parameter.display_type = display_type
+    if hasattr(argument, "_usage_display_name"):
+        argument._usage_display_name = usage_name
+
+
+_metavars_for_people()
 
 app = typer.Typer(
     name="m3leo-tiles",
@@ -125,7 +165,9 @@ def aois() -> None:
     """List the built-in AOIs: name, area, tile count, bounding box, description.
 
     They are unions of Natural Earth countries (see scripts/build_aois.py); use the name with
-    `m3leo-tiles grid --aoi NAME`, or pass your own geometry file instead.
+    `m3leo-tiles grid --aoi NAME`, or pass your own geometry file instead. "AOI km²" is the
+    AOI's own area; `grid` also reports the area of its tiles, which is larger (tiles along
+    the edge reach past the AOI) and "~tiles" estimates their number.
     """
     from m3leo_tiles.grid import list_aois
 
@@ -133,7 +175,7 @@ def aois() -> None:
     if not found:
         raise ConfigError("no built-in AOI files found; reinstall m3leo-tiles")
     width = max(len(info.name) for info in found)
-    header = f"{'name'.ljust(width)}  {'area km²':>11}  {'tiles':>9}  {'bbox (W,S,E,N)':<29}"
+    header = f"{'name'.ljust(width)}  {'AOI km²':>11}  {'~tiles':>9}  {'bbox (W,S,E,N)':<29}"
     typer.echo(f"{header}  about")
     for info in found:
         bbox = ",".join(f"{v:.1f}" for v in info.bbox)
@@ -236,38 +278,55 @@ def fetch(
     ctx: typer.Context,
     recipe: Annotated[
         str,
-        typer.Argument(help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file."),
+        typer.Argument(
+            metavar="RECIPE",
+            help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file.",
+        ),
     ],
     aoi: Annotated[
-        str | None, typer.Option(help="AOI name; its grid is used, or built if missing.")
+        str | None,
+        typer.Option(metavar="NAME", help="AOI name; its grid is used, or built if missing."),
     ] = None,
     grid: Annotated[
-        Path | None, typer.Option(help="A grid file (ours, or any file with identifier+geometry).")
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="A grid file (ours, or any file with identifier+geometry)."
+        ),
     ] = None,
     year: Annotated[
         int | None, typer.Option(help="Year of the data (recipe default if unset).")
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Output root: chips go to OUT/<aoi>/<dataset>/.")
+        Path, typer.Option(metavar="DIR", help="Output root: chips go to OUT/<aoi>/<dataset>/.")
     ] = Path("data"),
     workers: Annotated[
-        int | None, typer.Option(help="Local worker processes (default: one per CPU core).")
+        int | None,
+        typer.Option(metavar="N", help="Local worker processes (default: one per CPU core)."),
     ] = None,
     scheduler: Annotated[
         str | None,
-        typer.Option(help="Run on an existing dask cluster, e.g. tcp://10.0.0.5:8786."),
+        typer.Option(
+            metavar="ADDRESS", help="Run on an existing dask cluster, e.g. tcp://10.0.0.5:8786."
+        ),
     ] = None,
     split: Annotated[Split | None, typer.Option(help="Only the tiles of this split.")] = None,
     tiles: Annotated[
-        Path | None, typer.Option(help="A text file of tile ids, one per line: only those.")
+        Path | None,
+        typer.Option(metavar="FILE", help="A text file of tile ids, one per line: only those."),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many tiles (for trials).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(metavar="N", help="At most this many tiles (for trials).")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo every tile, even finished ones.")
     ] = False,
     source: Annotated[
         list[str] | None,
-        typer.Option(help="Input file(s) replacing the recipe's own; repeat for several."),
+        typer.Option(
+            metavar="[LAYER=]PATH",
+            help="Input file(s) replacing the recipe's own, relative to the current folder; "
+            "repeat for several. For a recipe with layers: LAYER=PATH (e.g. agb=/data/a.tif).",
+        ),
     ] = None,
     cache: Annotated[
         Path | None,
@@ -280,7 +339,9 @@ def fetch(
         bool,
         typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
     ] = False,
-    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+    grids_dir: Annotated[
+        Path, typer.Option(metavar="DIR", help="Where grid files are kept.")
+    ] = Path("grids"),
     fsync: Annotated[
         bool,
         typer.Option(
@@ -295,13 +356,14 @@ def fetch(
     Chips go to OUT/<aoi>/<dataset>/<tile_id>.tif with a manifest.csv and a fetch.log beside
     them. A rerun skips finished tiles and retries failed ones.
 
-    Exit codes: 0 all done, 1 some tiles failed (see manifest.csv), 2 bad usage or another
-    run holds the folder, 130 interrupted.
+    Exit codes: 0 all done, 1 some tiles failed (see manifest.csv), 2 bad usage, another
+    run holds the folder, or the first tiles all failed the same way (say why), 130
+    interrupted (Ctrl-C), 143 terminated (SIGTERM); finished chips are kept in every case.
 
     \b
     Examples:
       m3leo-tiles fetch demo-dem --aoi demo
-      m3leo-tiles fetch my-recipe.yaml --grid grids/demo.geojson --workers 4 --split train
+      m3leo-tiles fetch my-recipe.yaml --grid grids/demo/tiles.geojson --workers 4 --split train
       m3leo-tiles fetch agb --aoi conus --year 2019 --scheduler tcp://10.0.0.5:8786 --quiet
     """
     from m3leo_tiles.runner import fetch as run_fetch
@@ -468,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     143 terminated (SIGTERM during a fetch).
     """
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="m3leo-tiles", standalone_mode=False)
     except UsageError as error:  # unknown option, bad choice such as --split vall
         where = error.ctx.command_path if error.ctx is not None else "m3leo-tiles"
         message = " ".join(error.format_message().split())

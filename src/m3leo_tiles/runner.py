@@ -596,6 +596,12 @@ def fetch(
     chosen_split = Split(split) if split is not None else None
     notes = [f"grid: {Path(grid_path).resolve()} ({len(the_grid)} tiles)"]
     warnings: list[str] = []
+    cores = os.cpu_count() or 1
+    if workers is not None and scheduler is None and workers > cores:
+        warnings.append(
+            f"--workers {workers} is more than the {cores} CPU cores here: chips are made "
+            "no faster, and each worker takes memory; use at most --workers " + str(cores)
+        )
     if identifiers is not None:
         known = {tile.identifier for tile in the_grid.tiles}
         unknown = [i for i in dict.fromkeys(identifiers) if i not in known]

@@ -134,6 +134,7 @@ def make_grid(
         tiles=len(cells),
         counts=counts,
         area_km2=len(cells) * TILE_AREA_KM2,
+        aoi_km2=estimated_tiles(loaded.geometry)[1],
         seam_overlap_km2=seams.overlap_km2,
         seconds=time.perf_counter() - started,
     )

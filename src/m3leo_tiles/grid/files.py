@@ -85,12 +85,17 @@ class GridResult:
     area_km2: float
     seam_overlap_km2: float
     seconds: float
+    aoi_km2: float | None = None  # the AOI's own geodesic area (``aois`` shows this one)
 
     def summary(self) -> str:
+        """One line; the tiles' area (tiles x 20.07 km²) is named apart from the AOI's own,
+        which is smaller: tiles along the edge reach past it."""
         per_split = ", ".join(f"{name} {count:,}" for name, count in self.counts.items())
         rate = self.tiles / self.seconds if self.seconds > 0 else float("inf")
+        aoi = f" (the AOI itself: {self.aoi_km2:,.0f} km²)" if self.aoi_km2 is not None else ""
         return (
-            f"{self.aoi}: {self.tiles:,} tiles ({per_split}), {self.area_km2:,.0f} km², "
+            f"{self.aoi}: {self.tiles:,} tiles ({per_split}), {self.area_km2:,.0f} km² of "
+            f"tiles{aoi}, "
             f"seam overlap {self.seam_overlap_km2:,.1f} km², {self.seconds:.1f} s "
             f"({rate:,.0f} tiles/s)\n  tiles:  {self.path}\n  splits: {self.splits_path}"
         )
