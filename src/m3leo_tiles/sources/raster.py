@@ -583,10 +583,16 @@ class RasterSource(SourceAdapter):
             elif glob.has_magic(path):
                 found = sorted(glob.glob(path))
                 if not found:
-                    raise ConfigError(f"no source files match {path}; check the path or --source")
+                    raise ConfigError(
+                        f"no source files match {path}{_where_from(spec)}; check the path or "
+                        "--source"
+                    )
                 paths.extend(found)
             elif not os.path.exists(path):
-                raise ConfigError(f"source file {path} does not exist; check the path or --source")
+                raise ConfigError(
+                    f"source file {path} does not exist{_where_from(spec)}; check the path or "
+                    "--source"
+                )
             else:
                 paths.append(path)
         return paths
@@ -778,6 +784,19 @@ def _cell_field(match: re.Match[str], lat: float, lon: float) -> str:
     values = {"lat": abs(round(lat)), "lon": abs(round(lon)),
               "NS": "N" if lat >= 0 else "S", "EW": "E" if lon >= 0 else "W"}  # fmt: skip
     return format(values[field], spec[1:])
+
+
+def _where_from(spec: str) -> str:
+    """Why a path that uses ``${VAR:-default}`` was looked for where it was: the example
+    recipes find the sample data beside a checkout; an installed package needs the variable."""
+    unset = [m.group(1) for m in DEFAULT_VAR.finditer(spec) if not os.environ.get(m.group(1))]
+    if not unset:
+        return ""
+    name = unset[0]
+    return (
+        f" (looked there because ${name} is not set; set {name} to the folder that holds "
+        f"this data, e.g. `export {name}=/path/to/shared/data`)"
+    )
 
 
 def _network_reason(path: str, error: BaseException) -> str:
