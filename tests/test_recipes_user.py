@@ -50,9 +50,7 @@ def test_a_user_recipe_named_like_a_builtin_by_its_name_key_wins(
     assert load_recipe("agb").path == str(tmp_path / "recipes" / "my-biomass.yaml")
 
 
-def test_a_key_given_twice_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_key_given_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("source: raster\nresolution: 448\nnodata: 1\nbands: [v]\nnodata: 2\n")
     with pytest.raises(ConfigError, match=r"line 5.*'nodata' is given twice"):

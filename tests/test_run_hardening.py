@@ -56,7 +56,7 @@ def _dem_recipe(folder: Path, **extra) -> Path:
 
 def _fetch(cluster, recipe, grid: Path, out: Path, **kwargs):
     return fetch(recipe, grid=grid, out=out, scheduler=cluster.scheduler_address,
-                 progress=False, fsync=False, **kwargs)  # fmt: skip
+                 progress=False, **kwargs)  # fmt: skip
 
 
 # --- item 3: changed inputs redo their chips -------------------------------------------------

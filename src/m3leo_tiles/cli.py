@@ -342,14 +342,6 @@ def fetch(
     grids_dir: Annotated[
         Path, typer.Option(metavar="DIR", help="Where grid files are kept.")
     ] = Path("grids"),
-    fsync: Annotated[
-        bool,
-        typer.Option(
-            "--fsync/--no-fsync",
-            help="Flush each chip and its folder to the disk before recording it (survives a "
-            "power cut; about 6 ms a chip on an ext4 VM disk). --no-fsync for scratch runs.",
-        ),
-    ] = True,
 ) -> None:
     """Make the chips of RECIPE for every tile of a grid, resuming where the last run stopped.
 
@@ -387,7 +379,6 @@ def fetch(
             options=options,
             progress=not quiet,
             grids_dir=grids_dir,
-            fsync=fsync,
         )
     except KeyboardInterrupt as error:  # typer would turn it into a silent exit 130
         raise typer.Exit(_interrupted(error)) from None

@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from m3leo_tiles.sources.base import Chip
 
 PARTIAL_SUFFIX = ".part"
-# fsync every chip and its folder (see write_bytes_atomically); M3LEO_NO_FSYNC=1 turns it off
-# for scratch runs on a RAM disk, where it only costs.
-DURABLE = os.environ.get("M3LEO_NO_FSYNC", "") in ("", "0")
+# Only for bench/bench_fsync.py, which measures what the fsyncs cost a whole run (nothing
+# measurable: the workers overlap them); not a user option.
+_DURABLE = os.environ.get("M3LEO_BENCH_NO_FSYNC", "") != "1"
 _ENCODER = ChipEncoder()  # one per process: its GDAL templates serve every later chip
 
 
@@ -99,12 +99,13 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomically(path: Path, payload: bytes, *, durable: bool = DURABLE) -> Written:
+def write_bytes_atomically(path: Path, payload: bytes, *, durable: bool = _DURABLE) -> Written:
     """Write to a hidden partial name, fsync, rename, fsync the folder: whole or absent.
 
     Without the two fsyncs a rename can reach the disk before the file's data does, so a
     power cut (not a killed process) may leave an empty or short file under the final name;
-    ext4, XFS and btrfs all allow it. Measured cost in ``bench/RESULTS.md`` (hardening).
+    ext4, XFS and btrfs all allow it. ``durable=False`` is for benchmarks only: the runner
+    writes several chips at once, which hides the fsyncs' wait (``bench/bench_fsync.py``).
     """
     partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
     try:
@@ -139,7 +140,7 @@ def write_chip(
     recipe: Recipe,
     tags: Mapping[str, str],
     *,
-    durable: bool = DURABLE,
+    durable: bool = _DURABLE,
 ) -> Written:
     """Encode ``chip`` on ``grid`` and write it to ``path`` atomically; its size and CRC."""
     payload = encode_chip(chip, grid, recipe, tags)

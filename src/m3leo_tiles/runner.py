@@ -88,7 +88,6 @@ class FetchRequest:
     cache: Path | None = None  # shared download cache; default OUT/.cache
     options: Mapping[str, Any] = field(default_factory=dict)  # the sources' declared options
     progress: bool = True
-    fsync: bool = True  # each chip and its folder reach the disk before the manifest says ok
     notes: tuple[str, ...] = ()  # lines for fetch.log from choosing the tiles (grid file)
     warnings: tuple[str, ...] = ()  # and for the terminal too (ids not in the grid)
 
@@ -449,7 +448,7 @@ def _run_batches(
         if items is None:
             return None
         ids = {tile.identifier: plan.input_ids.get(tile.identifier, "") for tile, _ in items}
-        batch = Batch(str(dataset_dir), items, budget, ids, request.fsync)
+        batch = Batch(str(dataset_dir), items, budget, ids)
         future = client.submit(render_batch, shared_adapter, batch, pure=False, retries=0)
         pending[future.key] = (future, batch)
         return future
@@ -565,7 +564,6 @@ def fetch(
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
     grids_dir: Path = Path("grids"),
-    fsync: bool = True,
 ) -> FetchReport:
     """Make the chips of ``recipe`` for the tiles of a grid, resuming where a run stopped.
 
@@ -636,7 +634,6 @@ def fetch(
         cache=Path(cache) if cache is not None else None,
         options=dict(options or {}),
         progress=progress,
-        fsync=fsync,
         notes=tuple(notes),
         warnings=tuple(warnings),
     )
