@@ -37,10 +37,6 @@ class DatasetStatus:
     manifest: bool = True  # False: chips found but no manifest.csv (made elsewhere, or lost)
 
     @property
-    def complete(self) -> bool:
-        return self.failed == 0 and self.missing == 0 and not self.run and self.manifest
-
-    @property
     def note(self) -> str:
         """What the table's last column says about this folder."""
         if self.run:
