@@ -109,3 +109,24 @@ def test_a_recipe_name_cannot_be_a_path(tmp_path: Path, name: str) -> None:
     )
     with pytest.raises(ConfigError, match="key 'name'"):
         load_recipe_file(path)
+
+
+def test_band_names_never_become_paths(tmp_path: Path) -> None:
+    """Band and layer names are written as band descriptions only, never joined to a path."""
+    import helpers.fake_sources  # noqa: F401
+    from m3leo_tiles.grid.tile import Tile
+    from m3leo_tiles.recipes import Recipe
+    from m3leo_tiles.sources.base import get_source
+    from m3leo_tiles.worker import Batch, render_batch
+
+    recipe = Recipe(name="r", source="fake-synthetic", resolution=448,
+                    bands=("../../evil", "/etc/x"), dtype="uint8", nodata=0)  # fmt: skip
+    folder = tmp_path / "out" / "aoi" / "r"
+    folder.mkdir(parents=True)
+    tile = Tile.from_point(12.5, 42.0)
+    adapter = get_source("fake-synthetic")(recipe)
+    (row,) = render_batch(adapter, Batch(str(folder), ((tile, ("fake://0",)),)))
+    assert row.status == "ok"
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()] == [
+        Path("out/aoi/r") / f"{tile.identifier}.tif"
+    ]
