@@ -329,9 +329,13 @@ class EarthEngineHandler(QuietHandler):
             return
         expression = body["expression"]
         result = _resolve(expression, _result_node(expression))
+        if "constantValue" in result:  # a preflight like ee.Number(1)
+            self._json(200, {"result": result["constantValue"]})
+            return
         entries = result.get("dictionaryValue", {}).get("values")
         if entries is None:
-            self._error(400, "INVALID_ARGUMENT", "emulator: only dictionaries of counts")
+            self._error(400, "INVALID_ARGUMENT", "emulator: only constants and dictionaries "
+                        "of image counts")  # fmt: skip
             return
         answer = {}
         for key, node in entries.items():
