@@ -44,7 +44,3 @@ class TransientSourceError(SourceError):
 class DiskFullError(M3leoError):
     """The output disk is full: fatal for the run (every further chip would fail too)."""
 
-
-class NoDataError(SourceError):
-    """The tile has no data, for a reason the source can state ("no Sentinel-2 image in
-    2020-03"): recorded ``empty`` with that reason, not ``failed``, and never retried."""

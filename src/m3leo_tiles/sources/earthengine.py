@@ -45,7 +45,7 @@ from m3leo_tiles.enums import ResamplingMethod
 from m3leo_tiles.errors import (
     ConfigError,
     CredentialsError,
-    NoDataError,
+    EmptyTileError,
     SourceError,
     TransientSourceError,
 )
@@ -330,8 +330,10 @@ class EarthEngineSource(SourceAdapter):
                     credentials=credentials, url=url, cloud_api_key=api_key, project=project
                 )
                 # Initialising checks nothing once a process has the algorithm list, and the
-                # project's registration is checked only by computations: one tiny one.
-                ee.data.computeValue(ee.Number(1))
+                # project's registration is checked only by computations: one tiny one,
+                # retried like any request when the quota is busy.
+                self.retry_policy.run(lambda: ee.data.computeValue(ee.Number(1)),
+                                      is_transient=self.is_transient)  # fmt: skip
 
             error = _bounded(connect, INIT_TIMEOUT_S)
             if error is TimeoutError:
@@ -389,12 +391,14 @@ class EarthEngineSource(SourceAdapter):
     def render_many(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
     ) -> Iterator[tuple[GridTile, Chip | Exception]]:
-        """All tiles of the batch at once on threads; the budget, not the thread count, limits
-        what is in flight, so a worker never idles while the cluster has quota left."""
+        """The batch's tiles on the threads the engine gives this worker; every request (not
+        every tile) holds a slot of the cluster-wide budget and is retried on its own, so a
+        tile split into several requests never repeats the parts it already has, and a
+        backing-off request leaves its slot to others."""
         if not items:
             return
         self._initialize()
-        threads = max(1, min(len(items), self.concurrency()))
+        threads = max(1, min(len(items), context.threads))
         with ThreadPoolExecutor(threads, thread_name_prefix="earthengine") as pool:
             futures = {pool.submit(self._outcome, tile, context): tile for tile, _ in items}
             for future in as_completed(futures):
@@ -480,7 +484,7 @@ class EarthEngineSource(SourceAdapter):
 
         Asked only when a (window, group) has no valid pixel, so a normal tile costs no extra
         request. A tile with no valid pixel at all is then recorded ``empty`` with these
-        reasons by the caller (via ``NoDataError``).
+        reasons by the caller (via ``EmptyTileError``).
         """
         params = self.params
         if params.collection is None:
@@ -509,7 +513,7 @@ class EarthEngineSource(SourceAdapter):
             else:
                 reasons.append(f"every {params.label} pixel{which} masked{when}")
         if len(empty) == len(parts):
-            raise NoDataError("; ".join(reasons))
+            raise EmptyTileError("; ".join(reasons))
         return reasons
 
     def _band_tags(self, output: Output) -> dict[str, str]:
