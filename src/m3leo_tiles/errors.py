@@ -43,4 +43,3 @@ class TransientSourceError(SourceError):
 
 class DiskFullError(M3leoError):
     """The output disk is full: fatal for the run (every further chip would fail too)."""
-

@@ -18,6 +18,8 @@ What a test can steer (attributes of the server, or ``configure``):
   the next computePixels requests (quota errors then success, a permanent error...).
 * ``bad_bands``: band ids that the "image" does not have: a request naming one gets Earth
   Engine's 400 INVALID_ARGUMENT.
+* ``refuse_at``: ``(translateX, translateY)`` of grids whose requests get that 400 too (one
+  tile's permanent failure in a multi-tile run).
 * ``masked_bands``: band ids whose pixels are all masked (a window with no image or only
   clouds): they come back as the value of the expression's ``Image.unmask`` (0 without one,
   as the service fills masked pixels).
@@ -43,7 +45,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-
 from tests.helpers.loopback import LoopbackServer, QuietHandler, serve
 
 MAX_REQUEST_BYTES = 50_331_648
@@ -199,7 +200,9 @@ def collection_windows(expression: dict, node: Any) -> list[tuple[str, str]]:
             ident = _resolve(expression, call["arguments"]["id"]).get("constantValue")
             loads.append(str(ident))
         if call["functionName"] == "DateRange":
-            starts.append(str(_resolve(expression, call["arguments"]["start"]).get("constantValue")))
+            starts.append(
+                str(_resolve(expression, call["arguments"]["start"]).get("constantValue"))
+            )
     return [(load, start) for load in loads for start in starts] or [(ld, "") for ld in loads]
 
 
@@ -217,11 +220,22 @@ class RecordedRequest:
 class EarthEngineHandler(QuietHandler):
     server: EmulatorServer
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._accounted("GET", self._get)
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._accounted("POST", self._post)
+    def do_POST(self) -> None:
+        pixels = self.path.split("?", 1)[0].endswith("/image:computePixels")
+        server = self.server
+        if pixels:
+            with server.ee_lock:
+                server.pixels_in_flight += 1
+                server.peak_pixels = max(server.peak_pixels, server.pixels_in_flight)
+        try:
+            self._accounted("POST", self._post)
+        finally:
+            if pixels:
+                with server.ee_lock:
+                    server.pixels_in_flight -= 1
 
     def _json(self, status: int, payload: Any) -> None:
         self.send_bytes(status, json.dumps(payload).encode(), "application/json")
@@ -290,8 +304,10 @@ class EarthEngineHandler(QuietHandler):
         if not bands:
             self._error(400, "INVALID_ARGUMENT", "emulator: give bandIds")
             return
+        affine = grid["affineTransform"]
+        refused = (affine["translateX"], affine["translateY"]) in self.server.refuse_at
         for band in bands:
-            if band in self.server.bad_bands:
+            if band in self.server.bad_bands or refused:
                 self._error(
                     400,
                     "INVALID_ARGUMENT",
@@ -350,9 +366,12 @@ class EmulatorServer(LoopbackServer):
     ee_lock: threading.Lock
     errors: list[tuple[int, str, str]]
     bad_bands: set[str]
+    refuse_at: set[tuple[float, float]]
     masked_bands: set[str]
     empty_windows: set[tuple[str, str]]
     refuse_keys: set[str]
+    pixels_in_flight: int
+    peak_pixels: int  # most computePixels requests open at once, latency included
 
     def pixel_requests(self) -> list[dict]:
         with self.ee_lock:
@@ -380,9 +399,12 @@ def serve_earthengine(latency_s: float = 0.0) -> Iterator[EmulatorServer]:
         ee_lock=threading.Lock(),
         errors=[],
         bad_bands=set(),
+        refuse_at=set(),
         masked_bands=set(),
         empty_windows=set(),
         refuse_keys=set(),
+        pixels_in_flight=0,
+        peak_pixels=0,
     ) as server:
         server.__class__ = EmulatorServer
         server.latency_s = latency_s

@@ -15,12 +15,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-
-from m3leo_tiles.errors import ConfigError, CredentialsError, EmptyTileError, SourceError
-from m3leo_tiles.grid.tile import BoxTile, Tile
-from m3leo_tiles.recipes import load_recipe
-from m3leo_tiles.sources.base import Chip, FetchOptions, RenderContext
-from m3leo_tiles.sources.earthengine import EarthEngineSource, grid_json
 from tests.helpers.ee_emulator import (
     EmulatorServer,
     constants,
@@ -30,6 +24,12 @@ from tests.helpers.ee_emulator import (
     result_dtype,
     serve_earthengine,
 )
+
+from m3leo_tiles.errors import ConfigError, CredentialsError, EmptyTileError, SourceError
+from m3leo_tiles.grid.tile import BoxTile, Tile
+from m3leo_tiles.recipes import load_recipe
+from m3leo_tiles.sources.base import Chip, FetchOptions, RenderContext
+from m3leo_tiles.sources.earthengine import EarthEngineSource, grid_json
 
 TILE = Tile.from_point(12.5, 41.9)  # Rome, 33N
 SOUTH_TILE = Tile.from_point(-47.9, -15.8)  # Brasília, 23S
@@ -284,7 +284,9 @@ def test_missing_credentials_are_one_clear_error(emulator, monkeypatch, tmp_path
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     source = EarthEngineSource(load_recipe("srtm"), FetchOptions(year=2020))
     started = time.perf_counter()
-    with pytest.raises(CredentialsError, match=r"earthengine authenticate.*--project or EE_PROJECT"):
+    with pytest.raises(
+        CredentialsError, match=r"earthengine authenticate.*--project or EE_PROJECT"
+    ):
         source.check()
     assert time.perf_counter() - started < 5
 
@@ -305,7 +307,7 @@ def test_a_bad_service_account_file_is_a_credentials_error(emulator, monkeypatch
     key = tmp_path / "key.json"
     key.write_text('{"type": "service_account", "client_email": "x@y"}')
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
-    with pytest.raises(CredentialsError, match="service-account key .* not valid"):
+    with pytest.raises(CredentialsError, match=r"service-account key .* not valid"):
         EarthEngineSource(load_recipe("srtm"), FetchOptions()).check()
 
 

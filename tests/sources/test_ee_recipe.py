@@ -32,7 +32,8 @@ def test_paper_recipes_have_the_papers_bands() -> None:
     assert len(s1["bands"]) == 16 and "winter_vvasc" in s1["bands"]
     assert {b.split("_")[0] for b in s1["bands"]} == {"winter", "spring", "summer", "autumn"}
     s2 = parse_params(_recipe("s2srm")["params"], "s2srm")
-    assert [b for b, _ in s2.bands] == "B2 B3 B4 B8 B5 B6 B7 B8A B11 B12".split()
+    expected = ["B2", "B3", "B4", "B8", "B5", "B6", "B7", "B8A", "B11", "B12"]
+    assert [b for b, _ in s2.bands] == expected
     assert s2.collection == "COPERNICUS/S2_SR_HARMONIZED" and s2.reducer == "mean"
     (mask,) = s2.masks
     assert (mask.linked, mask.band, mask.min) == ("GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED",

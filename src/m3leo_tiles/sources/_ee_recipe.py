@@ -1,4 +1,4 @@
-"""The ``params`` of an ``earthengine`` recipe, validated, and the Earth Engine expression they make.
+"""``params`` of an ``earthengine`` recipe, validated, and the Earth Engine expression they make.
 
 A recipe describes a composite as data, so that a user can add Dynamic World or Landsat as a
 YAML file:
@@ -331,12 +331,16 @@ def parse_params(params: Mapping[str, Any], where: str) -> EEParams:
         if asset is not None and (not isinstance(asset, str) or " " in asset):
             raise _fail(where, key, f"{asset!r} is not an Earth Engine asset id")
     bands_value = params.get("bands")
-    if isinstance(bands_value, list) and bands_value and all(
-        isinstance(b, str) for b in bands_value
+    if (
+        isinstance(bands_value, list)
+        and bands_value
+        and all(isinstance(b, str) for b in bands_value)
     ):
         bands = tuple((b, b) for b in bands_value)
-    elif isinstance(bands_value, dict) and bands_value and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in bands_value.items()
+    elif (
+        isinstance(bands_value, dict)
+        and bands_value
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in bands_value.items())
     ):
         bands = tuple(bands_value.items())
     else:
@@ -452,9 +456,7 @@ def _part_image(ee: Any, params: EEParams, year: int | None, outputs: Sequence[O
         if resample:
             composite = composite.resample(resample)
     else:
-        collection = _collection(
-            ee, params, year, first.window, first.group, region, resample
-        )
+        collection = _collection(ee, params, year, first.window, first.group, region, resample)
         # An empty window must not make the whole request fail ("did not match any bands"):
         # it becomes a masked image with the same bands, which the recipe's nodata fills.
         empty = ee.Image.constant([0] * len(bands)).rename(bands).updateMask(0)

@@ -125,7 +125,7 @@ def _bounded(call: Callable[[], None], timeout_s: float) -> BaseException | type
     thread = threading.Thread(target=target, name="ee-initialize", daemon=True)
     thread.start()
     thread.join(timeout_s)
-    return outcome["error"] if "error" in outcome else TimeoutError
+    return outcome.get("error", TimeoutError)
 
 
 def http_status(error: BaseException) -> int | None:
@@ -277,7 +277,8 @@ class EarthEngineSource(SourceAdapter):
         key_file = os.environ.get(SERVICE_ACCOUNT_ENV)
         if key_file:
             try:
-                info = json.loads(open(key_file, encoding="utf-8").read())
+                with open(key_file, encoding="utf-8") as handle:
+                    info = json.load(handle)
             except (OSError, ValueError) as error:
                 raise CredentialsError(
                     f"cannot read the key file in {SERVICE_ACCOUNT_ENV} ({key_file}): "
@@ -350,8 +351,13 @@ class EarthEngineSource(SourceAdapter):
     def _init_error(ee: Any, error: BaseException, where: str) -> Exception:
         status = http_status(error)
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if status in (401, 403) or isinstance(error, ee.EEException) and (
-            "authoriz" in text.lower() or "permission" in text.lower() or "api key" in text.lower()
+        if status in (401, 403) or (
+            isinstance(error, ee.EEException)
+            and (
+                "authoriz" in text.lower()
+                or "permission" in text.lower()
+                or "api key" in text.lower()
+            )
         ):
             return CredentialsError(f"Earth Engine refused the credentials ({text}): {AUTH_HINT}")
         if isinstance(error, ee.EEException):
@@ -478,8 +484,10 @@ class EarthEngineSource(SourceAdapter):
             )
         return np.stack([pixels[name] for name in names]).astype(self.recipe.dtype, copy=False)
 
-    def _empty_reasons(self, ee: Any, data: np.ndarray, outputs: Sequence[Output],
-                       nodata: float, region: Any, context: RenderContext) -> list[str]:  # fmt: skip
+    def _empty_reasons(
+        self, ee: Any, data: np.ndarray, outputs: Sequence[Output], nodata: float,
+        region: Any, context: RenderContext,
+    ) -> list[str]:  # fmt: skip
         """Why whole windows came back as nodata: no image there, or every pixel masked.
 
         Asked only when a (window, group) has no valid pixel, so a normal tile costs no extra
