@@ -291,13 +291,21 @@ def fetch_tiles(
 
 def _budget(client: Client, adapter: SourceAdapter, threads: int) -> Budget | None:
     """The run's request budget, when the source is I/O-bound: one semaphore for the cluster,
-    and threads per worker so that the workers together can fill it."""
+    and threads per worker so that the workers together can fill it.
+
+    Each worker gets twice its even share of the budget (at most the whole budget): at the end
+    of a batch a worker has fewer tiles left than threads, and with only its share the slots
+    it leaves idle stay idle; with twice the share another worker's waiting threads take them
+    (measured: 67 % of Earth Engine's K / latency ceiling with the share, 84 % with twice it,
+    2 workers, K = 8). The semaphore still bounds what is in flight, and the threads waiting on
+    it stay bounded at twice the budget across the cluster.
+    """
     limit = adapter.concurrency()
     if not limit:
         return None
     name = request_budget(client, limit, f"m3leo-{adapter.name}-{uuid.uuid4().hex[:8]}")
     workers = max(1, len(client.nthreads()))
-    per_worker = max(1, -(-int(limit) // workers))
+    per_worker = max(1, min(int(limit), 2 * -(-int(limit) // workers)))
     log.info("request budget: %d in flight across %d workers (%d threads each)", limit,
              workers, per_worker)  # fmt: skip
     return Budget(name=str(name), limit=int(limit), threads=per_worker)

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -215,10 +217,17 @@ class RecordedRequest:
     path: str
     query: dict[str, list[str]]
     body: dict
+    arrived: float = 0.0  # time.monotonic() when the request was read
 
 
 class EarthEngineHandler(QuietHandler):
     server: EmulatorServer
+
+    def setup(self) -> None:
+        """No Nagle delay: headers and body go out in two writes, and with the client's
+        delayed ACK every response would wait ~40 ms, which the real service does not."""
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
         self._accounted("GET", self._get)
@@ -245,7 +254,8 @@ class EarthEngineHandler(QuietHandler):
 
     def _record(self, method: str, body: dict) -> RecordedRequest:
         parts = urlsplit(self.path)
-        request = RecordedRequest(method, parts.path, parse_qs(parts.query), body)
+        request = RecordedRequest(method, parts.path, parse_qs(parts.query), body,
+                                  time.monotonic())  # fmt: skip
         with self.server.ee_lock:
             self.server.ee_requests.append(request)
         return request
@@ -376,6 +386,11 @@ class EmulatorServer(LoopbackServer):
     def pixel_requests(self) -> list[dict]:
         with self.ee_lock:
             return [r.body for r in self.ee_requests if r.path.endswith("/image:computePixels")]
+
+    def pixel_arrivals(self) -> list[float]:
+        with self.ee_lock:
+            return [r.arrived for r in self.ee_requests
+                    if r.path.endswith("/image:computePixels")]  # fmt: skip
 
     def value_requests(self) -> list[dict]:
         with self.ee_lock:
