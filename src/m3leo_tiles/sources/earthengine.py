@@ -76,9 +76,10 @@ PROJECT_ENV = "EE_PROJECT"
 CONCURRENCY_ENV = "M3LEO_EE_CONCURRENCY"
 SERVICE_ACCOUNT_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
-# Earth Engine's default concurrent-request quota per project is 40 for paid tiers and lower
-# for the community tier; 10 stays under every tier and leaves room for other work.
-DEFAULT_CONCURRENCY = 10
+# Earth Engine's default quota is 40 concurrent requests per project (standard and
+# high-volume endpoints alike; developers.google.com/earth-engine/guides/usage): half of it
+# leaves room for the project's other users and for a retry storm's stragglers.
+DEFAULT_CONCURRENCY = 20
 MAX_REQUEST_BYTES = 48 * 2**20  # the service refuses bigger computePixels responses
 REQUEST_BYTES = int(MAX_REQUEST_BYTES * 0.95)  # what we ask for at most (headers, rounding)
 MAX_BANDS = 1024
@@ -192,7 +193,7 @@ class EarthEngineSource(SourceAdapter):
         SourceOption(
             "ee-concurrency",
             "Earth Engine requests in flight across the whole cluster (keep it under the "
-            f"project's concurrent-request quota; default {DEFAULT_CONCURRENCY})",
+            "project's concurrent-request quota, 40 by default)",
             env=CONCURRENCY_ENV,
             metavar="K",
             default=str(DEFAULT_CONCURRENCY),
@@ -203,6 +204,9 @@ class EarthEngineSource(SourceAdapter):
         super().__init__(recipe, options)
         where = recipe.path or f"recipe {recipe.name}"
         self.params: EEParams = parse_params(recipe.params, where)
+        # Endpoint and project as the driver resolved them (``check``), so that workers whose
+        # environment differs still talk to the same endpoint for the same project.
+        self.settings: dict[str, str | None] = {}
 
     # --- configuration (driver) ------------------------------------------------------------
 
@@ -244,7 +248,7 @@ class EarthEngineSource(SourceAdapter):
                 f"recipe {recipe.name} composites date windows of a year: give --year YEAR"
             )
         self.concurrency()
-        self._url()
+        self.settings = {"url": self._url(), "project": self.option("project")}
         self._initialize()
 
     def concurrency(self) -> int:
@@ -304,7 +308,10 @@ class EarthEngineSource(SourceAdapter):
 
     def _initialize(self) -> None:
         """``ee.Initialize`` once per process and endpoint, bounded in time."""
-        url, project_option = self._url(), self.option("project")
+        if self.settings:
+            url, project_option = self.settings["url"], self.settings["project"]
+        else:
+            url, project_option = self._url(), self.option("project")
         identity = (url, project_option, os.environ.get(API_KEY_ENV),
                     os.environ.get(SERVICE_ACCOUNT_ENV))  # fmt: skip
         with _INIT_LOCK:
@@ -345,7 +352,25 @@ class EarthEngineSource(SourceAdapter):
             if error is not None:
                 raise self._init_error(ee, error, where) from None
             ee.data.setDeadline(int(DEADLINE_S * 1000))
+            self._widen_connection_pool()
             _INITIALISED["done"] = identity
+
+    def _widen_connection_pool(self) -> None:
+        """The client's requests.Session keeps 10 connections per host; with more threads
+        urllib3 would open and discard one per request (and warn each time)."""
+        import requests
+
+        try:
+            from ee import _state
+
+            session = _state.get_state().requests_session
+        except (ImportError, AttributeError):  # another client version: keep its defaults
+            return
+        if isinstance(session, requests.Session):
+            size = max(10, 2 * self.concurrency())
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
 
     @staticmethod
     def _init_error(ee: Any, error: BaseException, where: str) -> Exception:
@@ -466,7 +491,7 @@ class EarthEngineSource(SourceAdapter):
                 "grid": grid_json(grid),
             }
             pixels = self._call(lambda request=request: ee.data.computePixels(request), context)
-            data[chunk.start : chunk.stop] = self._unpack(pixels, wanted, grid)
+            self._unpack(pixels, wanted, grid, data[chunk.start : chunk.stop])
         reasons = self._empty_reasons(ee, data, outputs, nodata, region, context)
         metadata = {"inputs": f"earthengine:{params.asset}"}
         if reasons:
@@ -474,7 +499,10 @@ class EarthEngineSource(SourceAdapter):
         band_metadata = tuple(self._band_tags(output) for output in outputs)
         return Chip(data, tuple(recipe.bands), metadata, band_metadata)
 
-    def _unpack(self, pixels: Any, wanted: Sequence[Output], grid: PixelGrid) -> np.ndarray:
+    def _unpack(self, pixels: Any, wanted: Sequence[Output], grid: PixelGrid,
+                out: np.ndarray) -> None:  # fmt: skip
+        """Copy the response (a structured array, one field per band) into ``out``, checking
+        that it is what was asked: the bands in order, on the grid's shape."""
         names = [o.name for o in wanted]
         fields = getattr(getattr(pixels, "dtype", None), "names", None) or ()
         if tuple(fields) != tuple(names) or pixels.shape != (grid.height, grid.width):
@@ -482,7 +510,8 @@ class EarthEngineSource(SourceAdapter):
                 f"Earth Engine sent bands {list(fields)} of {getattr(pixels, 'shape', '?')} "
                 f"pixels; asked for {names} of {(grid.height, grid.width)}"
             )
-        return np.stack([pixels[name] for name in names]).astype(self.recipe.dtype, copy=False)
+        for index, name in enumerate(names):
+            out[index] = pixels[name]  # one copy, cast to the recipe's dtype if it differs
 
     def _empty_reasons(
         self, ee: Any, data: np.ndarray, outputs: Sequence[Output], nodata: float,
@@ -500,7 +529,8 @@ class EarthEngineSource(SourceAdapter):
         parts: dict[tuple[str, str], list[int]] = {}
         for index, output in enumerate(outputs):
             parts.setdefault(output.part, []).append(index)
-        empty = [key for key, rows in parts.items() if bool((data[rows] == nodata).all())]
+        empty = [key for key, rows in parts.items()
+                 if all(not (data[row] != nodata).any() for row in rows)]  # fmt: skip
         if not empty:
             return []
         first_of = {o.part: o for o in outputs}
