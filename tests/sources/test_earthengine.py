@@ -337,3 +337,19 @@ def test_high_volume_selects_the_high_volume_endpoint(monkeypatch) -> None:
     monkeypatch.delenv("M3LEO_EE_URL", raising=False)
     source = EarthEngineSource(load_recipe("srtm"), FetchOptions(extra={"high-volume": True}))
     assert source._url() == "https://earthengine-highvolume.googleapis.com"
+
+
+def test_an_endpoint_that_never_answers_is_a_config_error_not_a_hang(emulator, monkeypatch):
+    import socket
+
+    import m3leo_tiles.sources.earthengine as module
+
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("M3LEO_EE_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(module, "INIT_TIMEOUT_S", 1.0)
+        started = time.perf_counter()
+        with pytest.raises(ConfigError, match=r"did not answer within 1 s"):
+            EarthEngineSource(load_recipe("srtm"), FetchOptions()).check()
+        assert time.perf_counter() - started < 5

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from m3leo_tiles.enums import TileStatus
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.recipes import load_recipe
+from m3leo_tiles.sources.earthengine import grid_json
 
 pytestmark = pytest.mark.slow
 
@@ -79,28 +81,66 @@ def assert_chips(folder: Path, recipe_name: str, tiles: list[Tile]) -> None:
             np.testing.assert_array_equal(data[index], expected_pixels(band, grid, recipe.dtype))
 
 
-@pytest.mark.parametrize(
-    ("recipe", "year"),
-    [("s2srm", 2020), ("s1grd", 2020), ("esawc", None), ("srtm", None), ("modisveg", 2019)],
-)
-def test_every_recipe_end_to_end(tmp_path: Path, recipe: str, year: int | None) -> None:
-    grid = write_grid(tmp_path / "tiles.geojson", ROME)
-    with serve_earthengine() as server:
-        args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "2",
-                "--ee-concurrency", "4", "--quiet"]  # fmt: skip
-        if year:
-            args += ["--year", year]
-        result = cli(*args, cwd=tmp_path, env=environment(server))
-        assert result.returncode == 0, result.stderr
-        pixel_requests = server.pixel_requests()
-        initialisations = server.algorithm_requests()
-    dataset = f"{recipe}-{year}" if year else recipe
-    folder = tmp_path / "data" / "rome" / dataset
+def check_run(server: EmulatorServer, folder: Path, recipe: str) -> None:
+    """Chips with the emulator's pixels for every tile, one request per tile on its grid."""
     assert_chips(folder, recipe, ROME)
-    assert len(pixel_requests) == len(ROME)
-    assert 2 <= initialisations <= 3  # the driver's check, then once per worker process
+    pixel_requests = server.pixel_requests()
+    resolution = load_recipe(recipe).resolution
+    grids = sorted((r["grid"] for r in pixel_requests), key=str)
+    assert grids == sorted((grid_json(t.pixel_grid(resolution)) for t in ROME), key=str)
     rows = read_manifest(folder / MANIFEST_NAME)
     assert {row.status for row in rows.values()} == {TileStatus.OK}
+
+
+def test_s2srm_end_to_end_through_the_cli(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "tiles.geojson", ROME)
+    with serve_earthengine() as server:
+        result = cli("fetch", "s2srm", "--year", "2020", "--grid", grid, "--out",
+                     tmp_path / "data", "--workers", "2", "--ee-concurrency", "4", "--quiet",
+                     cwd=tmp_path, env=environment(server))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        check_run(server, tmp_path / "data/rome/s2srm-2020", "s2srm")
+        # the driver's check, then once per worker process (not per tile or batch)
+        assert 2 <= server.algorithm_requests() <= 3
+
+
+@pytest.fixture(scope="module")
+def cluster_and_emulator() -> Iterator[tuple[EmulatorServer, str]]:
+    """One emulator and one LocalCluster for the other recipes (a CLI run each would spend
+    most of its time starting processes); the workers get the API key from the environment."""
+    from distributed import LocalCluster
+
+    saved = {name: os.environ.get(name) for name in ("M3LEO_EE_API_KEY", "EE_PROJECT")}
+    os.environ.update(M3LEO_EE_API_KEY="test-key", EE_PROJECT="m3leo-test")
+    try:
+        with (
+            serve_earthengine() as server,
+            LocalCluster(
+                n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0", silence_logs=40
+            ) as cluster,
+        ):
+            yield server, cluster.scheduler_address
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.mark.parametrize(
+    ("recipe", "year"), [("s1grd", 2020), ("esawc", None), ("srtm", None), ("modisveg", 2019)]
+)
+def test_other_recipes_end_to_end(cluster_and_emulator, tmp_path, recipe, year) -> None:
+    from m3leo_tiles.runner import fetch_tiles
+
+    server, address = cluster_and_emulator
+    server.clear()
+    report = fetch_tiles(load_recipe(recipe), ROME, aoi="rome", year=year, out=tmp_path,
+                         scheduler=address, progress=False,
+                         options={"ee-url": server.url, "ee-concurrency": "4"})  # fmt: skip
+    assert report.exit_code == 0 and report.ok == len(ROME), report.summary()
+    check_run(server, report.dataset_dir, recipe)
 
 
 def test_chips_align_with_the_raster_sources_chips(tmp_path: Path, shared_data: Path) -> None:
@@ -123,33 +163,44 @@ def test_chips_align_with_the_raster_sources_chips(tmp_path: Path, shared_data: 
             assert dem.read(1).std() > 0  # a real DEM chip, not an empty one
 
 
-def test_a_permanent_error_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
-    grid = write_grid(tmp_path / "tiles.geojson", ROME)
+def test_a_permanent_error_is_recorded_and_the_others_go_on(cluster_and_emulator, tmp_path):
+    from m3leo_tiles.runner import fetch_tiles
+
+    server, address = cluster_and_emulator
     bad = ROME[1]
-    with serve_earthengine() as server:
-        server.refuse_at.add((bad.x_min, bad.y_min + 4480))
-        result = cli("fetch", "srtm", "--grid", grid, "--out", tmp_path / "data", "--workers",
-                     "1", "--quiet", cwd=tmp_path, env=environment(server))  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    rows = read_manifest(tmp_path / "data/rome/srtm" / MANIFEST_NAME)
+    server.refuse_at.add((bad.x_min, bad.y_min + 4480))
+    try:
+        report = fetch_tiles(load_recipe("srtm"), ROME, aoi="rome", out=tmp_path,
+                             scheduler=address, progress=False,
+                             options={"ee-url": server.url})  # fmt: skip
+    finally:
+        server.refuse_at.clear()
+    assert report.exit_code == 1 and report.failed == 1 and report.ok == 2
+    rows = read_manifest(report.dataset_dir / MANIFEST_NAME)
     assert rows[bad.identifier].status is TileStatus.FAILED
     assert "did not match any bands" in rows[bad.identifier].reason
     assert [rows[t.identifier].status for t in ROME if t != bad] == [TileStatus.OK] * 2
 
 
-def test_a_tile_without_images_is_recorded_empty_with_the_reason(tmp_path: Path) -> None:
-    grid = write_grid(tmp_path / "tiles.geojson", ROME[:1])
+def test_a_tile_without_images_is_recorded_empty_with_the_reason(cluster_and_emulator, tmp_path):
+    from m3leo_tiles.runner import fetch_tiles
+
+    server, address = cluster_and_emulator
     recipe = load_recipe("modisveg")
-    with serve_earthengine() as server:
-        server.masked_bands.update(recipe.bands)
-        server.empty_windows.add(("MODIS/061/MOD44B", "2030-01-01"))
-        result = cli("fetch", "modisveg", "--year", "2030", "--grid", grid, "--out",
-                     tmp_path / "data", "--workers", "1", "--quiet", cwd=tmp_path,
-                     env=environment(server))  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    (row,) = read_manifest(tmp_path / "data/rome/modisveg-2030" / MANIFEST_NAME).values()
+    server.masked_bands.update(recipe.bands)
+    server.empty_windows.add(("MODIS/061/MOD44B", "2030-01-01"))
+    try:
+        report = fetch_tiles(recipe, ROME[:1], aoi="rome", year=2030, out=tmp_path,
+                             scheduler=address, progress=False,
+                             options={"ee-url": server.url})  # fmt: skip
+    finally:
+        server.masked_bands.clear()
+        server.empty_windows.clear()
+    assert report.exit_code == 0 and report.empty == 1
+    (row,) = read_manifest(report.dataset_dir / MANIFEST_NAME).values()
     assert row.status is TileStatus.EMPTY
     assert row.reason == "no MODIS MOD44B image in year (2030-01-01 to 2031-01-01)"
+    assert not list(report.dataset_dir.glob("*.tif"))
 
 
 def test_no_credentials_is_one_line_and_exit_2_within_seconds(tmp_path: Path) -> None:

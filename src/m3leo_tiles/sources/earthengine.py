@@ -84,7 +84,7 @@ MAX_REQUEST_BYTES = 48 * 2**20  # the service refuses bigger computePixels respo
 REQUEST_BYTES = int(MAX_REQUEST_BYTES * 0.95)  # what we ask for at most (headers, rounding)
 MAX_BANDS = 1024
 DEADLINE_S = 300.0  # one request; the service gives up on interactive computations before
-INIT_TIMEOUT_S = 60.0  # discovery document and algorithm list, on the driver and each worker
+INIT_TIMEOUT_S = 30.0  # discovery document and algorithm list, on the driver and each worker
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_WORDS = (
     "RESOURCE_EXHAUSTED",
