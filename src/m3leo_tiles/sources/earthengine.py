@@ -367,7 +367,7 @@ class EarthEngineSource(SourceAdapter):
         except (ImportError, AttributeError):  # another client version: keep its defaults
             return
         if isinstance(session, requests.Session):
-            size = max(10, 2 * self.concurrency())
+            size = max(10, 2 * (self.concurrency() or 1))
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
