@@ -127,7 +127,8 @@ def test_s2srm_asks_for_cloud_free_monthly_means_on_the_tiles_grid(emulator) -> 
     assert ["cs_cdf"] in constants(expression)
     assert "Collection.filter" in calls and "Filter.intersects" in calls  # the tile's footprint
     assert result_dtype(expression) == "uint16"  # cast on the server: 16 MB, one request
-    assert chip.metadata["inputs"] == "earthengine:COPERNICUS/S2_SR_HARMONIZED"
+    label = "earthengine:COPERNICUS/S2_SR_HARMONIZED+GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
+    assert source.plan([TILE]) == {TILE.identifier: (f"{label}@2020",)}
     assert chip.band_metadata[0] == {"source_band": "B2", "window": "2020-03-01/2020-04-01"}
 
 

@@ -394,7 +394,8 @@ class EarthEngineSource(SourceAdapter):
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         """Every tile needs the same server-side composite: no request before rendering."""
         params, year = self.params, self.options.year
-        label = f"earthengine:{params.asset}"
+        linked = sorted({mask.linked for mask in params.masks if mask.linked})
+        label = "earthengine:" + "+".join([params.asset, *linked])
         if params.windows and year is not None:
             label += f"@{year}"
         return {tile.identifier: (label,) for tile in tiles}
@@ -493,9 +494,7 @@ class EarthEngineSource(SourceAdapter):
             pixels = self._call(lambda request=request: ee.data.computePixels(request), context)
             self._unpack(pixels, wanted, grid, data[chunk.start : chunk.stop])
         reasons = self._empty_reasons(ee, data, outputs, nodata, region, context)
-        metadata = {"inputs": f"earthengine:{params.asset}"}
-        if reasons:
-            metadata["empty_windows"] = "; ".join(reasons)
+        metadata = {"empty_windows": "; ".join(reasons)} if reasons else {}
         band_metadata = tuple(self._band_tags(output) for output in outputs)
         return Chip(data, tuple(recipe.bands), metadata, band_metadata)
 
