@@ -66,21 +66,17 @@ conservation in both directions on real and on Mollweide data.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fnmatch
 import glob
 import itertools
 import math
 import os
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -89,17 +85,28 @@ import shapely
 import shapely.affinity
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
-from rasterio.warp import reproject, transform
-from shapely.geometry import Polygon, box
+from rasterio.warp import reproject
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from m3leo_tiles.enums import ResamplingMethod
-from m3leo_tiles.errors import ConfigError, SourceError, TransientSourceError
-from m3leo_tiles.geotiff import cached_crs
+from m3leo_tiles.errors import ConfigError, SourceError, TransientSourceError, first_line
 from m3leo_tiles.grid.tile import (
     GridTile,
     PixelGrid,
     lonlat_polygons,
+)
+from m3leo_tiles.recipes import DTYPES, Recipe
+from m3leo_tiles.sources._gdal import (
+    OPEN_DATASETS_PER_WORKER,
+    TRANSIENT_MESSAGES,
+    footprint_lonlat,
+    forget_dataset,
+    is_remote,
+    names_a_missing_file,
+    open_dataset,
+    scratch_raster,
+    with_copies_across_the_antimeridian,
 )
 from m3leo_tiles.sources.base import (
     Chip,
@@ -111,7 +118,7 @@ from m3leo_tiles.sources.base import (
 )
 
 PARAMS = {"inputs", "layers", "band_indexes", "src_nodata", "footprint", "tile_degrees",
-          "tile_corner", "root", "layer_grids", "band_metadata", "band_resampling",
+          "tile_corner", "years", "root", "layer_grids", "band_metadata", "band_resampling",
           "remote"}  # fmt: skip
 RESERVED_FIELDS = {"lat", "lon", "NS", "EW", "year", "root"}
 AXIS_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -119,23 +126,16 @@ REMOTE_READS = ("stream", "download")
 GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
               "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
               "float64": "Float64"}  # fmt: skip
+FILES_CHECKED_PER_LAYER = 16  # opened up front to check bands and types against the recipe
 TEMPLATE_FIELDS = re.compile(r"\{(lat|lon|NS|EW)(:[^}]*)?\}")
 URL_PREFIXES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://",
                 "s3://": "/vsis3/", "gs://": "/vsigs/"}  # fmt: skip
 LAYER_SEPARATOR = "="
-NETWORK_VSI = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
-               "/vsiwebhdfs", "/vsihdfs")  # fmt: skip
 DEFAULT_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
 # GDAL 3.6 (OSGeo/gdal#6560) made ``sum`` conserve totals when the target pixel is smaller
 # than the source's or the CRS changes; before it a fine target pixel got the whole value of
 # the source pixel under it, inflating totals by the area ratio.
 SUM_CONSERVING_GDAL = (3, 6)
-# Network trouble worth retrying with backoff: DNS, timeouts, throttling, server errors, and
-# GDAL's cached "does not exist" after such a failure (it is not a verdict on the file).
-TRANSIENT_MESSAGES = (
-    "CURL error", "HTTP response code: 429", "HTTP response code: 5", "does not exist",
-)  # fmt: skip
-OPEN_DATASETS_PER_WORKER = 32
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 
 
@@ -164,11 +164,6 @@ def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _is_remote(path: str) -> bool:
-    """Read over the network, possibly inside an archive (``/vsizip//vsicurl/https://...``)."""
-    return any(prefix in path for prefix in NETWORK_VSI)
-
-
 def expand_vars(text: str) -> str:
     """``$VAR``/``${VAR}`` from the environment, and ``${VAR:-default}`` when VAR is unset.
 
@@ -195,144 +190,23 @@ def _gdal_path(text: str, folder: Path) -> str:
     return os.path.normpath(path if path.is_absolute() else folder / path)
 
 
+def _from_command_line(path: str) -> str:
+    """A ``--source`` path with a relative local path made absolute against the current folder.
+
+    Paths typed on the command line are relative to where the command runs (as in every other
+    tool); only paths written inside a recipe file are relative to that file. URLs and
+    ``/vsi`` paths are kept; an archive member's archive (``zip://a.zip!b.tif``) is made
+    absolute too.
+    """
+    return _gdal_path(path, Path.cwd())
+
+
 @dataclass(frozen=True)
 class Layer:
     """One mosaic: where its files are and which output bands it fills."""
 
     name: str | None  # None: the plain ``inputs`` mosaic, all output bands
     specs: tuple[str, ...]
-
-
-# --- per-thread GDAL state on a worker -------------------------------------------------------
-
-
-class _ThreadState(threading.local):
-    """Open inputs and scratch rasters of one worker thread.
-
-    Kept per thread because a GDAL dataset must not be used by two threads at once (a
-    ``dask worker`` runs several), and kept across tiles because opening an input or creating
-    a raster costs more than warping a small chip.
-    """
-
-    def __init__(self) -> None:
-        self.open: OrderedDict[str, rasterio.DatasetReader] = OrderedDict()
-        self.scratch: dict[tuple[int, int, int, str], Scratch] = {}
-
-
-_STATE = _ThreadState()
-
-
-def _open(path: str, keep: int = OPEN_DATASETS_PER_WORKER) -> rasterio.DatasetReader:
-    """Keep recently used inputs open in this thread: opening costs more than a small warp.
-
-    ``keep`` (at least what one tile reads: GSSIC's 64 layers × up to 4 cells) stops a tile
-    with many inputs from closing the files its neighbours are about to reopen.
-    """
-    datasets = _STATE.open
-    dataset = datasets.pop(path, None)
-    if dataset is None:
-        dataset = rasterio.open(path)
-        while len(datasets) >= max(OPEN_DATASETS_PER_WORKER, keep):
-            datasets.popitem(last=False)[1].close()
-    datasets[path] = dataset
-    return dataset
-
-
-def _forget_dataset(dataset: rasterio.DatasetReader) -> None:
-    """Close and drop ``dataset`` whatever key it is kept under (a path, a URL, a VRT)."""
-    for key in [k for k, v in _STATE.open.items() if v is dataset]:
-        _STATE.open.pop(key).close()
-
-
-def _forget(path: str) -> None:
-    dataset = _STATE.open.pop(path, None)
-    if dataset is not None:
-        dataset.close()
-
-
-class Scratch:
-    """An in-memory GDAL raster that chips are warped into, reused from tile to tile.
-
-    ``reproject`` into a numpy array wraps the array in a new MEM dataset on every call
-    (with its own GDAL environment); into the band of a dataset that already exists it does
-    not, which saves ~0.15 ms a chip. The warp itself is the same GDAL call onto the same
-    grid, so the pixels are too (the tests compare them with ``reproject`` into an array).
-    """
-
-    def __init__(self, count: int, grid: PixelGrid, dtype: str) -> None:
-        self.dataset = rasterio.open(
-            f"scratch-{id(self)}", "w+", driver="MEM", count=count, height=grid.height,
-            width=grid.width, dtype=dtype, crs=cached_crs(grid.crs), transform=grid.transform,
-        )  # fmt: skip
-        self.crs = grid.crs
-        self.dtype = dtype
-        self.all_bands = list(range(1, count + 1))
-
-    def reset(self, grid: PixelGrid, fill: float) -> None:
-        """Point at ``grid`` and fill with ``fill``: the warps then paint their valid pixels."""
-        if grid.crs != self.crs:
-            self.dataset.crs = cached_crs(grid.crs)
-            self.crs = grid.crs
-        self.dataset.transform = grid.transform
-        self.dataset.write(_filled(self.dataset.shape, len(self.all_bands), self.dtype, fill))
-
-    def band(self, indexes: list[int]) -> Any:
-        return rasterio.band(self.dataset, indexes)
-
-    def read(self) -> np.ndarray:
-        return self.dataset.read()
-
-
-def _scratch(count: int, grid: PixelGrid, dtype: str) -> Scratch:
-    key = (count, grid.height, grid.width, dtype)
-    scratch = _STATE.scratch.get(key)
-    if scratch is None:
-        scratch = _STATE.scratch[key] = Scratch(count, grid, dtype)
-    return scratch
-
-
-@lru_cache(maxsize=64)
-def _filled(shape: tuple[int, int], count: int, dtype: str, fill: float) -> np.ndarray:
-    array = np.full((count, *shape), fill, dtype=dtype)
-    array.flags.writeable = False
-    return array
-
-
-def footprint_lonlat(dataset: rasterio.DatasetReader, points_per_edge: int = 21) -> BaseGeometry:
-    """The raster's outline in lon/lat: its edges densified, so a UTM scene is not a bbox."""
-    left, bottom, right, top = dataset.bounds
-    steps = np.linspace(0.0, 1.0, points_per_edge)
-    xs = np.concatenate([left + (right - left) * steps, np.full_like(steps, right),
-                         right - (right - left) * steps, np.full_like(steps, left)])  # fmt: skip
-    ys = np.concatenate([np.full_like(steps, bottom), bottom + (top - bottom) * steps,
-                         np.full_like(steps, top), top - (top - bottom) * steps])  # fmt: skip
-    if dataset.crs is None:
-        raise ConfigError(f"{dataset.name} has no CRS; give it one (e.g. gdal_edit.py -a_srs)")
-    lons, lats = transform(dataset.crs, "EPSG:4326", xs, ys)
-    return around_the_world(np.asarray(lons), np.asarray(lats))
-
-
-def around_the_world(lons: np.ndarray, lats: np.ndarray) -> BaseGeometry:
-    """A lon/lat ring as a footprint that also matches tiles written past ±180°.
-
-    PROJ wraps longitudes into [-180, 180], so a scene crossing the antimeridian comes back as
-    a ring that jumps from 179.9 to -179.9 and would span the whole globe. Unwrapping makes
-    the ring continuous (it may then run past 180, as may a 0..360 raster), and copies shifted
-    by ±360° make it meet the lattice's tile polygons, which are unwrapped around their zone's
-    central meridian and so may also lie a little past ±180°.
-    """
-    polygon = Polygon(zip(np.unwrap(lons, period=360.0), lats, strict=True))
-    return with_copies_across_the_antimeridian(polygon)
-
-
-def with_copies_across_the_antimeridian(polygon: BaseGeometry) -> BaseGeometry:
-    if not polygon.is_valid:
-        polygon = polygon.buffer(0)
-    west, _, east, _ = polygon.bounds
-    if west >= -180.0 and east <= 180.0 and east - west < 180.0:
-        return polygon  # far from the antimeridian: no copies needed
-    copies = [shapely.affinity.translate(polygon, xoff=shift) for shift in (-360.0, 360.0)]
-    return shapely.union_all([polygon, *copies])
 
 
 # --- the adapter ----------------------------------------------------------------------------
@@ -342,6 +216,8 @@ def with_copies_across_the_antimeridian(polygon: BaseGeometry) -> BaseGeometry:
 class RasterSource(SourceAdapter):
     name = "raster"
     description = "any raster GDAL reads (files, globs, VRTs, URLs, tiled products)"
+    # A recipe may leave out bands, dtype and nodata: check() reads them from the input files.
+    fills_recipe_defaults: ClassVar[bool] = True
     cli_options = (
         SourceOption(
             "http-concurrency",
@@ -387,6 +263,12 @@ class RasterSource(SourceAdapter):
             isinstance(src_nodata, bool) or not isinstance(src_nodata, int | float)
         ):
             raise ConfigError(f"{where}: key 'params.src_nodata': a number (the inputs' nodata)")
+        years = params.get("years")
+        if years is not None and not (
+            isinstance(years, list) and years
+            and all(isinstance(y, int) and not isinstance(y, bool) for y in years)
+        ):  # fmt: skip
+            raise ConfigError(f"{where}: key 'params.years': the list of years the inputs have")
         footprint = params.get("footprint")
         if footprint is not None and not (
             isinstance(footprint, list) and len(footprint) == 4
@@ -479,7 +361,7 @@ class RasterSource(SourceAdapter):
             layers = {None: _as_list(params.get("inputs", []))}
         overrides = () if "root" in params else self.options.sources  # --source is the root
         if overrides and not self._layered:
-            layers = {None: list(overrides)}
+            layers = {None: [_from_command_line(item) for item in overrides]}
         elif overrides:
             replaced: dict[str, list[str]] = {}
             for item in overrides:
@@ -489,7 +371,7 @@ class RasterSource(SourceAdapter):
                         f"--source {item!r}: this recipe has layers ({', '.join(layers)}); "
                         "give --source LAYER=PATH"
                     )
-                replaced.setdefault(name, []).append(path)
+                replaced.setdefault(name, []).append(_from_command_line(path))
             layers.update(replaced)
         return [Layer(name, tuple(self._fill_year(self._fill_root(s)) for s in specs))
                 for name, specs in layers.items()]  # fmt: skip
@@ -542,7 +424,13 @@ class RasterSource(SourceAdapter):
                 f"recipe {self.recipe.name!r} uses sum resampling, which conserves totals only "
                 f"from GDAL 3.6; this rasterio has GDAL {rasterio.__gdal_version__}: upgrade it"
             )
+        self._check_year()
         layers = self.layers()
+        for layer in layers:
+            if not layer.specs:
+                raise ConfigError(
+                    f"recipe {self.recipe.name!r} names no input files; give --source PATH"
+                )
         root = self.root()
         if root is not None:
             folder = _gdal_path(root, self.recipe.folder)
@@ -551,6 +439,10 @@ class RasterSource(SourceAdapter):
                     f"the mirror folder {folder} does not exist; give --source a folder laid "
                     "out like the product (or its URL)"
                 )
+        samples = self._samples(layers)
+        if self.recipe.from_source:
+            self.recipe = self._with_defaults(layers, samples)
+        self._check_bands(samples)
         names = [layer.name for layer in layers]
         if names != [None] and sorted(names) != sorted(self.recipe.bands):
             raise ConfigError(
@@ -558,16 +450,131 @@ class RasterSource(SourceAdapter):
                 f"the recipe's bands ({', '.join(self.recipe.bands)})"
             )
         for layer in layers:
-            if not layer.specs:
-                raise ConfigError(
-                    f"recipe {self.recipe.name!r} names no input files; give --source PATH"
-                )
             self._expand(layer)  # missing local files are a configuration error, now
+
+    # --- what can be checked before any work ------------------------------------------------
+
+    def _check_year(self) -> None:
+        """A year the recipe cannot have is refused now, not after every tile failed."""
+        year, recipe = self.options.year, self.recipe
+        if year is None:
+            return
+        specs = [s for ss in self._spec_lists(recipe.params, recipe.name) for s in ss]
+        if recipe.default_year is None and not any("{year}" in s for s in specs):
+            raise ConfigError(
+                f"recipe {recipe.name!r} does not depend on the year (no {{year}} in its inputs, "
+                f"no default_year), so --year {year} would only make a second copy of the same "
+                f"dataset ({recipe.dataset_name(year)}); leave out --year"
+            )
+        years = recipe.params.get("years")
+        if years and year not in years:
+            raise ConfigError(
+                f"recipe {recipe.name!r} has the years {_year_list(years)}; "
+                f"--year {year} is not one of them"
+            )
+
+    def _samples(self, layers: list[Layer]) -> list[tuple[str | None, str, _FileInfo]]:
+        """(layer, path, what the file holds) for the first local files of each layer."""
+        samples = []
+        for layer in layers:
+            local = [p for p in self._expand(layer)
+                     if not TEMPLATE_FIELDS.search(p) and not is_remote(p)]  # fmt: skip
+            for path in local[:FILES_CHECKED_PER_LAYER]:
+                samples.append((layer.name, path, _file_info(path)))
+        return samples
+
+    def _with_defaults(self, layers: list[Layer], samples: list) -> Recipe:
+        """The recipe with the keys it left out filled from its input files.
+
+        Band names: the layers' names, else the files' band descriptions (when every band
+        has a distinct one), else ``b1``..``bn``. dtype and nodata: the files' own, when all
+        the files checked agree (one file type); otherwise the recipe must say.
+        """
+        recipe = self.recipe
+        wanted = recipe.from_source
+        if not samples:
+            raise ConfigError(
+                f"recipe {recipe.name!r} leaves out {', '.join(wanted)}, which are read from "
+                "local input files, but its inputs are remote or tile templates; give "
+                f"{', '.join(wanted)} in the recipe"
+            )
+        changes: dict[str, Any] = {"from_source": ()}
+        first_layer, _, first = samples[0]
+        indexes = self._band_indexes_of(first)
+        if "bands" in wanted:
+            if first_layer is not None:
+                changes["bands"] = tuple(str(layer.name) for layer in layers)
+            else:
+                names = [first.descriptions[i - 1] if i <= first.count else None
+                         for i in indexes]  # fmt: skip
+                if all(names) and len(set(names)) == len(names):
+                    changes["bands"] = tuple(str(n) for n in names)
+                else:
+                    changes["bands"] = tuple(f"b{i}" for i in indexes)
+        if "dtype" in wanted and (
+            recipe.resampling is ResamplingMethod.SUM or recipe.scale != 1.0
+        ):  # sums and scaled values leave the files' range: the float32 of before
+            wanted = tuple(k for k in wanted if k != "dtype")
+        if "dtype" in wanted:
+            found = sorted({info.dtype for _, _, info in samples})
+            if len(found) != 1 or found[0] not in DTYPES:
+                raise ConfigError(
+                    f"recipe {recipe.name!r}: its input files hold {', '.join(found)} values; "
+                    f"set dtype (one of {', '.join(DTYPES)})"
+                )
+            changes["dtype"] = found[0]
+        if "nodata" in wanted:
+            source_nodata = recipe.params.get("src_nodata")
+            found_nodata = {source_nodata if source_nodata is not None else info.nodata
+                            for _, _, info in samples}  # fmt: skip
+            if len(found_nodata) > 1:
+                raise ConfigError(
+                    f"recipe {recipe.name!r}: its input files have different nodata values "
+                    f"({', '.join(map(str, sorted(found_nodata, key=str)))}); set nodata"
+                )
+            (value,) = found_nodata
+            changes["nodata"] = None if value is None else float(value)
+        filled = replace(recipe, **changes)
+        if not _fits(filled.nodata, filled.dtype):
+            if "dtype" in changes and "nodata" not in changes:
+                # The recipe's own nodata is outside the files' type: keep float32, as before.
+                return replace(filled, dtype=recipe.dtype)
+            raise ConfigError(
+                f"recipe {recipe.name!r}: nodata {filled.nodata:g} does not fit dtype "
+                f"{filled.dtype}; set nodata and dtype in the recipe"
+            )
+        return filled
+
+    def _band_indexes_of(self, info: _FileInfo) -> list[int]:
+        indexes = self.recipe.params.get("band_indexes")
+        return list(indexes) if indexes else list(range(1, info.count + 1))
+
+    def _check_bands(self, samples: list) -> None:
+        """Band counts and ``band_indexes`` against the files, before any tile is tried."""
+        recipe = self.recipe
+        if recipe.bands_per_tile:
+            return
+        for layer, path, info in samples:
+            if layer is not None:
+                continue  # a layer reads band 1 of each of its files
+            indexes = self._band_indexes_of(info)
+            beyond = [i for i in indexes if i > info.count]
+            if beyond:
+                raise ConfigError(
+                    f"recipe {recipe.name!r}: band_indexes {indexes} but {path} has "
+                    f"{info.count} band{'s' if info.count != 1 else ''}; fix band_indexes"
+                )
+            if len(indexes) != len(recipe.bands):
+                raise ConfigError(
+                    f"recipe {recipe.name!r} names {len(recipe.bands)} bands "
+                    f"({', '.join(recipe.bands)}) but {path} gives {len(indexes)}; list "
+                    f"{len(indexes)} names in bands, or pick bands with band_indexes"
+                )
 
     def concurrency(self) -> int | None:
         """Remote inputs wait on the network, not the CPU: read them concurrently, within a
         budget; local files are CPU-bound and read one tile at a time per worker."""
-        remote = any(_is_remote(_gdal_path(spec, self.recipe.folder))
+        remote = any(is_remote(_gdal_path(spec, self.recipe.folder))
                      for layer in self.layers() for spec in layer.specs)  # fmt: skip
         if not remote:
             return None
@@ -597,16 +604,22 @@ class RasterSource(SourceAdapter):
             elif glob.has_magic(path):
                 found = sorted(glob.glob(path))
                 if not found:
-                    raise ConfigError(f"no source files match {path}; check the path or --source")
+                    raise ConfigError(
+                        f"no source files match {path}{_where_from(spec)}; check the path or "
+                        "--source"
+                    )
                 paths.extend(found)
             elif not os.path.exists(path):
-                raise ConfigError(f"source file {path} does not exist; check the path or --source")
+                raise ConfigError(
+                    f"source file {path} does not exist{_where_from(spec)}; check the path or "
+                    "--source"
+                )
             else:
                 paths.append(path)
         return paths
 
     def _footprint(self, path: str) -> BaseGeometry:
-        if _is_remote(path):
+        if is_remote(path):
             west, south, east, north = self.recipe.params.get("footprint", WORLD)
             if east < west:  # declared across the antimeridian, e.g. [170, -20, -170, 0]
                 east += 360.0
@@ -672,7 +685,7 @@ class RasterSource(SourceAdapter):
         data, fill, used = self._warp(tile.pixel_grid(self.recipe.resolution), inputs)
         chip = Chip(self._encode(data, fill), self.recipe.bands, {"inputs": ";".join(used)})
         tags = self.band_metadata()
-        return dataclasses.replace(chip, band_metadata=tags) if tags else chip
+        return replace(chip, band_metadata=tags) if tags else chip
 
     def band_metadata(self) -> tuple[Mapping[str, str], ...]:
         """Per band tags from ``band_metadata`` globs (later globs override earlier keys)."""
@@ -705,7 +718,7 @@ class RasterSource(SourceAdapter):
         templated product are mosaicked first and warped once (see the module docstring)."""
         recipe = self.recipe
         work_dtype, fill = self._fill()
-        scratch = _scratch(len(recipe.bands), grid, work_dtype)
+        scratch = scratch_raster(len(recipe.bands), grid, work_dtype)
         scratch.reset(grid, fill)
         templated = "tile_degrees" in recipe.params
         keep = 2 * len(inputs) + 2  # this tile's files and mosaics stay open for the next
@@ -735,8 +748,8 @@ class RasterSource(SourceAdapter):
                         init_dest_nodata=False,
                     )
                 except (RasterioError, OSError) as error:
-                    _forget_dataset(dataset)
-                    raise SourceError(f"cannot read input {_label(path)}: {_short(error)}"
+                    forget_dataset(dataset.name)
+                    raise SourceError(f"cannot read input {_label(path)}: {first_line(error)}"
                                       ) from None  # fmt: skip
                 if not path.startswith("<"):
                     used.append(path)
@@ -747,22 +760,22 @@ class RasterSource(SourceAdapter):
     ) -> tuple[str, rasterio.DatasetReader] | None:
         """The input opened (downloaded first with ``remote: download``), or None when it is a
         cell the tiled product does not have (open sea): no data there, not a failure."""
-        if _is_remote(path) and self._downloads():
+        if is_remote(path) and self._downloads():
             local = self._download(path, templated)
             if local is None:
                 return None
             try:  # named by its URL in the chip's inputs; the VRT reads the dataset's file
-                return path.removeprefix("/vsicurl/"), _open(local, keep)
+                return path.removeprefix("/vsicurl/"), open_dataset(local, keep)
             except RasterioIOError as error:
-                raise SourceError(f"cannot open {local}: {_short(error)}") from None
+                raise SourceError(f"cannot open {local}: {first_line(error)}") from None
         try:
-            return path, _open(path, keep)
+            return path, open_dataset(path, keep)
         except RasterioIOError as error:
-            if templated and _names_a_missing_file(path, str(error)):
+            if templated and names_a_missing_file(path, str(error)):
                 return None
-            if _is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
-                raise TransientSourceError(f"cannot reach {path}: {_short(error)}") from None
-            raise SourceError(f"cannot open input {path}: {_short(error)}") from None
+            if is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
+                raise TransientSourceError(_network_reason(path, error)) from None
+            raise SourceError(f"cannot open input {path}: {first_line(error)}") from None
 
     def render_many(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
@@ -775,7 +788,7 @@ class RasterSource(SourceAdapter):
             return
         templated = "tile_degrees" in self.recipe.params
         remote = sorted({path for _, inputs in items for item in inputs
-                         if _is_remote(path := self._split(item)[1])})  # fmt: skip
+                         if is_remote(path := self._split(item)[1])})  # fmt: skip
 
         def fetch(path: str) -> None:
             # A failure here is reported (and retried) by the tile's own render.
@@ -837,20 +850,46 @@ class RasterSource(SourceAdapter):
         return np.where(valid, scaled, out_fill).astype(recipe.dtype)
 
 
+@dataclass(frozen=True)
+class _FileInfo:
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+
+def _file_info(path: str) -> _FileInfo:
+    try:
+        with rasterio.open(path) as dataset:
+            return _FileInfo(dataset.count, dataset.dtypes[0], dataset.nodata,
+                             tuple(dataset.descriptions))  # fmt: skip
+    except RasterioIOError as error:
+        raise ConfigError(f"cannot open source {path}: {first_line(error)}") from None
+
+
+def _fits(nodata: float | None, dtype: str) -> bool:
+    kind = np.dtype(dtype)
+    if nodata is None or kind.kind not in "iu":
+        return True
+    limits = np.iinfo(kind)
+    return float(nodata).is_integer() and limits.min <= nodata <= limits.max
+
+
+def _year_list(years: Sequence[int]) -> str:
+    """[2010, 2015, 2016, 2017] -> '2010, 2015-2017'."""
+    ordered = sorted(set(years))
+    runs: list[list[int]] = []
+    for year in ordered:
+        if runs and year == runs[-1][-1] + 1:
+            runs[-1].append(year)
+        else:
+            runs.append([year])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
 def gdal_version() -> tuple[int, int]:
     major, minor = rasterio.__gdal_version__.split(".")[:2]
     return int(major), int(minor)
-
-
-def _names_a_missing_file(path: str, message: str) -> bool:
-    """Only a definite answer counts: a 404 from a server, ENOENT from a local disk.
-
-    Anything vaguer (no network, a cached failed lookup) must not turn into "no data here",
-    or an offline run would record real tiles as empty and never retry them.
-    """
-    if _is_remote(path):
-        return "HTTP response code: 404" in message
-    return "No such file" in message
 
 
 def _cell_field(match: re.Match[str], lat: float, lon: float) -> str:
@@ -860,8 +899,31 @@ def _cell_field(match: re.Match[str], lat: float, lon: float) -> str:
     return format(values[field], spec[1:])
 
 
-def _short(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _where_from(spec: str) -> str:
+    """Why a path that uses ``${VAR:-default}`` was looked for where it was: the example
+    recipes find the sample data beside a checkout; an installed package needs the variable."""
+    unset = [m.group(1) for m in DEFAULT_VAR.finditer(spec) if not os.environ.get(m.group(1))]
+    if not unset:
+        return ""
+    name = unset[0]
+    return (
+        f" (looked there because ${name} is not set; set {name} to the folder that holds "
+        f"this data, e.g. `export {name}=/path/to/shared/data`)"
+    )
+
+
+def _network_reason(path: str, error: BaseException) -> str:
+    """What a user reads when a remote input cannot be reached: the host and the network,
+    not GDAL's "does not exist in the file system" (which it says for any failed request)."""
+    from urllib.parse import urlsplit
+
+    at = path.find("://")
+    start = path.rfind("/", 0, at) + 1 if at > 0 else 0
+    url = path[start:] if at > 0 else path
+    host = urlsplit(url).hostname or url
+    text = first_line(error)
+    detail = "" if "does not exist in the file system" in text else f" ({text})"
+    return f"network: could not reach {host}{detail}; check the connection and rerun"
 
 
 def _tag(value: Any) -> str:
@@ -925,4 +987,4 @@ def _mosaic(
         f"<GeoTransform>{left!r}, {xres!r}, 0.0, {top!r}, 0.0, {yres!r}</GeoTransform>"
         f"{''.join(bands)}</VRTDataset>"
     )
-    return _open(xml, keep)
+    return open_dataset(xml, keep)
