@@ -394,3 +394,21 @@ def test_bands_must_be_the_generated_layers(tmp_path: Path, mirror: Path) -> Non
         source_for(load_recipe("gssic"), sources=(str(tmp_path / "nowhere"),)).check()
     with pytest.raises(ConfigError, match="takes one --source"):
         source_for(load_recipe("gssic"), sources=(str(mirror), str(mirror))).layers()
+
+
+def test_worker_block_cache_is_bounded_unless_the_user_set_it(monkeypatch) -> None:
+    """Peak memory must not grow with the number of cells read (bench/RESULTS.md, gssic)."""
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    before = get_gdal_config("GDAL_CACHEMAX")
+    source = get_source("raster")(load_recipe("gssic"))
+    try:
+        set_gdal_config("GDAL_CACHEMAX", 2**31)
+        monkeypatch.setenv("GDAL_CACHEMAX", "2048")
+        source.setup_worker()
+        assert get_gdal_config("GDAL_CACHEMAX") == 2**31  # the user's choice stands
+        monkeypatch.delenv("GDAL_CACHEMAX")
+        source.setup_worker()
+        assert get_gdal_config("GDAL_CACHEMAX") == 256  # MB
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)
