@@ -74,7 +74,8 @@ class ProductSpec:
     version: str = "3_0_1"
     frame: int = 5289
     seed: int = 0
-    inset: float = 0.1  # fraction of the extent left as fill around the footprint quad
+    inset_x: float = 0.1  # fraction of the extent left as fill around the footprint quad
+    inset_y: float = 0.1  # (0: the footprint reaches the raster's edge, as where frames meet)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -104,8 +105,8 @@ class ProductSpec:
 
     def footprint(self) -> Polygon:
         """A skewed quad inside the extent, like a radar frame's outline in lon/lat."""
-        dx = (self.east - self.west) * self.inset
-        dy = (self.north - self.south) * self.inset
+        dx = (self.east - self.west) * self.inset_x
+        dy = (self.north - self.south) * self.inset_y
         return Polygon([
             (self.west + 2 * dx, self.south + dy), (self.east - dx, self.south + 2 * dy),
             (self.east - 2 * dx, self.north - dy), (self.west + dx, self.north - 2 * dy),

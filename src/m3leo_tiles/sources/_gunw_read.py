@@ -1,0 +1,136 @@
+"""Reading GUNW layers and warping them onto tiles' pixel grids.
+
+A GUNW product is a netCDF-4 file; its layers live in ``/science/grids/data`` as float32
+arrays on 1-D latitude/longitude coordinates (3 arcsec, latitude decreasing) with the
+``crs`` grid mapping, so GDAL's netCDF driver opens each one as a georeferenced raster in
+EPSG:4326, ``NETCDF:"file.nc":/science/grids/data/coherence``, with the layer's
+``_FillValue`` as nodata (0 for phase, coherence and amplitude, -1 for connected components,
+where component 0 is data). Warping is ``rasterio.warp.reproject`` of that raster onto the
+tile's grid, so a chip band is exactly what a user gets from the same call; outside the
+raster and where it holds its fill value the band is NaN.
+
+Opening a product costs far more than warping a 50×50 chip from it (HDF5 and netCDF metadata,
+four subdatasets), so ``OpenProducts`` keeps the products of a batch open and every tile of
+the batch is warped from the same handles; a few recently used products stay open between
+batches of the same worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.warp import reproject
+
+from m3leo_tiles.errors import SourceError
+from m3leo_tiles.grid.tile import PixelGrid
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A product layer: its netCDF variable, its band name part, how it is resampled."""
+
+    variable: str  # name in /science/grids/data
+    band: str  # snake case, used in band names
+    categorical: bool = False  # nearest resampling whatever the recipe says
+
+
+LAYERS = (
+    Layer("unwrappedPhase", "unwrapped_phase"),
+    Layer("coherence", "coherence"),
+    Layer("connectedComponents", "connected_components", categorical=True),
+    Layer("amplitude", "amplitude"),
+)
+LAYERS_BY_BAND = {layer.band: layer for layer in LAYERS}
+DATA_GROUP = "/science/grids/data"
+OPEN_PRODUCTS_PER_THREAD = 8
+
+
+def layer_path(path: str, layer: Layer) -> str:
+    """GDAL's name of one layer of a product file."""
+    return f'NETCDF:"{path}":{DATA_GROUP}/{layer.variable}'
+
+
+class Product:
+    """The open layers of one product file (one GDAL dataset per layer)."""
+
+    def __init__(self, path: str, layers: Sequence[Layer]) -> None:
+        self.path = path
+        self.datasets: dict[str, rasterio.DatasetReader] = {}
+        try:
+            for layer in layers:
+                dataset = rasterio.open(layer_path(path, layer))
+                self.datasets[layer.band] = dataset
+                if dataset.crs is None or dataset.nodata is None:
+                    raise SourceError(
+                        f"{path}: layer {layer.variable} has no georeferencing or fill value; "
+                        "not a GUNW product?"
+                    )
+        except RasterioError as error:
+            self.close()
+            message = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+            raise SourceError(f"cannot open GUNW product {path}: {message}") from None
+        except SourceError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for dataset in self.datasets.values():
+            dataset.close()
+        self.datasets.clear()
+
+    def warp(self, layer: Layer, grid: PixelGrid, destination: np.ndarray,
+             resampling: Resampling) -> None:  # fmt: skip
+        """Paint this product's valid pixels of ``layer`` into ``destination`` (NaN = empty)."""
+        dataset = self.datasets[layer.band]
+        try:
+            reproject(
+                source=rasterio.band(dataset, 1),
+                destination=destination,
+                src_nodata=dataset.nodata,
+                dst_transform=grid.transform,
+                dst_crs=grid.crs,
+                dst_nodata=np.nan,
+                resampling=Resampling.nearest if layer.categorical else resampling,
+                init_dest_nodata=False,
+            )
+        except (RasterioError, OSError) as error:
+            raise SourceError(f"cannot read {layer.variable} of {self.path}: {error}") from None
+
+
+class _ThreadProducts(threading.local):
+    def __init__(self) -> None:
+        self.open: OrderedDict[tuple[str, tuple[str, ...]], Product] = OrderedDict()
+
+
+_STATE = _ThreadProducts()
+
+
+def open_product(path: str, layers: Sequence[Layer]) -> Product:
+    """The product, opened once per worker thread and kept while it is recently used."""
+    key = (path, tuple(layer.band for layer in layers))
+    products = _STATE.open
+    product = products.pop(key, None)
+    if product is None:
+        product = Product(path, layers)
+        while len(products) >= OPEN_PRODUCTS_PER_THREAD:
+            products.popitem(last=False)[1].close()
+    products[key] = product
+    return product
+
+
+def forget_product(path: str) -> None:
+    """Close a product that failed, so a retry opens it afresh."""
+    for key in [key for key in _STATE.open if key[0] == path]:
+        _STATE.open.pop(key).close()
+
+
+def close_all() -> None:
+    while _STATE.open:
+        _STATE.open.popitem()[1].close()

@@ -1,0 +1,411 @@
+"""The ``gunw`` source: ARIA Sentinel-1 GUNW interferograms found with asf-search.
+
+For each tile, every interferometric pair of the year whose temporal baseline is under the
+recipe's ``max_baseline_days`` (M3LEO: 72): four bands per pair, named
+``<reference>_<secondary>_<layer>`` (``20200117_20200105_unwrapped_phase``; ARIA's order,
+reference = the later date), layers ``unwrapped_phase``, ``coherence``,
+``connected_components`` and ``amplitude`` warped onto the tile's grid. Each band's GDAL
+metadata carries the pair (reference and secondary dates, baseline in days, direction, track,
+frame, product names and versions), so a consumer can pick pairs from the chip alone.
+
+How a run goes, and why:
+
+1. *Search once, on the driver* (``plan``). One asf-search query per few-degree cell of the
+   AOI for ``ARIA S1 GUNW`` products of the year; the answer is saved as GeoJSON under the
+   cache folder (``--cache``, default ``OUT/.cache``), so a rerun asks nothing
+   (``--refresh-search`` asks again). ``--search-results FILE`` takes a saved search instead
+   (``ASFSearchResults.geojson()`` or a Vertex export): cron jobs and offline runs use that.
+2. *Pick pairs* (``_gunw_catalog``): baseline cut, year of the reference date, newest version
+   of each (pair, frame), footprints against tiles.
+3. *Credentials only when needed*: if a product is in no ``--source`` folder and not in the
+   cache, Earthdata credentials must be present and accepted, checked before any tile is
+   rendered (one line, exit 2). A run from local products needs none.
+4. *Download safely* (worker): ``m3leo_tiles.download.cached_download`` with asf-search's
+   authenticated session: temp file then rename, size checked against the search, a per-file
+   lock (two workers wanting one product make one download), bounded retries.
+5. *Read each product once*: tiles with the same products share a batch (``batch_key``); a
+   batch opens each product's layers once and warps every tile from them
+   (``_gunw_read``). Adjacent frames of one pair over a tile are painted into one band.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
+from m3leo_tiles.grid.tile import GridTile
+from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
+from m3leo_tiles.sources._gunw_catalog import GunwProduct
+from m3leo_tiles.sources.base import (
+    Chip,
+    RenderContext,
+    SourceAdapter,
+    SourceOption,
+    TileInputs,
+    register,
+)
+
+PARAMS = {"max_baseline_days", "layers", "search_chunk_degrees"}
+DEFAULT_MAX_BASELINE_DAYS = 72
+DEFAULT_CHUNK_DEGREES = 2.0
+DATASET = "ARIA S1 GUNW"  # asf_search.DATASET.ARIA_S1_GUNW
+SEARCH_FOLDER = "gunw-searches"
+PRODUCT_SUFFIX = ".nc"
+
+
+class _WorkerSession:
+    """One logged-in asf-search session per worker process, made on the first download."""
+
+    lock = threading.Lock()
+    sessions: dict[tuple[str, str], Any] = {}
+
+    @classmethod
+    def get(cls, hosts: _earthdata.Hosts) -> Any:
+        key = (hosts.cmr, hosts.edl)
+        with cls.lock:
+            session = cls.sessions.get(key)
+            if session is None:
+                credentials = _earthdata.find_credentials(hosts.edl)
+                if credentials is None:
+                    raise SourceError(
+                        f"a GUNW product must be downloaded but no Earthdata credentials are "
+                        f"set on this worker; {_earthdata.HOW_TO}"
+                    )
+                session = _earthdata.new_session(hosts)
+                try:
+                    _earthdata.login(session, credentials)
+                except CredentialsError as error:
+                    raise SourceError(str(error)) from None
+                cls.sessions[key] = session
+            return session
+
+
+@register
+class GunwSource(SourceAdapter):
+    name = "gunw"
+    description = "ARIA Sentinel-1 GUNW interferograms via asf-search: every pair of the year"
+    cli_options = (
+        SourceOption(
+            "search-results",
+            "gunw: a saved asf-search/Vertex GeoJSON search used instead of searching",
+            metavar="FILE",
+        ),
+        SourceOption(
+            "refresh-search", "gunw: search again even if this AOI and year were searched",
+            flag=True,
+        ),  # fmt: skip
+        SourceOption(
+            "cmr-host", "gunw: the CMR host asf-search queries over https",
+            env="M3LEO_CMR_HOST", metavar="HOST", default=_earthdata.DEFAULT_CMR_HOST,
+        ),  # fmt: skip
+        SourceOption(
+            "earthdata-host", "gunw: the Earthdata login host",
+            env="M3LEO_EARTHDATA_HOST", metavar="HOST", default=_earthdata.DEFAULT_EDL_HOST,
+        ),  # fmt: skip
+    )
+
+    def __init__(self, recipe, options=None) -> None:  # noqa: ANN001  (as the base class)
+        super().__init__(recipe, options)
+        self.catalog: dict[str, GunwProduct] = {}  # file name -> product, filled by plan()
+        self.local: dict[str, str] = {}  # file name -> path of a product found on disk
+
+    # --- configuration ---------------------------------------------------------------------
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], where: str) -> None:
+        unknown = sorted(set(params) - PARAMS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: key 'params.{unknown[0]}': unknown gunw parameter; allowed: "
+                f"{', '.join(sorted(PARAMS))}"
+            )
+        days = params.get("max_baseline_days", DEFAULT_MAX_BASELINE_DAYS)
+        if isinstance(days, bool) or not isinstance(days, int | float) or days <= 0:
+            raise ConfigError(f"{where}: key 'params.max_baseline_days': a positive number of days")
+        layers = params.get("layers", [layer.band for layer in _gunw_read.LAYERS])
+        if (not isinstance(layers, list) or not layers
+                or any(name not in _gunw_read.LAYERS_BY_BAND for name in layers)
+                or len(set(layers)) != len(layers)):  # fmt: skip
+            raise ConfigError(
+                f"{where}: key 'params.layers': a list of distinct layers among "
+                f"{', '.join(_gunw_read.LAYERS_BY_BAND)}"
+            )
+        chunk = params.get("search_chunk_degrees", DEFAULT_CHUNK_DEGREES)
+        if isinstance(chunk, bool) or not isinstance(chunk, int | float) or not 0 < chunk <= 90:
+            raise ConfigError(f"{where}: key 'params.search_chunk_degrees': degrees in (0, 90]")
+
+    @property
+    def year(self) -> int | None:
+        return self.options.year or self.recipe.default_year
+
+    @property
+    def max_baseline_days(self) -> float:
+        return float(self.recipe.params.get("max_baseline_days", DEFAULT_MAX_BASELINE_DAYS))
+
+    @property
+    def layers(self) -> tuple[_gunw_read.Layer, ...]:
+        names = self.recipe.params.get("layers")
+        if not names:
+            return _gunw_read.LAYERS
+        return tuple(_gunw_read.LAYERS_BY_BAND[name] for name in names)
+
+    @property
+    def hosts(self) -> _earthdata.Hosts:
+        return _earthdata.Hosts(cmr=str(self.option("cmr-host")),
+                                edl=str(self.option("earthdata-host")))  # fmt: skip
+
+    def cache_dir(self) -> Path:
+        if not self.options.cache_dir:
+            raise ConfigError("the gunw source needs a cache folder for products; give --cache DIR")
+        return Path(self.options.cache_dir).expanduser()
+
+    def check(self) -> None:
+        recipe = self.recipe
+        if self.year is None:
+            raise ConfigError(f"recipe {recipe.name!r} makes one dataset per year; give --year")
+        if recipe.dtype not in ("float32", "float64") or recipe.scale != 1.0:
+            raise ConfigError(f"recipe {recipe.name!r}: gunw chips are float32/float64, scale 1")
+        if recipe.nodata is not None and not np.isnan(recipe.nodata):
+            raise ConfigError(f"recipe {recipe.name!r}: gunw chips use NaN as nodata (nodata: .nan)")
+        saved = self.option("search-results")
+        if saved and not Path(saved).expanduser().is_file():
+            raise ConfigError(f"--search-results {saved}: no such file")
+        self._index_sources()
+        _earthdata.find_credentials(self.hosts.edl)  # a half-set env or broken .netrc: now
+
+    def _index_sources(self) -> dict[str, str]:
+        """Product files in ``--source`` folders (or named directly), by file name."""
+        found: dict[str, str] = {}
+        for item in self.options.sources:
+            path = Path(item).expanduser()
+            if path.is_dir():
+                for entry in sorted(path.iterdir()):
+                    if entry.name.endswith(PRODUCT_SUFFIX) and entry.is_file():
+                        found.setdefault(entry.name, str(entry.resolve()))
+            elif path.is_file():
+                found.setdefault(path.name, str(path.resolve()))
+            else:
+                raise ConfigError(f"--source {item}: no such folder or file")
+        return found
+
+    # --- planning (driver) -----------------------------------------------------------------
+
+    def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
+        products = self.search(tiles)
+        selected = _gunw_catalog.select_pairs(products, self.year, self.max_baseline_days)
+        inputs = _gunw_catalog.assign(selected, tiles)
+        used = {name for names in inputs.values() for name in names}
+        self.catalog = {p.file_name: p for p in selected if p.file_name in used}
+        sources = self._index_sources()
+        self.local = {name: sources[name] for name in self.catalog if name in sources}
+        missing = [p for name, p in self.catalog.items()
+                   if name not in self.local and not self._cached(p)]  # fmt: skip
+        if missing:
+            self._check_credentials(len(missing))
+        return inputs
+
+    def _check_credentials(self, count: int) -> None:
+        hosts = self.hosts
+        credentials = _earthdata.find_credentials(hosts.edl)
+        if credentials is None:
+            raise CredentialsError(
+                f"{count} GUNW product(s) must be downloaded from ASF, which needs NASA "
+                f"Earthdata credentials: {_earthdata.HOW_TO}; or give --source DIR with the "
+                "products"
+            )
+        _earthdata.login(_earthdata.new_session(hosts), credentials)
+
+    def _cached(self, product: GunwProduct) -> bool:
+        path = self.cache_dir() / product.file_name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return False
+        return product.size is None or size == product.size
+
+    def search(self, tiles: Sequence[GridTile]) -> list[GunwProduct]:
+        """The saved search, the cached one, or a new asf-search query (then cached)."""
+        saved = self.option("search-results")
+        if saved:
+            return _gunw_catalog.load_results(Path(saved).expanduser())
+        boxes = _gunw_catalog.search_boxes(
+            tiles, float(self.recipe.params.get("search_chunk_degrees", DEFAULT_CHUNK_DEGREES))
+        )
+        if not boxes:
+            return []
+        key = hashlib.sha256(json.dumps({
+            "dataset": DATASET, "year": self.year, "cmr": self.hosts.cmr,
+            "boxes": [b.wkt for b in boxes],
+        }, sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
+        path = self.cache_dir() / SEARCH_FOLDER / f"gunw-{self.year}-{key}.geojson"
+        if path.is_file() and not self.option("refresh-search"):
+            return _gunw_catalog.load_results(path)
+        collection = self._asf_search(boxes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+        temporary.write_text(json.dumps(collection), encoding="utf-8")
+        os.replace(temporary, path)
+        return _gunw_catalog.parse_results(collection, f"search of {self.hosts.cmr}")
+
+    def _asf_search(self, boxes: Sequence[Any]) -> dict[str, Any]:
+        """One asf-search query per box; the features of all, as one FeatureCollection."""
+        import asf_search
+        import requests
+
+        asf_search.REPORT_ERRORS = False  # it would post the user's query to ASF on errors
+        session = _earthdata.new_session(self.hosts)
+        features: dict[str, Any] = {}
+        start = f"{self.year}-01-01T00:00:00Z"
+        end = f"{self.year}-12-31T23:59:59Z"
+        for geometry in boxes:
+            try:
+                results = asf_search.search(
+                    dataset=DATASET, intersectsWith=geometry.wkt, start=start, end=end,
+                    session=session, host=self.hosts.cmr,
+                )  # fmt: skip
+                results.raise_if_incomplete()
+            except (asf_search.exceptions.ASFError, requests.RequestException, ValueError) as error:
+                first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                raise ConfigError(
+                    f"the ASF search at {self.hosts.cmr} failed ({type(error).__name__}"
+                    f"{': ' + first if first else ''}); try again, or give --search-results FILE"
+                ) from None
+            for feature in results.geojson()["features"]:
+                name = (feature.get("properties") or {}).get("fileID")
+                features.setdefault(str(name), feature)
+        return {"type": "FeatureCollection", "features": list(features.values())}
+
+    def batch_key(self, inputs: tuple[str, ...]) -> Hashable:
+        return inputs  # tiles over the same products share a batch: each product opened once
+
+    def concurrency(self) -> int | None:
+        return 4  # downloads in flight over the cluster; ASF asks clients to be gentle
+
+    # --- rendering (worker) ----------------------------------------------------------------
+
+    def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
+        paths = {name: self._product_path(name, None) for name in inputs}
+        return self._chip(tile, inputs, paths)
+
+    def render_many(self, items: Sequence[tuple[GridTile, tuple[str, ...]]],
+                    context: RenderContext) -> Iterator[tuple[GridTile, Chip | Exception]]:  # fmt: skip
+        """Fetch each product of the batch once, open it once, warp every tile from it."""
+        paths: dict[str, str | Exception] = {}
+        for _, inputs in items:
+            for name in inputs:
+                if name not in paths:
+                    try:
+                        paths[name] = self._product_path(name, context)
+                    except Exception as error:  # noqa: BLE001  (fails only its tiles)
+                        paths[name] = error
+        for tile, inputs in items:
+            failed = next((paths[n] for n in inputs if isinstance(paths[n], Exception)), None)
+            if failed is not None:
+                yield tile, failed
+                continue
+            try:
+                yield tile, self._chip(tile, inputs, paths)  # type: ignore[arg-type]
+            except Exception as error:  # noqa: BLE001  (one bad tile never costs the others)
+                yield tile, error
+
+    def _product(self, name: str) -> GunwProduct:
+        product = self.catalog.get(name)
+        if product is None:
+            raise SourceError(f"{name} is not in this run's search results")
+        return product
+
+    def _product_path(self, name: str, context: RenderContext | None) -> str:
+        """A local path of the product: a --source file, the cache, or a fresh download."""
+        if name in self.local:
+            return self.local[name]
+        product = self._product(name)
+        if self._cached(product):
+            return str(self.cache_dir() / name)
+        from m3leo_tiles.download import cached_download
+
+        def download() -> Path:
+            return cached_download(
+                product.url, self.cache_dir(), name=product.file_name,
+                session=_WorkerSession.get(self.hosts), expected_size=product.size,
+            )  # fmt: skip
+
+        if not product.url:
+            raise SourceError(f"{name}: the search gives no download URL")
+        if context is None:
+            return str(download())
+        with context.slot():
+            return str(download())
+
+    def _chip(self, tile: GridTile, inputs: tuple[str, ...], paths: Mapping[str, str]) -> Chip:
+        grid = tile.pixel_grid(self.recipe.resolution)
+        resampling = Resampling[self.recipe.resampling.value]
+        products = sorted((self._product(name) for name in inputs),
+                          key=lambda p: (p.pair, p.name))  # fmt: skip
+        pairs: dict[tuple, list[GunwProduct]] = {}
+        for product in products:
+            pairs.setdefault(product.pair, []).append(product)
+        prefixes = _band_prefixes(list(pairs))
+        layers = self.layers
+        data = np.full((len(pairs) * len(layers), grid.height, grid.width), np.nan, "float32")
+        names: list[str] = []
+        metadata: list[dict[str, str]] = []
+        for p, (pair, members) in enumerate(pairs.items()):
+            opened = []
+            for member in members:
+                try:
+                    opened.append(_gunw_read.open_product(paths[member.file_name], layers))
+                except SourceError:
+                    _gunw_read.forget_product(paths[member.file_name])
+                    raise
+            for k, layer in enumerate(layers):
+                band = data[p * len(layers) + k]
+                for product in opened:
+                    product.warp(layer, grid, band, resampling)
+                names.append(f"{prefixes[pair]}_{layer.band}")
+                metadata.append(_band_metadata(members, layer))
+        return Chip(
+            data.astype(self.recipe.dtype, copy=False), tuple(names),
+            {"inputs": ";".join(sorted(inputs)), "pairs": str(len(pairs)),
+             "max_baseline_days": f"{self.max_baseline_days:g}"},
+            tuple(metadata),
+        )  # fmt: skip
+
+
+def _band_prefixes(pairs: Sequence[tuple[dt.date, dt.date, str, int]]) -> dict[tuple, str]:
+    """``REF_SEC``, with ``_A064`` (direction, track) added only where two pairs share dates."""
+    by_dates: dict[tuple[dt.date, dt.date], int] = {}
+    for reference, secondary, _, _ in pairs:
+        by_dates[(reference, secondary)] = by_dates.get((reference, secondary), 0) + 1
+    prefixes = {}
+    for pair in pairs:
+        reference, secondary, direction, track = pair
+        prefix = f"{reference:%Y%m%d}_{secondary:%Y%m%d}"
+        if by_dates[(reference, secondary)] > 1:
+            prefix += f"_{direction[0].upper()}{track:03d}"
+        prefixes[pair] = prefix
+    return prefixes
+
+
+def _band_metadata(members: Sequence[GunwProduct], layer: _gunw_read.Layer) -> dict[str, str]:
+    first = members[0]
+    return {
+        "layer": layer.band,
+        "reference_date": first.reference.isoformat(),
+        "secondary_date": first.secondary.isoformat(),
+        "temporal_baseline_days": str(first.baseline_days),
+        "direction": first.direction,
+        "track": str(first.track),
+        "frame": ";".join(p.frame for p in members),
+        "product": ";".join(p.name for p in members),
+        "version": ";".join(p.version_text for p in members),
+    }
