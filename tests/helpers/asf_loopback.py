@@ -64,14 +64,15 @@ class LoopbackAdapter(HTTPAdapter):
         super().__init__()
         self.base_url = base_url.rstrip("/")
 
-    def send(self, request, stream=False, timeout=None, verify=True, cert=None,
-             proxies=None):  # noqa: ANN001  # fmt: skip
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         parts = urllib.parse.urlsplit(request.url)
         forwarded = request.copy()
         forwarded.url = f"{self.base_url}/{parts.netloc}{parts.path or '/'}" + (
-            f"?{parts.query}" if parts.query else "")  # fmt: skip
-        response = super().send(forwarded, stream=stream, timeout=timeout, verify=verify,
-                                cert=cert, proxies={})  # fmt: skip
+            f"?{parts.query}" if parts.query else ""
+        )
+        response = super().send(
+            forwarded, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies={}
+        )
         response.url = request.url
         response.request = request
         return response
@@ -140,8 +141,9 @@ def _attribute(umm: dict, name: str, value: str) -> None:
     umm["AdditionalAttributes"].append({"Name": name, "Values": [value]})
 
 
-def derived_gunw_item(template: dict[str, Any], name: str, footprint: Polygon,
-                      size: int, md5: str, frame: int) -> dict[str, Any]:  # fmt: skip
+def derived_gunw_item(
+    template: dict[str, Any], name: str, footprint: Polygon, size: int, md5: str, frame: int
+) -> dict[str, Any]:
     """The real record rewritten to describe product ``name`` (fields asf-search reads)."""
     from m3leo_tiles.sources._gunw_catalog import NAME
 
@@ -160,7 +162,9 @@ def derived_gunw_item(template: dict[str, Any], name: str, footprint: Polygon,
         "EndingDateTime": f"{start + dt.timedelta(seconds=52):%Y-%m-%dT%H:%M:%S}.000000Z",
     }
     version = match["version"].replace("_", ".")
-    _attribute(umm, "ASCENDING_DESCENDING", "ascending" if match["direction"] == "A" else "descending")
+    _attribute(
+        umm, "ASCENDING_DESCENDING", "ascending" if match["direction"] == "A" else "descending"
+    )
     _attribute(umm, "PATH_NUMBER", str(int(match["track"])))
     _attribute(umm, "FRAME_NUMBER", str(frame))
     _attribute(umm, "VERSION", version)
@@ -171,9 +175,11 @@ def derived_gunw_item(template: dict[str, Any], name: str, footprint: Polygon,
     ]
     umm["RelatedUrls"] = [
         {"Type": "GET DATA", "URL": f"{DOWNLOAD_URL}{name}.nc"},
-        {"Type": "GET RELATED VISUALIZATION",
-         "URL": f"https://grfn-public-prod.asf.alaska.edu/{name}.png"},
-    ]  # fmt: skip
+        {
+            "Type": "GET RELATED VISUALIZATION",
+            "URL": f"https://grfn-public-prod.asf.alaska.edu/{name}.png",
+        },
+    ]
     files = umm["DataGranule"]["ArchiveAndDistributionInformation"]
     for entry in files:
         suffix = entry["Name"].rsplit(".", 1)[-1]
@@ -181,17 +187,21 @@ def derived_gunw_item(template: dict[str, Any], name: str, footprint: Polygon,
         if entry["Format"] == "netCDF-4":
             entry["SizeInBytes"] = size
             entry["Checksum"] = {"Value": md5, "Algorithm": "MD5"}
-    scenes = [f"S1A_IW_SLC__1SDV_{day:%Y%m%d}T020749_{day:%Y%m%d}T020816_000000_000000_0000"
-              for day in (reference, secondary)]  # fmt: skip
+    scenes = [
+        f"S1A_IW_SLC__1SDV_{day:%Y%m%d}T020749_{day:%Y%m%d}T020816_000000_000000_0000"
+        for day in (reference, secondary)
+    ]
     umm["InputGranules"] = scenes
     return item
 
 
-def item_for_file(template: dict[str, Any], path: Path, footprint: Polygon,
-                  frame: int) -> dict[str, Any]:  # fmt: skip
+def item_for_file(
+    template: dict[str, Any], path: Path, footprint: Polygon, frame: int
+) -> dict[str, Any]:
     body = Path(path).read_bytes()
-    return derived_gunw_item(template, Path(path).stem, footprint, len(body),
-                             hashlib.md5(body).hexdigest(), frame)  # fmt: skip
+    return derived_gunw_item(
+        template, Path(path).stem, footprint, len(body), hashlib.md5(body).hexdigest(), frame
+    )
 
 
 def item_start(item: dict[str, Any]) -> str:
@@ -209,10 +219,10 @@ def item_polygon(item: dict[str, Any]) -> Polygon:
 class AsfHandler(QuietHandler):
     """CMR search, Earthdata login and ASF downloads (see the module docstring)."""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._accounted("GET", self._get)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._accounted("POST", self._post)
 
     # server state: items (list), users ({name: password}), tokens (set), refuse (bool),
@@ -226,7 +236,7 @@ class AsfHandler(QuietHandler):
         self.send_bytes(status, json.dumps(body).encode(), "application/json", headers)
 
     def _post(self) -> None:
-        path, _, query = self.path.partition("?")
+        path = self.path.partition("?")[0]
         if path == CMR_PATH:
             self._search(self._form())
         elif path == "/urs.earthdata.nasa.gov/api/users/find_or_create_token":
@@ -237,8 +247,10 @@ class AsfHandler(QuietHandler):
                 return
             token = secrets.token_hex(8)
             self.server.tokens.add(token)  # type: ignore[attr-defined]
-            self._json(200, {"access_token": token, "token_type": "Bearer",
-                             "expiration_date": "12/31/2099"})  # fmt: skip
+            self._json(
+                200,
+                {"access_token": token, "token_type": "Bearer", "expiration_date": "12/31/2099"},
+            )
         elif path == "/urs.earthdata.nasa.gov/oauth/tokens/user":
             token = self._form().get("token", [""])[0]
             valid = not self.server.refuse and token in self.server.tokens  # type: ignore[attr-defined]
@@ -264,10 +276,14 @@ class AsfHandler(QuietHandler):
         elif path == "/cumulus.asf.alaska.edu/login":
             cookie = secrets.token_hex(8)
             self.server.cookies.add(cookie)  # type: ignore[attr-defined]
-            self.send_bytes(200, b"logged in", "text/plain", headers={
-                "Set-Cookie": f"asf-urs={cookie}; Domain=asf.alaska.edu; Path=/; Secure"})  # fmt: skip
+            self.send_bytes(
+                200,
+                b"logged in",
+                "text/plain",
+                headers={"Set-Cookie": f"asf-urs={cookie}; Domain=asf.alaska.edu; Path=/; Secure"},
+            )
         elif path.startswith(DOWNLOAD_PREFIX):
-            self._download(urllib.parse.unquote(path[len(DOWNLOAD_PREFIX):]))
+            self._download(urllib.parse.unquote(path[len(DOWNLOAD_PREFIX) :]))
         else:
             self._json(404, {"errors": ["not found"]})
 
@@ -277,8 +293,11 @@ class AsfHandler(QuietHandler):
         return not self.server.refuse and header.startswith("Bearer ") and header[7:] in tokens  # type: ignore[attr-defined]
 
     def _cookie_ok(self) -> bool:
-        cookies = dict(part.strip().partition("=")[::2]
-                       for part in self.headers.get("Cookie", "").split(";") if "=" in part)  # fmt: skip
+        cookies = dict(
+            part.strip().partition("=")[::2]
+            for part in self.headers.get("Cookie", "").split(";")
+            if "=" in part
+        )
         return cookies.get("asf-urs") in self.server.cookies  # type: ignore[attr-defined]
 
     def _download(self, name: str) -> None:
@@ -307,8 +326,11 @@ class AsfHandler(QuietHandler):
         temporal = form.get("temporal", [""])[0]
         if temporal:
             start, _, end = temporal.partition(",")
-            items = [i for i in items if (not start or item_start(i) >= start)
-                     and (not end or item_start(i) <= end)]  # fmt: skip
+            items = [
+                i
+                for i in items
+                if (not start or item_start(i) >= start) and (not end or item_start(i) <= end)
+            ]
         area = _query_area(form)
         if area is not None:
             items = [i for i in items if item_polygon(i).intersects(area)]
@@ -330,15 +352,23 @@ def _query_area(form: dict[str, list[str]]) -> Any:
     return None
 
 
-def asf_state(items: list[dict[str, Any]], products: dict[str, Path] | None = None,
-              users: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def asf_state(
+    items: list[dict[str, Any]],
+    products: dict[str, Path] | None = None,
+    users: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Keyword state for ``serve(AsfHandler, **asf_state(...))``."""
-    return {"items": items, "products": {k: str(v) for k, v in (products or {}).items()},
-            "users": users or {}, "tokens": set(), "cookies": set(), "refuse": False,
-            "truncate": {}, "searches": []}  # fmt: skip
+    return {
+        "items": items,
+        "products": {k: str(v) for k, v in (products or {}).items()},
+        "users": users or {},
+        "tokens": set(),
+        "cookies": set(),
+        "refuse": False,
+        "truncate": {},
+        "searches": [],
+    }
 
 
 def download_requests(server: Any) -> list[str]:
     return [p for p in server.log.paths("GET") if p.startswith(DOWNLOAD_PREFIX)]
-
-

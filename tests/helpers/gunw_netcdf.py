@@ -46,11 +46,18 @@ from shapely.geometry import Polygon
 
 ARCSEC3 = 1.0 / 1200.0  # 3 arc seconds in degrees: the GUNW posting
 FILL = {"unwrappedPhase": 0.0, "coherence": 0.0, "connectedComponents": -1.0, "amplitude": 0.0}
-UNITS = {"unwrappedPhase": "rad", "coherence": "unitless", "connectedComponents": "unitless",
-         "amplitude": "watt"}  # fmt: skip
-DESCRIPTIONS = {"unwrappedPhase": "Unwrapped phase", "coherence": "Coherence",
-                "connectedComponents": "Snaphu connected components",
-                "amplitude": "Amplitude"}  # fmt: skip
+UNITS = {
+    "unwrappedPhase": "rad",
+    "coherence": "unitless",
+    "connectedComponents": "unitless",
+    "amplitude": "watt",
+}
+DESCRIPTIONS = {
+    "unwrappedPhase": "Unwrapped phase",
+    "coherence": "Coherence",
+    "connectedComponents": "Snaphu connected components",
+    "amplitude": "Amplitude",
+}
 WGS84_WKT = (
     'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,'
     'AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,'
@@ -83,11 +90,15 @@ class ProductSpec:
         """The ARIA file name pattern (without ``.nc``): direction, track, dates, time, place."""
         lon = round(abs(self.west) * 100)
         lat = round(abs(self.south) * 100)
-        place = f"{lon:05d}{'W' if self.west < 0 else 'E'}_{lat:05d}{'S' if self.south < 0 else 'N'}"
+        place = (
+            f"{lon:05d}{'W' if self.west < 0 else 'E'}_{lat:05d}{'S' if self.south < 0 else 'N'}"
+        )
         digest = hashlib.sha1(f"{self}".encode()).hexdigest()[:4]
         dates = f"{self.reference:%Y%m%d}_{self.secondary:%Y%m%d}"
-        return (f"S1-GUNW-{self.direction}-R-{self.track:03d}-tops-{dates}-020815-{place}-PP-"
-                f"{digest}-v{self.version}")  # fmt: skip
+        return (
+            f"S1-GUNW-{self.direction}-R-{self.track:03d}-tops-{dates}-020815-{place}-PP-"
+            f"{digest}-v{self.version}"
+        )
 
     @property
     def file_name(self) -> str:
@@ -97,8 +108,8 @@ class ProductSpec:
         """Pixel-centre longitudes (increasing) and latitudes (decreasing), 3 arcsec apart."""
         west = np.floor(self.west / ARCSEC3) * ARCSEC3
         north = np.ceil(self.north / ARCSEC3) * ARCSEC3
-        width = int(round((self.east - west) / ARCSEC3))
-        height = int(round((north - self.south) / ARCSEC3))
+        width = round((self.east - west) / ARCSEC3)
+        height = round((north - self.south) / ARCSEC3)
         lons = west + (np.arange(width) + 0.5) * ARCSEC3
         lats = north - (np.arange(height) + 0.5) * ARCSEC3
         return lons, lats
@@ -107,11 +118,15 @@ class ProductSpec:
         """A skewed quad inside the extent, like a radar frame's outline in lon/lat."""
         dx = (self.east - self.west) * self.inset_x
         dy = (self.north - self.south) * self.inset_y
-        return Polygon([
-            (self.west + 2 * dx, self.south + dy), (self.east - dx, self.south + 2 * dy),
-            (self.east - 2 * dx, self.north - dy), (self.west + dx, self.north - 2 * dy),
-            (self.west + 2 * dx, self.south + dy),
-        ])  # fmt: skip
+        return Polygon(
+            [
+                (self.west + 2 * dx, self.south + dy),
+                (self.east - dx, self.south + 2 * dy),
+                (self.east - 2 * dx, self.north - dy),
+                (self.west + dx, self.north - 2 * dy),
+                (self.west + 2 * dx, self.south + dy),
+            ]
+        )
 
     def layers(self) -> dict[str, np.ndarray]:
         """The four layers: smooth fields inside the footprint, fill values outside it."""
@@ -126,8 +141,10 @@ class ProductSpec:
             "amplitude": 2000.0 + 800.0 * np.cos(freq * lat2 - phase0) * np.sin(freq * lon2),
         }
         inside = shapely.contains_xy(self.footprint(), lon2, lat2)
-        return {name: np.where(inside, values, FILL[name]).astype("float32")
-                for name, values in fields.items()}  # fmt: skip
+        return {
+            name: np.where(inside, values, FILL[name]).astype("float32")
+            for name, values in fields.items()
+        }
 
 
 def _strings(group: h5netcdf.Group, name: str, values: list[str], description: str) -> None:
@@ -145,17 +162,22 @@ def write_product(spec: ProductSpec, folder: Path) -> Path:
     lons, lats = spec.grid()
     footprint = spec.footprint()
     with h5netcdf.File(path, "w") as nc:
-        nc.attrs.update({
-            "product_type": "UNW GEO IFG", "Conventions": "CF-1.6",
-            "title": "ARIA standard product UNW GEO IFG", "version": "1b",
-            "author": "replica written by m3leo-tiles tests (tests/helpers/gunw_netcdf.py)",
-            "institution": "Jet Propulsion Laboratory",
-            "source": "Contains modified Copernicus Sentinel data processed by ESA and ARIA "
-                      "NASA/JPL (layout only: synthetic values)",
-            "references": "https://aria.jpl.nasa.gov/",
-            "ogr_geometry_field": "productBoundingBox", "ogr_layer_name": "productBoundingBox",
-            "ogr_layer_type": "POLYGON",
-        })  # fmt: skip
+        nc.attrs.update(
+            {
+                "product_type": "UNW GEO IFG",
+                "Conventions": "CF-1.6",
+                "title": "ARIA standard product UNW GEO IFG",
+                "version": "1b",
+                "author": "replica written by m3leo-tiles tests (tests/helpers/gunw_netcdf.py)",
+                "institution": "Jet Propulsion Laboratory",
+                "source": "Contains modified Copernicus Sentinel data processed by ESA and ARIA "
+                "NASA/JPL (layout only: synthetic values)",
+                "references": "https://aria.jpl.nasa.gov/",
+                "ogr_geometry_field": "productBoundingBox",
+                "ogr_layer_name": "productBoundingBox",
+                "ogr_layer_type": "POLYGON",
+            }
+        )
         nc.dimensions["matchup"] = None  # unlimited, as ARIA's writer makes it
         nc.resize_dimension("matchup", 1)  # each metadata string variable holds one value
         wkt = footprint.wkt
@@ -163,13 +185,19 @@ def write_product(spec: ProductSpec, folder: Path) -> Path:
         nc.dimensions["wkt_count"] = 1
         box_var = nc.create_variable("productBoundingBox", ("wkt_count", "wkt_length"), "S1")
         box_var[0, :] = np.frombuffer(wkt.encode("ascii"), dtype="S1")
-        box_var.attrs.update({"description": "Product bounding box defined as ISO WKT polygon",
-                              "units": "unitless", "grid_mapping": "crs_polygon",
-                              "long_name": "productBoundingBox",
-                              "standard_name": "productBoundingBox"})  # fmt: skip
+        box_var.attrs.update(
+            {
+                "description": "Product bounding box defined as ISO WKT polygon",
+                "units": "unitless",
+                "grid_mapping": "crs_polygon",
+                "long_name": "productBoundingBox",
+                "standard_name": "productBoundingBox",
+            }
+        )
         polygon_crs = nc.create_variable("crs_polygon", (), "i4")
-        polygon_crs.attrs.update({"spatial_ref": WGS84_WKT, "long_name": "crs_polygon",
-                                  "standard_name": "crs_polygon"})  # fmt: skip
+        polygon_crs.attrs.update(
+            {"spatial_ref": WGS84_WKT, "long_name": "crs_polygon", "standard_name": "crs_polygon"}
+        )
 
         science = nc.create_group("science")
         grids = science.create_group("grids")
@@ -181,12 +209,23 @@ def write_product(spec: ProductSpec, folder: Path) -> Path:
         _coordinate(data, "latitude", lats, "Lat", "degrees_north")
         for name, values in spec.layers().items():
             variable = data.create_variable(
-                name, ("latitude", "longitude"), "f4", data=values, fillvalue=np.float32(FILL[name]),
-                compression="gzip", chunks=(min(128, len(lats)), min(128, len(lons))),
-            )  # fmt: skip
-            variable.attrs.update({"description": DESCRIPTIONS[name], "units": UNITS[name],
-                                   "grid_mapping": "crs", "long_name": name,
-                                   "standard_name": name})  # fmt: skip
+                name,
+                ("latitude", "longitude"),
+                "f4",
+                data=values,
+                fillvalue=np.float32(FILL[name]),
+                compression="gzip",
+                chunks=(min(128, len(lats)), min(128, len(lons))),
+            )
+            variable.attrs.update(
+                {
+                    "description": DESCRIPTIONS[name],
+                    "units": UNITS[name],
+                    "grid_mapping": "crs",
+                    "long_name": name,
+                    "standard_name": name,
+                }
+            )
 
         geometry = grids.create_group("imagingGeometry")
         _crs(geometry, "crsMeta")
@@ -198,17 +237,30 @@ def write_product(spec: ProductSpec, folder: Path) -> Path:
         _coordinate(geometry, "latitudeMeta", cube_lats, "Lat", "degrees_north")
         _coordinate(geometry, "heightsMeta", heights, "Lev", "meter")
         cube = np.linspace(30.0, 45.0, 100).reshape(4, 5, 5)
-        for name, units, scale in (("perpendicularBaseline", "meter", 3.0),
-                                   ("parallelBaseline", "meter", 1.0),
-                                   ("incidenceAngle", "degrees", 1.0),
-                                   ("lookAngle", "degrees", 0.9),
-                                   ("azimuthAngle", "degrees", -2.0)):  # fmt: skip
+        for name, units, scale in (
+            ("perpendicularBaseline", "meter", 3.0),
+            ("parallelBaseline", "meter", 1.0),
+            ("incidenceAngle", "degrees", 1.0),
+            ("lookAngle", "degrees", 0.9),
+            ("azimuthAngle", "degrees", -2.0),
+        ):
             variable = geometry.create_variable(
-                name, ("heightsMeta", "latitudeMeta", "longitudeMeta"), "f8", data=cube * scale,
-                fillvalue=0.0, compression="gzip",
-            )  # fmt: skip
-            variable.attrs.update({"description": name, "units": units, "grid_mapping": "crsMeta",
-                                   "long_name": name, "standard_name": name})  # fmt: skip
+                name,
+                ("heightsMeta", "latitudeMeta", "longitudeMeta"),
+                "f8",
+                data=cube * scale,
+                fillvalue=0.0,
+                compression="gzip",
+            )
+            variable.attrs.update(
+                {
+                    "description": name,
+                    "units": units,
+                    "grid_mapping": "crsMeta",
+                    "long_name": name,
+                    "standard_name": name,
+                }
+            )
         corrections = grids.create_group("corrections")
         corrections.create_group("derived").create_group("ionosphere")
         external = corrections.create_group("external")
@@ -223,8 +275,10 @@ def write_product(spec: ProductSpec, folder: Path) -> Path:
         wavelength.attrs.update({"description": "Radar wavelength", "units": "meter"})
         slc = radar.create_group("inputSLC")
         for role, day in (("reference", spec.reference), ("secondary", spec.secondary)):
-            scene = (f"S1A_IW_SLC__1SDV_{day:%Y%m%d}T020749_{day:%Y%m%d}T020816_"
-                     f"0{spec.track:05d}_06BB8A_0FCC")  # fmt: skip
+            scene = (
+                f"S1A_IW_SLC__1SDV_{day:%Y%m%d}T020749_{day:%Y%m%d}T020816_"
+                f"0{spec.track:05d}_06BB8A_0FCC"
+            )
             group = slc.create_group(role)
             _strings(group, "L1InputGranules", [scene], f"{role.title()} input granules")
             _strings(group, "orbitType", ["precise"], f"{role.title()} orbit type")
@@ -233,23 +287,37 @@ def write_product(spec: ProductSpec, folder: Path) -> Path:
 
 def _crs(group: h5netcdf.Group, name: str) -> None:
     variable = group.create_variable(name, (), "i4")
-    variable.attrs.update({
-        "grid_mapping_name": "latitude_longitude", "longitude_of_prime_meridian": 0.0,
-        "semi_major_axis": 6378137.0, "inverse_flattening": 298.257223563,
-        "crs_wkt": WGS84_WKT, "long_name": name, "standard_name": name,
-    })  # fmt: skip
+    variable.attrs.update(
+        {
+            "grid_mapping_name": "latitude_longitude",
+            "longitude_of_prime_meridian": 0.0,
+            "semi_major_axis": 6378137.0,
+            "inverse_flattening": 298.257223563,
+            "crs_wkt": WGS84_WKT,
+            "long_name": name,
+            "standard_name": name,
+        }
+    )
 
 
-def _coordinate(group: h5netcdf.Group, name: str, values: np.ndarray, axis: str,
-                units: str) -> None:  # fmt: skip
+def _coordinate(
+    group: h5netcdf.Group, name: str, values: np.ndarray, axis: str, units: str
+) -> None:
     variable = group.create_variable(name, (name,), "f8", data=values)
     standard = {"Lon": "longitude", "Lat": "latitude", "Lev": "height"}[axis]
-    variable.attrs.update({"_CoordinateAxisType": axis, "units": units, "long_name": standard,
-                           "standard_name": standard})  # fmt: skip
+    variable.attrs.update(
+        {
+            "_CoordinateAxisType": axis,
+            "units": units,
+            "long_name": standard,
+            "standard_name": standard,
+        }
+    )
 
 
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "gunw-products")
-    spec = ProductSpec(dt.date(2020, 1, 17), dt.date(2020, 1, 5), 64, "A",
-                       -118.2, 33.8, -117.8, 34.2)  # fmt: skip
+    spec = ProductSpec(
+        dt.date(2020, 1, 17), dt.date(2020, 1, 5), 64, "A", -118.2, 33.8, -117.8, 34.2
+    )
     print(write_product(spec, out))

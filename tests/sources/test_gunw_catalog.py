@@ -16,8 +16,8 @@ import asf_search
 import pytest
 import shapely
 from asf_search.search.search_generator import as_ASFProduct
-from helpers.asf_loopback import derived_gunw_item, item_polygon, real_gunw_item, stack_dates
 
+from helpers.asf_loopback import derived_gunw_item, item_polygon, real_gunw_item, stack_dates
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.sources import _gunw_catalog as catalog
@@ -35,11 +35,19 @@ def frame_dates(shared_data):
     return stack_dates(shared_data)
 
 
-def _name(reference: dt.date, secondary: dt.date, version: str = "3_0_1", track: int = 35,
-          direction: str = "A", place: str = "00124W_00037N") -> str:  # fmt: skip
-    return (f"S1-GUNW-{direction}-R-{track:03d}-tops-{reference:%Y%m%d}_{secondary:%Y%m%d}-"
-            f"020815-{place}-PP-{abs(hash((reference, secondary, version))) % 9999:04x}-"
-            f"v{version}")  # fmt: skip
+def _name(
+    reference: dt.date,
+    secondary: dt.date,
+    version: str = "3_0_1",
+    track: int = 35,
+    direction: str = "A",
+    place: str = "00124W_00037N",
+) -> str:
+    return (
+        f"S1-GUNW-{direction}-R-{track:03d}-tops-{reference:%Y%m%d}_{secondary:%Y%m%d}-"
+        f"020815-{place}-PP-{abs(hash((reference, secondary, version))) % 9999:04x}-"
+        f"v{version}"
+    )
 
 
 def _geojson(items: list[dict]) -> dict:
@@ -84,8 +92,17 @@ def test_pairs_from_the_real_stack_dates(real_item, frame_dates):
 def test_baseline_cut_is_strictly_under(real_item):
     footprint = item_polygon(real_item)
     reference = dt.date(2020, 6, 1)
-    items = [derived_gunw_item(real_item, _name(reference, reference - dt.timedelta(days=d)),
-                               footprint, 10, "0" * 32, 5289) for d in (6, 71, 72, 73)]  # fmt: skip
+    items = [
+        derived_gunw_item(
+            real_item,
+            _name(reference, reference - dt.timedelta(days=d)),
+            footprint,
+            10,
+            "0" * 32,
+            5289,
+        )
+        for d in (6, 71, 72, 73)
+    ]
     products = catalog.parse_results(_geojson(items), "test")
     assert sorted(p.baseline_days for p in catalog.select_pairs(products, 2020, 72)) == [6, 71]
     assert sorted(p.baseline_days for p in catalog.select_pairs(products, 2020, 73)) == [6, 71, 72]
@@ -95,13 +112,18 @@ def test_newest_version_of_each_pair_and_frame(real_item):
     footprint = item_polygon(real_item)
     reference, secondary = dt.date(2020, 3, 4), dt.date(2020, 2, 27)
     versions = ["2_0_4", "3_0_1", "2_0_5"]
-    items = [derived_gunw_item(real_item, _name(reference, secondary, v), footprint, 10,
-                               "0" * 32, 5289) for v in versions]  # fmt: skip
+    items = [
+        derived_gunw_item(real_item, _name(reference, secondary, v), footprint, 10, "0" * 32, 5289)
+        for v in versions
+    ]
     # the same dates on another frame and on a descending track are other products
     other_frame = _name(reference, secondary, "2_0_4", place="00123W_00039N")
     items.append(derived_gunw_item(real_item, other_frame, footprint, 10, "0" * 32, 5290))
-    items.append(derived_gunw_item(real_item, _name(reference, secondary, "2_0_4", 71, "D"),
-                                   footprint, 10, "0" * 32, 5289))  # fmt: skip
+    items.append(
+        derived_gunw_item(
+            real_item, _name(reference, secondary, "2_0_4", 71, "D"), footprint, 10, "0" * 32, 5289
+        )
+    )
     selected = catalog.select_pairs(catalog.parse_results(_geojson(items), "t"), 2020, 72)
     assert sorted((p.direction, p.track, p.frame, p.version_text) for p in selected) == [
         ("ascending", 35, "5289", "3.0.1"),
@@ -117,8 +139,16 @@ def test_tiles_get_the_products_whose_footprint_intersects_them(real_item):
     notch = Tile.from_point(-121.3, 37.22)  # in the frame's bounding box, not in its outline
     assert footprint.envelope.contains(shapely.Point(-121.3, 37.22))
     assert not footprint.intersects(notch.lonlat_polygon())
-    items = [derived_gunw_item(real_item, _name(dt.date(2020, 1, 28), dt.date(2020, 1, 16)),
-                               footprint, 10, "0" * 32, 5289)]  # fmt: skip
+    items = [
+        derived_gunw_item(
+            real_item,
+            _name(dt.date(2020, 1, 28), dt.date(2020, 1, 16)),
+            footprint,
+            10,
+            "0" * 32,
+            5289,
+        )
+    ]
     products = catalog.select_pairs(catalog.parse_results(_geojson(items), "t"), 2020, 72)
     assigned = catalog.assign(products, [inside, outside, notch])
     assert assigned[inside.identifier] == (products[0].file_name,)
@@ -127,8 +157,9 @@ def test_tiles_get_the_products_whose_footprint_intersects_them(real_item):
 
 
 def test_search_boxes_cover_every_tile_in_few_requests():
-    tiles = [Tile.from_point(lon, lat) for lon in (-117.5, -117.4, -75.6, 12.5)
-             for lat in (35.0, 35.05)]  # fmt: skip
+    tiles = [
+        Tile.from_point(lon, lat) for lon in (-117.5, -117.4, -75.6, 12.5) for lat in (35.0, 35.05)
+    ]
     boxes = catalog.search_boxes(tiles, 2.0)
     assert len(boxes) == 3
     union = shapely.union_all(boxes)

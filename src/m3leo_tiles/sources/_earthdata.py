@@ -53,8 +53,9 @@ class Hosts:
     edl: str = DEFAULT_EDL_HOST
 
 
-def find_credentials(edl_host: str = DEFAULT_EDL_HOST,
-                     environ: Mapping[str, str] | None = None) -> Credentials | None:  # fmt: skip
+def find_credentials(
+    edl_host: str = DEFAULT_EDL_HOST, environ: Mapping[str, str] | None = None
+) -> Credentials | None:
     """The first credentials found in the conventional places, or None."""
     environ = os.environ if environ is None else environ
     token = environ.get(TOKEN_ENV, "").strip()
@@ -123,7 +124,7 @@ def _run_with_deadline(call: Callable[[], None], deadline_s: float) -> BaseExcep
         try:
             call()
             outcome.append(None)
-        except BaseException as error:  # noqa: BLE001  (handed to the caller)
+        except BaseException as error:  # (handed to the caller)
             outcome.append(error)
 
     thread = threading.Thread(target=target, name="earthdata-login", daemon=True)

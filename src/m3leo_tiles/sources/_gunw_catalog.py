@@ -154,8 +154,9 @@ def load_results(path: Path) -> list[GunwProduct]:
     return parse_results(data, str(path))
 
 
-def select_pairs(products: Iterable[GunwProduct], year: int | None,
-                 max_baseline_days: float) -> list[GunwProduct]:  # fmt: skip
+def select_pairs(
+    products: Iterable[GunwProduct], year: int | None, max_baseline_days: float
+) -> list[GunwProduct]:
     """Pairs of ``year`` (by reference date) under the baseline cut, newest version each."""
     newest: dict[tuple, GunwProduct] = {}
     for product in products:
@@ -166,12 +167,14 @@ def select_pairs(products: Iterable[GunwProduct], year: int | None,
         kept = newest.get(product.identity)
         if kept is None or (product.version, product.name) > (kept.version, kept.name):
             newest[product.identity] = product
-    return sorted(newest.values(), key=lambda p: (p.reference, p.secondary, p.direction,
-                                                   p.track, p.frame))  # fmt: skip
+    return sorted(
+        newest.values(), key=lambda p: (p.reference, p.secondary, p.direction, p.track, p.frame)
+    )
 
 
-def assign(products: Sequence[GunwProduct],
-           tiles: Sequence[GridTile]) -> dict[str, tuple[str, ...]]:  # fmt: skip
+def assign(
+    products: Sequence[GunwProduct], tiles: Sequence[GridTile]
+) -> dict[str, tuple[str, ...]]:
     """Each tile's products (file names, sorted): those whose footprint intersects it."""
     found: dict[str, list[str]] = {tile.identifier: [] for tile in tiles}
     if not products or not tiles:

@@ -85,8 +85,9 @@ class Product:
             dataset.close()
         self.datasets.clear()
 
-    def warp(self, layer: Layer, grid: PixelGrid, destination: np.ndarray,
-             resampling: Resampling) -> None:  # fmt: skip
+    def warp(
+        self, layer: Layer, grid: PixelGrid, destination: np.ndarray, resampling: Resampling
+    ) -> None:
         """Paint this product's valid pixels of ``layer`` into ``destination`` (NaN = empty)."""
         dataset = self.datasets[layer.band]
         try:

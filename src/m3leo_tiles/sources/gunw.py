@@ -37,7 +37,7 @@ import os
 import threading
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from rasterio.enums import Resampling
@@ -66,8 +66,8 @@ PRODUCT_SUFFIX = ".nc"
 class _WorkerSession:
     """One logged-in asf-search session per worker process, made on the first download."""
 
-    lock = threading.Lock()
-    sessions: dict[tuple[str, str], Any] = {}
+    lock: ClassVar[threading.Lock] = threading.Lock()
+    sessions: ClassVar[dict[tuple[str, str], Any]] = {}
 
     @classmethod
     def get(cls, hosts: _earthdata.Hosts) -> Any:
@@ -101,20 +101,27 @@ class GunwSource(SourceAdapter):
             metavar="FILE",
         ),
         SourceOption(
-            "refresh-search", "gunw: search again even if this AOI and year were searched",
+            "refresh-search",
+            "gunw: search again even if this AOI and year were searched",
             flag=True,
-        ),  # fmt: skip
+        ),
         SourceOption(
-            "cmr-host", "gunw: the CMR host asf-search queries over https",
-            env="M3LEO_CMR_HOST", metavar="HOST", default=_earthdata.DEFAULT_CMR_HOST,
-        ),  # fmt: skip
+            "cmr-host",
+            "gunw: the CMR host asf-search queries over https",
+            env="M3LEO_CMR_HOST",
+            metavar="HOST",
+            default=_earthdata.DEFAULT_CMR_HOST,
+        ),
         SourceOption(
-            "earthdata-host", "gunw: the Earthdata login host",
-            env="M3LEO_EARTHDATA_HOST", metavar="HOST", default=_earthdata.DEFAULT_EDL_HOST,
-        ),  # fmt: skip
+            "earthdata-host",
+            "gunw: the Earthdata login host",
+            env="M3LEO_EARTHDATA_HOST",
+            metavar="HOST",
+            default=_earthdata.DEFAULT_EDL_HOST,
+        ),
     )
 
-    def __init__(self, recipe, options=None) -> None:  # noqa: ANN001  (as the base class)
+    def __init__(self, recipe, options=None) -> None:
         super().__init__(recipe, options)
         self.catalog: dict[str, GunwProduct] = {}  # file name -> product, filled by plan()
         self.local: dict[str, str] = {}  # file name -> path of a product found on disk
@@ -133,9 +140,12 @@ class GunwSource(SourceAdapter):
         if isinstance(days, bool) or not isinstance(days, int | float) or days <= 0:
             raise ConfigError(f"{where}: key 'params.max_baseline_days': a positive number of days")
         layers = params.get("layers", [layer.band for layer in _gunw_read.LAYERS])
-        if (not isinstance(layers, list) or not layers
-                or any(name not in _gunw_read.LAYERS_BY_BAND for name in layers)
-                or len(set(layers)) != len(layers)):  # fmt: skip
+        if (
+            not isinstance(layers, list)
+            or not layers
+            or any(name not in _gunw_read.LAYERS_BY_BAND for name in layers)
+            or len(set(layers)) != len(layers)
+        ):
             raise ConfigError(
                 f"{where}: key 'params.layers': a list of distinct layers among "
                 f"{', '.join(_gunw_read.LAYERS_BY_BAND)}"
@@ -161,8 +171,9 @@ class GunwSource(SourceAdapter):
 
     @property
     def hosts(self) -> _earthdata.Hosts:
-        return _earthdata.Hosts(cmr=str(self.option("cmr-host")),
-                                edl=str(self.option("earthdata-host")))  # fmt: skip
+        return _earthdata.Hosts(
+            cmr=str(self.option("cmr-host")), edl=str(self.option("earthdata-host"))
+        )
 
     def cache_dir(self) -> Path:
         if not self.options.cache_dir:
@@ -176,7 +187,9 @@ class GunwSource(SourceAdapter):
         if recipe.dtype not in ("float32", "float64") or recipe.scale != 1.0:
             raise ConfigError(f"recipe {recipe.name!r}: gunw chips are float32/float64, scale 1")
         if recipe.nodata is not None and not np.isnan(recipe.nodata):
-            raise ConfigError(f"recipe {recipe.name!r}: gunw chips use NaN as nodata (nodata: .nan)")
+            raise ConfigError(
+                f"recipe {recipe.name!r}: gunw chips use NaN as nodata (nodata: .nan)"
+            )
         saved = self.option("search-results")
         if saved and not Path(saved).expanduser().is_file():
             raise ConfigError(f"--search-results {saved}: no such file")
@@ -208,8 +221,9 @@ class GunwSource(SourceAdapter):
         self.catalog = {p.file_name: p for p in selected if p.file_name in used}
         sources = self._index_sources()
         self.local = {name: sources[name] for name in self.catalog if name in sources}
-        missing = [p for name, p in self.catalog.items()
-                   if name not in self.local and not self._cached(p)]  # fmt: skip
+        missing = [
+            p for name, p in self.catalog.items() if name not in self.local and not self._cached(p)
+        ]
         if missing:
             self._check_credentials(len(missing))
         return inputs
@@ -243,10 +257,17 @@ class GunwSource(SourceAdapter):
         )
         if not boxes:
             return []
-        key = hashlib.sha256(json.dumps({
-            "dataset": DATASET, "year": self.year, "cmr": self.hosts.cmr,
-            "boxes": [b.wkt for b in boxes],
-        }, sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "dataset": DATASET,
+                    "year": self.year,
+                    "cmr": self.hosts.cmr,
+                    "boxes": [b.wkt for b in boxes],
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:16]
         path = self.cache_dir() / SEARCH_FOLDER / f"gunw-{self.year}-{key}.geojson"
         if path.is_file() and not self.option("refresh-search"):
             return _gunw_catalog.load_results(path)
@@ -270,9 +291,13 @@ class GunwSource(SourceAdapter):
         for geometry in boxes:
             try:
                 results = asf_search.search(
-                    dataset=DATASET, intersectsWith=geometry.wkt, start=start, end=end,
-                    session=session, host=self.hosts.cmr,
-                )  # fmt: skip
+                    dataset=DATASET,
+                    intersectsWith=geometry.wkt,
+                    start=start,
+                    end=end,
+                    session=session,
+                    host=self.hosts.cmr,
+                )
                 results.raise_if_incomplete()
             except (asf_search.exceptions.ASFError, requests.RequestException, ValueError) as error:
                 first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
@@ -297,8 +322,9 @@ class GunwSource(SourceAdapter):
         paths = {name: self._product_path(name, None) for name in inputs}
         return self._chip(tile, inputs, paths)
 
-    def render_many(self, items: Sequence[tuple[GridTile, tuple[str, ...]]],
-                    context: RenderContext) -> Iterator[tuple[GridTile, Chip | Exception]]:  # fmt: skip
+    def render_many(
+        self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
+    ) -> Iterator[tuple[GridTile, Chip | Exception]]:
         """Fetch each product of the batch once, open it once, warp every tile from it."""
         paths: dict[str, str | Exception] = {}
         for _, inputs in items:
@@ -306,7 +332,7 @@ class GunwSource(SourceAdapter):
                 if name not in paths:
                     try:
                         paths[name] = self._product_path(name, context)
-                    except Exception as error:  # noqa: BLE001  (fails only its tiles)
+                    except Exception as error:  # (fails only its tiles)
                         paths[name] = error
         for tile, inputs in items:
             failed = next((paths[n] for n in inputs if isinstance(paths[n], Exception)), None)
@@ -315,7 +341,7 @@ class GunwSource(SourceAdapter):
                 continue
             try:
                 yield tile, self._chip(tile, inputs, paths)  # type: ignore[arg-type]
-            except Exception as error:  # noqa: BLE001  (one bad tile never costs the others)
+            except Exception as error:  # (one bad tile never costs the others)
                 yield tile, error
 
     def _product(self, name: str) -> GunwProduct:
@@ -335,9 +361,12 @@ class GunwSource(SourceAdapter):
 
         def download() -> Path:
             return cached_download(
-                product.url, self.cache_dir(), name=product.file_name,
-                session=_WorkerSession.get(self.hosts), expected_size=product.size,
-            )  # fmt: skip
+                product.url,
+                self.cache_dir(),
+                name=product.file_name,
+                session=_WorkerSession.get(self.hosts),
+                expected_size=product.size,
+            )
 
         if not product.url:
             raise SourceError(f"{name}: the search gives no download URL")
@@ -349,8 +378,7 @@ class GunwSource(SourceAdapter):
     def _chip(self, tile: GridTile, inputs: tuple[str, ...], paths: Mapping[str, str]) -> Chip:
         grid = tile.pixel_grid(self.recipe.resolution)
         resampling = Resampling[self.recipe.resampling.value]
-        products = sorted((self._product(name) for name in inputs),
-                          key=lambda p: (p.pair, p.name))  # fmt: skip
+        products = sorted((self._product(name) for name in inputs), key=lambda p: (p.pair, p.name))
         pairs: dict[tuple, list[GunwProduct]] = {}
         for product in products:
             pairs.setdefault(product.pair, []).append(product)
@@ -374,11 +402,15 @@ class GunwSource(SourceAdapter):
                 names.append(f"{prefixes[pair]}_{layer.band}")
                 metadata.append(_band_metadata(members, layer))
         return Chip(
-            data.astype(self.recipe.dtype, copy=False), tuple(names),
-            {"inputs": ";".join(sorted(inputs)), "pairs": str(len(pairs)),
-             "max_baseline_days": f"{self.max_baseline_days:g}"},
+            data.astype(self.recipe.dtype, copy=False),
+            tuple(names),
+            {
+                "inputs": ";".join(sorted(inputs)),
+                "pairs": str(len(pairs)),
+                "max_baseline_days": f"{self.max_baseline_days:g}",
+            },
             tuple(metadata),
-        )  # fmt: skip
+        )
 
 
 def _band_prefixes(pairs: Sequence[tuple[dt.date, dt.date, str, int]]) -> dict[tuple, str]:
