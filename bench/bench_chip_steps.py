@@ -32,7 +32,7 @@ from bench_fetch import NODATA, RESOLUTION, bench_tiles, make_sources, source_of
 from m3leo_tiles.geotiff import ChipEncoder, ChipKind, encode_with_gdal
 from m3leo_tiles.io import write_bytes_atomically
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.runner import Batch, render_batch
+from m3leo_tiles.worker import Batch, render_batch
 from m3leo_tiles.sources.base import FetchOptions, get_source
 from m3leo_tiles.sources.raster import _scratch
 
@@ -123,7 +123,7 @@ def main() -> int:
         chips_dir.mkdir()
 
         def whole_chip() -> None:
-            render_batch(Batch(adapter, str(chips_dir), items))
+            render_batch(adapter, Batch(str(chips_dir), items))
 
         warp_scratch()  # warm: GDAL block cache, open datasets, encoder templates
         encode_tifffile()

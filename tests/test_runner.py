@@ -22,7 +22,7 @@ import rasterio
 from distributed import Client, LocalCluster
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
-from m3leo_tiles import runner as runner_module
+from m3leo_tiles import cluster as cluster_module
 from m3leo_tiles.enums import TileStatus
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
@@ -259,7 +259,7 @@ def test_existing_cluster_via_scheduler_address(external_cluster, tmp_path: Path
 
 
 def test_unreachable_scheduler_is_a_config_error(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(runner_module, "CLIENT_TIMEOUT_S", 2)
+    monkeypatch.setattr(cluster_module, "CLIENT_TIMEOUT_S", 2)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

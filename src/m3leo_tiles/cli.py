@@ -155,8 +155,61 @@ def recipes() -> None:
         )
 
 
-@app.command()
+def _source_options_epilog() -> str:
+    """The options each source declares, for ``fetch --help`` (the CLI names no source)."""
+    from m3leo_tiles.sources.base import available_sources
+
+    lines = []
+    for name, adapter in available_sources().items():
+        if name.startswith("fake-") or name.startswith("slow-"):
+            continue  # test-only adapters registered by the test suite
+        for option in adapter.cli_options:
+            spelled = f"--{option.name}" + ("" if option.flag else f" {option.metavar}")
+            env = f" [env {option.env}]" if option.env else ""
+            default = f" [default {option.default}]" if option.default is not None else ""
+            lines.append(f"  {spelled:<28} {option.help}{env}{default}")
+    if not lines:
+        return ""
+    heading = "Source options (given to the recipe's source; never part of its hash):"
+    return "\b\n" + heading + "\n" + "\n".join(lines)
+
+
+def parse_source_options(args: list[str]) -> dict[str, str | bool]:
+    """``--name value``, ``--name=value`` and ``--flag`` from the arguments typer left over,
+    checked against the options that sources declare."""
+    from m3leo_tiles.sources.base import available_sources
+
+    declared = {o.name: o for a in available_sources().values() for o in a.cli_options}
+    values: dict[str, str | bool] = {}
+    rest = list(args)
+    while rest:
+        word = rest.pop(0)
+        name, equals, value = word.removeprefix("--").partition("=")
+        if not word.startswith("--") or name not in declared:
+            known = ", ".join(f"--{n}" for n in sorted(declared)) or "none"
+            raise ConfigError(
+                f"unknown option or argument {word!r} for fetch; source options: {known} "
+                "(see `m3leo-tiles fetch --help`)"
+            )
+        if declared[name].flag:
+            if equals:
+                raise ConfigError(f"--{name} is a switch and takes no value")
+            values[name] = True
+            continue
+        if not equals:
+            if not rest or rest[0].startswith("--"):
+                raise ConfigError(f"--{name} needs a value ({declared[name].metavar})")
+            value = rest.pop(0)
+        values[name] = value
+    return values
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=_source_options_epilog(),
+)
 def fetch(
+    ctx: typer.Context,
     recipe: Annotated[
         str,
         typer.Argument(help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file."),
@@ -192,6 +245,13 @@ def fetch(
         list[str] | None,
         typer.Option(help="Input file(s) replacing the recipe's own; repeat for several."),
     ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Shared download cache for remote sources (default OUT/.cache); safe to "
+            "share between runs and workers."
+        ),
+    ] = None,
     quiet: Annotated[
         bool,
         typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
@@ -214,6 +274,7 @@ def fetch(
     """
     from m3leo_tiles.runner import fetch as run_fetch
 
+    options = parse_source_options(list(ctx.args))
     report = run_fetch(
         recipe,
         aoi=aoi,
@@ -227,6 +288,8 @@ def fetch(
         limit=limit,
         overwrite=overwrite,
         sources=tuple(source or ()),
+        cache=cache,
+        options=options,
         progress=not quiet,
         grids_dir=grids_dir,
     )

@@ -32,6 +32,11 @@ class SourceError(Exception):
     """A per-tile failure in a source (corrupt or vanished input): recorded, never fatal."""
 
 
+class EmptyTileError(SourceError):
+    """The source has no data for this tile (e.g. no image in a time window): recorded
+    ``empty`` with this message as the reason, not ``failed``, and not retried."""
+
+
 class TransientSourceError(SourceError):
     """A per-tile failure worth retrying with backoff (quota, timeout, 5xx)."""
 

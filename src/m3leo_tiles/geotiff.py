@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,6 +41,10 @@ from rasterio.io import MemoryFile
 TILED_FROM_PX = 256  # smaller chips are one strip: tiling them only adds padding
 BLOCK_PX = 256
 DEFLATE_LEVEL = 6  # GDAL's default ZLEVEL, so both encoders make the same trade-off
+# Kinds remembered per process. A dataset has a handful (one per UTM zone); a source whose
+# band list changes per tile (GUNW pairs) would otherwise grow the cache with every tile.
+MAX_TEMPLATES = 64
+BAND_ROLES = ("scale", "offset")  # band metadata keys written as GDAL's scale and offset
 # TIFF tags: GeoTIFF's georeferencing, and GDAL's own nodata and metadata tags.
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
 GEO_KEYS, GEO_DOUBLES, GEO_ASCII = 34735, 34736, 34737
@@ -103,15 +108,33 @@ def gdal_profile(kind: ChipKind, transform: Affine) -> dict:
 
 
 def encode_with_gdal(
-    data: np.ndarray, kind: ChipKind, transform: Affine, tags: Mapping[str, str]
+    data: np.ndarray,
+    kind: ChipKind,
+    transform: Affine,
+    tags: Mapping[str, str],
+    band_tags: Sequence[Mapping[str, str]] = (),
 ) -> bytes:
-    """GDAL's own encoding of a chip: the reference, and the template of each kind."""
+    """GDAL's own encoding of a chip: the reference, the template of each kind, and the
+    encoder of chips with per-band metadata (``scale``/``offset`` become GDAL's own)."""
     with MemoryFile() as memory:
         with memory.open(**gdal_profile(kind, transform)) as dataset:
             dataset.write(data.astype(kind.dtype, copy=False))
             for index, name in enumerate(kind.band_names, start=1):
                 dataset.set_band_description(index, name)
             dataset.update_tags(**tags)
+            if band_tags:
+                roles = {role: [1.0 if role == "scale" else 0.0] * kind.count
+                         for role in BAND_ROLES}  # fmt: skip
+                for index, metadata in enumerate(band_tags, start=1):
+                    plain = {k: str(v) for k, v in metadata.items() if k not in BAND_ROLES}
+                    if plain:
+                        dataset.update_tags(index, **plain)
+                    for role in BAND_ROLES:
+                        if role in metadata:
+                            roles[role][index - 1] = float(metadata[role])
+                if any(role in m for m in band_tags for role in BAND_ROLES):
+                    dataset.scales = roles["scale"]
+                    dataset.offsets = roles["offset"]
         return memory.read()
 
 
@@ -174,17 +197,26 @@ class ChipEncoder:
     Thread-safe: templates are built under a lock and never change afterwards.
     """
 
-    def __init__(self) -> None:
-        self._templates: dict[ChipKind, Template | None] = {}
+    def __init__(self, max_templates: int = MAX_TEMPLATES) -> None:
+        self._templates: OrderedDict[ChipKind, Template | None] = OrderedDict()
+        self._max_templates = max_templates
         self._lock = threading.Lock()
 
     def _template(self, kind: ChipKind, transform: Affine) -> Template | None:
-        template = self._templates.get(kind, False)
-        if template is False:
-            with self._lock:
-                template = Template.from_gdal(kind, transform)
-                self._templates[kind] = template
-        return template  # type: ignore[return-value]
+        with self._lock:
+            if kind in self._templates:
+                self._templates.move_to_end(kind)
+                return self._templates[kind]
+        template = Template.from_gdal(kind, transform)
+        with self._lock:
+            self._templates[kind] = template
+            while len(self._templates) > self._max_templates:
+                self._templates.popitem(last=False)
+        return template
+
+    @property
+    def template_count(self) -> int:
+        return len(self._templates)
 
     def encode(
         self,
@@ -195,6 +227,7 @@ class ChipEncoder:
         nodata: float | None,
         band_names: Sequence[str],
         tags: Mapping[str, str],
+        band_tags: Sequence[Mapping[str, str]] = (),
     ) -> bytes:
         count, height, width = data.shape
         kind = ChipKind(
@@ -209,6 +242,8 @@ class ChipEncoder:
             tag_names=tuple(sorted(tags)),
         )
         data = data.astype(dtype, copy=False)
+        if band_tags:  # per-band metadata differs from chip to chip: GDAL writes these
+            return encode_with_gdal(data, kind, transform, tags, band_tags)
         north_up = transform.b == 0 and transform.d == 0 and transform.e < 0
         template = self._template(kind, transform) if north_up else None
         if template is None:

@@ -49,6 +49,12 @@ def encode_chip(chip: Chip, grid: PixelGrid, recipe: Recipe, tags: Mapping[str, 
         raise ValueError(
             f"chip is {chip.data.shape[1:]} pixels but its grid is {(grid.height, grid.width)}"
         )
+    if len(chip.band_names) != chip.data.shape[0]:
+        raise ValueError(f"chip has {chip.data.shape[0]} bands but {len(chip.band_names)} names")
+    if chip.band_metadata and len(chip.band_metadata) != chip.data.shape[0]:
+        raise ValueError(
+            f"chip has {chip.data.shape[0]} bands but metadata for {len(chip.band_metadata)}"
+        )
     return _ENCODER.encode(
         chip.data,
         grid.crs,
@@ -57,6 +63,7 @@ def encode_chip(chip: Chip, grid: PixelGrid, recipe: Recipe, tags: Mapping[str, 
         recipe.nodata,
         chip.band_names,
         chip_tags(recipe, tags),
+        chip.band_metadata,
     )
 
 

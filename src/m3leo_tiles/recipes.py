@@ -54,6 +54,7 @@ class Recipe:
     windows: tuple[TimeWindow, ...] = ()
     reducer: str | None = None
     default_year: int | None = None
+    bands_per_tile: bool = False  # the source names each chip's bands (GUNW: one per pair)
     path: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +76,7 @@ class Recipe:
             "params": dict(self.params),
             "windows": [vars(w) for w in self.windows],
             "reducer": self.reducer,
+            **({"bands_per_tile": True} if self.bands_per_tile else {}),
         }
 
     @cached_property
@@ -178,8 +180,10 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 # --- parsing and validation -----------------------------------------------------------------
 
-_REQUIRED = ("source", "resolution", "bands")
+_REQUIRED = ("source", "resolution")
 _OPTIONAL = (
+    "bands",
+    "bands_per_tile",
     "name",
     "description",
     "params",
@@ -251,8 +255,14 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         pixels_per_side(resolution)
     except ConfigError as error:
         raise _fail(where, "resolution", str(error)) from None
-    bands = data["bands"]
-    if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):
+    bands_per_tile = data.get("bands_per_tile", False)
+    if not isinstance(bands_per_tile, bool):
+        raise _fail(where, "bands_per_tile", "must be true or false")
+    bands = data.get("bands", [] if bands_per_tile else None)
+    if bands is None:
+        raise _fail(where, "bands", "is required (or set bands_per_tile: true)")
+    if not (isinstance(bands, list) and (bands or bands_per_tile)
+            and all(isinstance(b, str) for b in bands)):  # fmt: skip
         raise _fail(where, "bands", "must be a non-empty list of band names")
     if len(set(bands)) != len(bands):
         raise _fail(where, "bands", "band names must be unique")
@@ -292,6 +302,7 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         windows=_windows(where, data.get("windows")),
         reducer=data.get("reducer"),
         default_year=default_year,
+        bands_per_tile=bands_per_tile,
         path=str(path.resolve()) if path else None,
     )
 

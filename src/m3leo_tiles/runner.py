@@ -1,4 +1,9 @@
-"""The chip engine: turn the tiles of a grid into aligned chips of one recipe, resumably.
+"""The chip engine's public API: turn the tiles of a grid into aligned chips, resumably.
+
+The pieces of a run live in their own modules: ``planning`` (the driver decides what is done
+and batches the rest), ``worker`` (a task renders a batch and writes its chips), ``cluster``
+(our LocalCluster or an existing one, and the request budget); this module holds the run
+itself and what users call.
 
 Why it is shaped this way:
 
@@ -19,17 +24,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3leo_tiles.cluster import (
+    dask_client,
+    quiet_dask_logs,
+    refuse_in_starting_worker,
+    request_budget,
+)
 from m3leo_tiles.enums import Split, TileStatus
-from m3leo_tiles.errors import ConfigError, DiskFullError, SourceError, TransientSourceError
+from m3leo_tiles.errors import ConfigError, DiskFullError
 from m3leo_tiles.locking import DatasetLock
 from m3leo_tiles.manifest import (
     MANIFEST_NAME,
@@ -39,24 +50,47 @@ from m3leo_tiles.manifest import (
     now_iso,
     read_manifest,
 )
+from m3leo_tiles.planning import Plan, batch_size_for, make_plan
 from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.sources.base import FetchOptions, SourceAdapter, get_source
+from m3leo_tiles.worker import Batch, Budget, reason_of, render_batch
 
 if TYPE_CHECKING:
-    from distributed import Client, Future, LocalCluster
+    from distributed import Client, Future
 
     from m3leo_tiles.grid.tile import GridTile
 
 LOG_NAME = "fetch.log"
-MIN_BATCH, MAX_BATCH = 1, 256
-BATCHES_PER_THREAD = 8  # enough batches for load balancing, few enough to amortise overhead
+CACHE_DIR_NAME = ".cache"
 IN_FLIGHT_PER_THREAD = 3  # keeps every worker busy while results travel, memory bounded
-TRANSIENT_ATTEMPTS = 3
-TRANSIENT_BACKOFF_S = 0.5
-CLIENT_TIMEOUT_S = 20
-GDAL_CACHE_MB = 256  # per local worker process
 
 log = logging.getLogger("m3leo_tiles.fetch")
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """Everything one run needs besides the recipe and tiles: how and where to fetch.
+
+    One object instead of a dozen keyword arguments handed through every layer; the CLI and
+    the Python API both build it. Nothing here changes the recipe's hash.
+    """
+
+    aoi: str
+    year: int | None = None
+    out: Path = Path("data")
+    workers: int | None = None
+    scheduler: str | None = None
+    overwrite: bool = False
+    sources: tuple[str, ...] = ()
+    cache: Path | None = None  # shared download cache; default OUT/.cache
+    options: Mapping[str, Any] = field(default_factory=dict)  # the sources' declared options
+    progress: bool = True
+
+    def fetch_options(self, recipe: Recipe) -> FetchOptions:
+        year = self.year if self.year is not None else recipe.default_year
+        cache = self.cache if self.cache is not None else Path(self.out) / CACHE_DIR_NAME
+        return FetchOptions(year=year, sources=tuple(self.sources), cache_dir=str(cache),
+                            extra=dict(self.options))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,342 +127,6 @@ class FetchReport:
         )
 
 
-# --- worker side ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Tiles that share inputs, rendered by one task: what travels to a worker."""
-
-    adapter: SourceAdapter
-    dataset_dir: str
-    items: tuple[tuple[GridTile, tuple[str, ...]], ...]
-
-
-def _render_with_retries(adapter: SourceAdapter, tile: GridTile, inputs: tuple[str, ...]) -> Any:
-    """Transient errors (quota, timeouts) are retried here, near the data, with backoff."""
-    for attempt in range(TRANSIENT_ATTEMPTS):
-        try:
-            return adapter.render(tile, inputs)
-        except TransientSourceError:
-            if attempt == TRANSIENT_ATTEMPTS - 1:
-                raise
-            time.sleep(TRANSIENT_BACKOFF_S * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip() or "no message"
-    return f"{type(error).__name__}: {text}"
-
-
-def render_batch(batch: Batch) -> list[ManifestRow]:
-    """Runs on a worker: render, test for emptiness, write; returns rows, never arrays.
-
-    The adapter renders the whole batch (``render_many``), so a source can share one read
-    or warp between neighbouring tiles; transient errors are retried per tile. A full disk
-    is raised, not recorded: every further chip would fail the same way.
-    """
-    import rasterio
-
-    from m3leo_tiles.io import chip_is_empty, write_chip
-
-    adapter = batch.adapter
-    recipe = adapter.recipe
-    recipe_hash = recipe.recipe_hash
-    folder = Path(batch.dataset_dir)
-    inputs_of = {tile.identifier: inputs for tile, inputs in batch.items}
-    rows = []
-    started = time.perf_counter()
-    with rasterio.Env():  # one GDAL environment for the batch, not one per call
-        for tile, outcome in adapter.render_many(batch.items):
-            inputs = inputs_of[tile.identifier]
-            try:
-                if isinstance(outcome, TransientSourceError):
-                    outcome = _render_with_retries(adapter, tile, inputs)
-                if isinstance(outcome, Exception):
-                    raise outcome
-                if chip_is_empty(outcome, recipe.nodata):
-                    status, reason = TileStatus.EMPTY, "only nodata"
-                else:
-                    grid = tile.pixel_grid(recipe.resolution)
-                    tags = {"tile_id": tile.identifier, "inputs": ";".join(inputs)}
-                    write_chip(folder / f"{tile.identifier}.tif", outcome, grid, recipe, tags)
-                    status, reason = TileStatus.OK, ""
-            except DiskFullError:
-                raise
-            except SourceError as error:
-                status, reason = TileStatus.FAILED, _reason(error)
-            except Exception as error:  # a bug or an unwrapped library error: still one tile
-                status, reason = TileStatus.FAILED, f"unexpected {_reason(error)}"
-            finished = time.perf_counter()
-            rows.append(
-                ManifestRow(
-                    identifier=tile.identifier,
-                    status=status,
-                    reason=reason,
-                    inputs=inputs,
-                    seconds=finished - started,
-                    recipe_hash=recipe_hash,
-                    finished_at=now_iso(),
-                )
-            )
-            started = finished
-    return rows
-
-
-# --- driver side: what to do ----------------------------------------------------------------
-
-
-Item = tuple["GridTile", tuple[str, ...]]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The driver's decision for this run: what is done, and tiles grouped by shared inputs."""
-
-    skipped: int
-    adopted: tuple[ManifestRow, ...]
-    no_source: tuple[ManifestRow, ...]
-    groups: tuple[tuple[Item, ...], ...]
-
-    @property
-    def to_render(self) -> int:
-        return sum(len(g) for g in self.groups)
-
-    def batches(self, threads: int) -> list[tuple[Item, ...]]:
-        """Chunks of the groups sized for ``threads``; a batch never mixes input sets."""
-        size = batch_size_for(self.to_render, threads)
-        return [
-            group[start : start + size]
-            for group in self.groups
-            for start in range(0, len(group), size)
-        ]
-
-
-def _is_done(row: ManifestRow | None, has_file: bool, recipe_hash: str) -> bool:
-    if row is None or row.recipe_hash != recipe_hash:
-        return False
-    if row.status is TileStatus.OK:
-        return has_file
-    return row.status.is_done
-
-
-def _adopt(path: Path, identifier: str, recipe_hash: str) -> ManifestRow | None:
-    """A chip written by a worker whose driver died before recording it: keep it if it is ours."""
-    from m3leo_tiles.io import read_chip_tags
-
-    try:
-        tags = read_chip_tags(path)
-    except Exception:  # unreadable: not whole, redo it
-        return None
-    if tags.get("recipe_hash") != recipe_hash:
-        return None
-    inputs = tuple(i for i in str(tags.get("inputs", "")).split(";") if i)
-    return ManifestRow(identifier, TileStatus.OK, "adopted", inputs, 0.0, recipe_hash, now_iso())
-
-
-def batch_size_for(count: int, threads: int) -> int:
-    """Big batches amortise task overhead; enough of them keep every thread busy."""
-    wanted = -(-count // max(1, threads * BATCHES_PER_THREAD))
-    return max(MIN_BATCH, min(MAX_BATCH, wanted))
-
-
-def make_plan(
-    adapter: SourceAdapter,
-    tiles: Sequence[GridTile],
-    dataset_dir: Path,
-    rows: Mapping[str, ManifestRow],
-    *,
-    overwrite: bool,
-) -> Plan:
-    recipe_hash = adapter.recipe.recipe_hash
-    present = {entry.name for entry in os.scandir(dataset_dir) if entry.name.endswith(".tif")}
-    todo: list[GridTile] = []
-    adopted: list[ManifestRow] = []
-    skipped = 0
-    for tile in tiles:
-        identifier = tile.identifier
-        has_file = f"{identifier}.tif" in present
-        row = rows.get(identifier)
-        if not overwrite:
-            if _is_done(row, has_file, recipe_hash):
-                skipped += 1
-                continue
-            if row is None and has_file:
-                kept = _adopt(dataset_dir / f"{identifier}.tif", identifier, recipe_hash)
-                if kept is not None:
-                    adopted.append(kept)
-                    continue
-        todo.append(tile)
-
-    inputs_of = adapter.plan(todo) if todo else {}
-    groups: dict[tuple[str, ...], list[GridTile]] = {}
-    no_source: list[ManifestRow] = []
-    for tile in todo:
-        inputs = tuple(inputs_of.get(tile.identifier, ()))
-        if not inputs:
-            no_source.append(
-                ManifestRow(
-                    tile.identifier,
-                    TileStatus.NO_SOURCE,
-                    "no input covers this tile",
-                    (),
-                    0.0,
-                    recipe_hash,
-                    now_iso(),
-                )
-            )
-        else:
-            groups.setdefault(inputs, []).append(tile)
-    grouped = tuple(tuple((tile, inputs) for tile in group) for inputs, group in groups.items())
-    return Plan(skipped, tuple(adopted), tuple(no_source), grouped)
-
-
-# --- driver side: running -------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_dask_logs(level: int = logging.ERROR) -> Iterator[None]:
-    """dask logs every worker start, loss and close at INFO; users need only its errors."""
-    names = [
-        name
-        for name in list(logging.root.manager.loggerDict)
-        if name.split(".")[0] in {"distributed", "dask", "tornado"}
-    ] + ["distributed"]
-    previous = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(level)
-    try:
-        yield
-    finally:
-        for name, old_level in previous.items():
-            logging.getLogger(name).setLevel(old_level)
-
-
-@contextlib.contextmanager
-def _dask_client(workers: int | None, scheduler: str | None) -> Iterator[Client]:
-    """A client on an existing cluster (never shut down by us) or on our own LocalCluster."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    cluster: LocalCluster | None = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout=CLIENT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError) as error:
-            raise ConfigError(
-                f"cannot reach the dask scheduler at {scheduler} ({error}); start one with "
-                "`dask scheduler` or leave out --scheduler to run locally"
-            ) from None
-        try:
-            client.wait_for_workers(1, timeout=CLIENT_TIMEOUT_S)
-        except TimeoutError:
-            client.close()
-            raise ConfigError(
-                f"the dask scheduler at {scheduler} has no workers; start some with "
-                f"`dask worker {scheduler}`"
-            ) from None
-    else:
-        count = workers if workers is not None else (os.cpu_count() or 1)
-        if count < 1:
-            raise ConfigError(f"--workers must be at least 1, got {count}")
-        # GDAL's block cache defaults to 5 % of RAM per process and fills up as inputs are
-        # read: workers' memory would grow with the tile count. A fixed cache keeps it flat.
-        os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
-        # dask's statistical profiler samples every worker thread's stack every 10 ms: a
-        # quarter of the CPU of small-chip work on a 2-core machine. Nobody reads it here.
-        # dask also starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand
-        # memory back after nearly every GDAL call: 15 % slower chips, measured; our workers'
-        # memory is bounded by GDAL's cache, not by what malloc keeps.
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        # The scheduler and the nannies share the driver's process, and with the workers'
-        # own event loops they take CPU from the chips on a small machine. Our tasks are
-        # few, large and bounded in flight, and our workers' memory is bounded by GDAL's
-        # cache, so slower monitors and no work stealing cost nothing here: 8 % more chips/s
-        # on 2 cores, measured (bench/RESULTS.md). A cluster given with --scheduler keeps
-        # its own settings.
-        settings = {
-            "distributed.worker.profile.enabled": False,
-            "distributed.nanny.pre-spawn-environ": environ,
-            "distributed.scheduler.work-stealing": False,
-            "distributed.admin.tick.interval": "500ms",
-            "distributed.worker.memory.monitor-interval": "1s",
-            "distributed.admin.system-monitor.interval": "2s",
-        }
-        _check_main_can_be_respawned()
-        # dask logs a worker that fails to start as a traceback; we say it in one line.
-        with dask.config.set(settings), _quiet_dask_logs(logging.CRITICAL + 1):
-            try:
-                cluster = LocalCluster(
-                    n_workers=count,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address="127.0.0.1:0",  # never clash with another run's 8787
-                    silence_logs=logging.CRITICAL,  # task errors are ours to report
-                )
-            except RuntimeError as error:  # "Nanny failed to start": the workers died at birth
-                raise ConfigError(
-                    f"the local dask workers did not start ({error}); if you call fetch from a "
-                    'script, put the call under `if __name__ == "__main__":`, or use a running '
-                    "cluster (scheduler=ADDRESS, --scheduler on the command line)"
-                ) from None
-        client = Client(cluster, set_as_default=False)
-    try:
-        yield client
-    except KeyboardInterrupt:
-        if cluster is not None:
-            _kill_workers(cluster)
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            client.close(timeout=10)
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close(timeout=10)
-
-
-def refuse_in_starting_worker() -> None:
-    """Stop a script that calls ``fetch`` at import time from running again in each worker.
-
-    dask starts local workers with multiprocessing's *spawn*, which re-imports the script that
-    started them; an unguarded ``fetch(...)`` would then plan again and try to start a
-    cluster inside every starting worker, which Python refuses with a long traceback. This
-    ends such a worker with one line instead; the driver then reports a ConfigError.
-    """
-    import multiprocessing
-
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise SystemExit(
-            "error: fetch() ran again while a dask worker process was starting, because the "
-            'script calls it at import time; put the call under `if __name__ == "__main__":`'
-        )
-
-
-def _check_main_can_be_respawned() -> None:
-    """Workers re-import the driver's main script; a script read from stdin cannot be."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if getattr(main, "__spec__", None) is None and path and not os.path.isfile(path):
-        raise ConfigError(
-            f"local dask workers re-import the script that starts them, and {path} cannot be "
-            "re-imported; save the script to a file (the call under "
-            '`if __name__ == "__main__":`) or use a running cluster (scheduler=ADDRESS)'
-        )
-
-
-def _kill_workers(cluster: LocalCluster) -> None:
-    """On Ctrl-C, stop our own workers at once: a task can't be cancelled mid-tile, and a
-    graceful close would wait for it and then print the worker's own KeyboardInterrupt.
-    Chips they were writing stay hidden ``.part`` files, which the next run removes."""
-    for nanny in list(getattr(cluster, "workers", {}).values()):
-        pid = getattr(getattr(nanny, "process", None), "pid", None)
-        if pid:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-
-
 def _failed_rows(batch: Batch, reason: str, recipe_hash: str) -> list[ManifestRow]:
     finished = now_iso()
     return [
@@ -443,12 +141,12 @@ def _rows_of(future: Future, batch: Batch, recipe_hash: str) -> list[ManifestRow
         try:
             return list(future.result())
         except Exception as error:
-            return _failed_rows(batch, f"task lost: {_reason(error)}", recipe_hash)
+            return _failed_rows(batch, f"task lost: {reason_of(error)}", recipe_hash)
     if future.status == "error":
         error = future.exception()
         if isinstance(error, DiskFullError):  # fatal: every further chip would fail alike
             raise error
-        return _failed_rows(batch, f"task failed: {_reason(error)}", recipe_hash)
+        return _failed_rows(batch, f"task failed: {reason_of(error)}", recipe_hash)
     return _failed_rows(batch, f"task {future.status}", recipe_hash)
 
 
@@ -498,42 +196,43 @@ def _make_dataset_dir(out: Path, aoi: str, dataset: str) -> Path:
 
 
 def fetch_tiles(
-    recipe: Recipe,
-    tiles: Sequence[GridTile],
-    *,
-    aoi: str,
-    year: int | None = None,
-    out: Path = Path("data"),
-    workers: int | None = None,
-    scheduler: str | None = None,
-    overwrite: bool = False,
-    sources: Sequence[str] = (),
-    progress: bool = True,
+    recipe: Recipe, tiles: Sequence[GridTile], request: FetchRequest | None = None, **kwargs: Any
 ) -> FetchReport:
-    """Render ``tiles`` (already selected) into ``out/<aoi>/<dataset>``; see ``fetch``."""
+    """Render ``tiles`` (already selected) into ``out/<aoi>/<dataset>``; see ``fetch``.
+
+    ``request`` says how; keyword arguments are its fields, for callers who prefer them
+    (``fetch_tiles(recipe, tiles, aoi="demo", workers=2)``).
+    """
     from m3leo_tiles.io import remove_partials
 
     refuse_in_starting_worker()
+    if request is None:
+        kwargs["sources"] = tuple(kwargs.get("sources", ()))
+        request = FetchRequest(**kwargs)
+    elif kwargs:
+        request = replace(request, **kwargs)
     started = time.perf_counter()
-    year = year if year is not None else recipe.default_year
-    adapter = get_source(recipe.source)(recipe, FetchOptions(year=year, sources=tuple(sources)))
+    options = request.fetch_options(recipe)
+    adapter = get_source(recipe.source)(recipe, options)
     adapter.check()
-    dataset_dir = _make_dataset_dir(Path(out), aoi, recipe.dataset_name(year))
+    dataset_dir = _make_dataset_dir(Path(request.out), request.aoi,
+                                    recipe.dataset_name(options.year))  # fmt: skip
     counts: Counter[TileStatus] = Counter()
-    recipe_hash = recipe.recipe_hash
 
-    with _run_logging(dataset_dir, console=progress), DatasetLock(dataset_dir):
+    with _run_logging(dataset_dir, console=request.progress), DatasetLock(dataset_dir):
         log.info(
             "fetch %s (hash %s) into %s: %d tiles, workers=%s, scheduler=%s, overwrite=%s, "
-            "sources=%s",
+            "sources=%s, cache=%s, options=%s",
             recipe.name,
-            recipe_hash,
+            recipe.recipe_hash,
             dataset_dir,
             len(tiles),
-            workers,
-            scheduler,
-            overwrite,
-            list(sources),
+            request.workers,
+            request.scheduler,
+            request.overwrite,
+            list(request.sources),
+            options.cache_dir,
+            sorted(request.options),  # names only: values may hold endpoints with keys
         )
         removed = remove_partials(dataset_dir)
         if removed:
@@ -544,7 +243,7 @@ def fetch_tiles(
         interrupted = False
         skipped = 0
         try:
-            plan = make_plan(adapter, tiles, dataset_dir, previous, overwrite=overwrite)
+            plan = make_plan(adapter, tiles, dataset_dir, previous, overwrite=request.overwrite)
             skipped = plan.skipped + len(plan.adopted)
             writer.write(plan.adopted + plan.no_source)
             counts[TileStatus.NO_SOURCE] += len(plan.no_source)
@@ -556,9 +255,10 @@ def fetch_tiles(
                 plan.to_render,
             )
             if plan.to_render:  # a rerun with nothing left to do starts no cluster
-                with _quiet_dask_logs(), _dask_client(workers, scheduler) as client:
+                with quiet_dask_logs(), dask_client(request.workers, request.scheduler) as client:
                     try:
-                        _run_batches(client, adapter, dataset_dir, plan, writer, counts, progress)
+                        _run_batches(client, adapter, dataset_dir, plan, writer, counts,
+                                     request.progress)  # fmt: skip
                     except KeyboardInterrupt:
                         interrupted = True
                         raise
@@ -589,6 +289,20 @@ def fetch_tiles(
     return report
 
 
+def _budget(client: Client, adapter: SourceAdapter, threads: int) -> Budget | None:
+    """The run's request budget, when the source is I/O-bound: one semaphore for the cluster,
+    and threads per worker so that the workers together can fill it."""
+    limit = adapter.concurrency()
+    if not limit:
+        return None
+    name = request_budget(client, limit, f"m3leo-{adapter.name}-{uuid.uuid4().hex[:8]}")
+    workers = max(1, len(client.nthreads()))
+    per_worker = max(1, -(-int(limit) // workers))
+    log.info("request budget: %d in flight across %d workers (%d threads each)", limit,
+             workers, per_worker)  # fmt: skip
+    return Budget(name=str(name), limit=int(limit), threads=per_worker)
+
+
 def _run_batches(
     client: Client,
     adapter: SourceAdapter,
@@ -604,10 +318,14 @@ def _run_batches(
     recipe_hash = adapter.recipe.recipe_hash
     threads = max(1, sum(client.nthreads().values()))
     limit = max(2, IN_FLIGHT_PER_THREAD * threads)
+    budget = _budget(client, adapter, threads)
     all_batches = plan.batches(threads)
     log.info(
         "rendering %d tiles in %d batches on %d threads", plan.to_render, len(all_batches), threads
     )
+    # The adapter goes to every worker once; batches refer to it. A worker that joins later
+    # fetches it from a peer.
+    [shared_adapter] = client.scatter([adapter], broadcast=True, hash=False)
     batches = iter(all_batches)
     pending: dict[str, tuple[Future, Batch]] = {}
     bar = tqdm(
@@ -625,8 +343,8 @@ def _run_batches(
         items = next(batches, None)
         if items is None:
             return None
-        batch = Batch(adapter, str(dataset_dir), items)
-        future = client.submit(render_batch, batch, pure=False, retries=0)
+        batch = Batch(str(dataset_dir), items, budget)
+        future = client.submit(render_batch, shared_adapter, batch, pure=False, retries=0)
         pending[future.key] = (future, batch)
         return future
 
@@ -664,6 +382,14 @@ def _run_batches(
         raise
     finally:
         bar.close()
+        if budget is not None:
+            with contextlib.suppress(Exception):
+                client.sync(_close_semaphore, client, budget.name)
+
+
+async def _close_semaphore(client: Client, name: str) -> None:
+    """Forget the run's semaphore on the scheduler (an existing cluster outlives the run)."""
+    await client.scheduler.semaphore_close(name=name)
 
 
 # --- the public entry point -----------------------------------------------------------------
@@ -720,6 +446,8 @@ def fetch(
     limit: int | None = None,
     overwrite: bool = False,
     sources: Sequence[str] = (),
+    cache: Path | None = None,
+    options: Mapping[str, Any] | None = None,
     progress: bool = True,
     grids_dir: Path = Path("grids"),
 ) -> FetchReport:
@@ -728,7 +456,10 @@ def fetch(
     The grid is ``grid`` (a grid file), or the grid of ``aoi`` (built if missing), or the only
     grid under ``grids_dir``. ``split``, ``tiles`` (a file of ids) and ``limit`` narrow it.
     Raises ``ConfigError`` for bad input before any work; per-tile problems never raise, they
-    are counted in the report and recorded in the dataset's manifest.
+    are counted in the report and recorded in the dataset's manifest. ``cache`` is the shared
+    download cache (default ``out/.cache``); ``options`` are the values of options that
+    sources declare (``m3leo-tiles fetch --help`` lists them), by name, e.g.
+    ``{"ee-url": "http://127.0.0.1:8080"}``.
     """
     from m3leo_tiles.grid import ensure_grid, read_grid
 
@@ -753,22 +484,24 @@ def fetch(
             f"no tiles selected from {grid_path} (split={chosen_split}, tiles file={tiles}); "
             "check the split name and the ids"
         )
-    return fetch_tiles(
-        loaded,
-        selected,
+    request = FetchRequest(
         aoi=the_grid.aoi,
         year=year,
-        out=out,
+        out=Path(out),
         workers=workers,
         scheduler=scheduler,
         overwrite=overwrite,
-        sources=sources,
+        sources=tuple(sources),
+        cache=Path(cache) if cache is not None else None,
+        options=dict(options or {}),
         progress=progress,
     )
+    return fetch_tiles(loaded, selected, request)
 
 
 __all__ = [
     "FetchReport",
+    "FetchRequest",
     "batch_size_for",
     "fetch",
     "fetch_tiles",

@@ -80,11 +80,6 @@ def _register_slow_raster() -> None:
             time.sleep(float(os.environ.get("M3LEO_TEST_SLEEP", "0.2")))
             return super().render(tile, inputs)
 
-        def render_many(self, items):
-            # Blocks of tiles are warped together without calling render: sleep per tile here.
-            for tile, inputs in items:
-                yield from super().render_many([(tile, inputs)])
-
     SlowRaster.__qualname__ = "SlowRaster"  # pickled by reference on the workers
     globals()["SlowRaster"] = SlowRaster
 

@@ -77,7 +77,7 @@ class QuietHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: LoopbackServer
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _accounted(self, method: str, respond: Callable[[], None]) -> None:
@@ -105,7 +105,7 @@ class QuietHandler(BaseHTTPRequestHandler):
             body = {"requests": log.requests, "peak_in_flight": log.peak_in_flight}
         self.send_bytes(200, json.dumps(body).encode(), "application/json")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._accounted("POST", lambda: self.send_bytes(404, b"not found", "text/plain"))
 
     def send_bytes(self, status: int, body: bytes, content_type: str = "application/octet-stream",
@@ -127,10 +127,10 @@ class RangeFileHandler(QuietHandler):
     length but stops early and closes, as a dropped connection does.
     """
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._accounted("HEAD", lambda: self._serve(head=True))
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._accounted("GET", lambda: self._serve(head=False))
 
     def _serve(self, head: bool) -> None:

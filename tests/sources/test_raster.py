@@ -23,7 +23,7 @@ from m3leo_tiles.errors import ConfigError, SourceError
 from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
 from m3leo_tiles.io import chip_is_empty, write_chip
 from m3leo_tiles.recipes import parse_recipe
-from m3leo_tiles.sources.base import FetchOptions, get_source
+from m3leo_tiles.sources.base import FetchOptions, RenderContext, get_source
 
 S2_B05 = "s2/s2_B05.jp2"
 S1_VV = "s1/S1A__IW___A_20150309T173017_VV_grd_mli_geo_norm_db.tif"
@@ -349,7 +349,7 @@ def test_batch_of_tiles_equals_each_tile_alone(shared_data: Path, tmp_path: Path
     plan = source.plan(tiles)
     items = [(tile, plan[tile.identifier]) for tile in tiles]
     items.append((Tile.from_point(128.658, 37.668), (str(shared_data / "raster/corrupt.tif"),)))
-    batched = dict(source.render_many(items))
+    batched = dict(source.render_many(items, RenderContext()))
     assert isinstance(batched.pop(items[-1][0]), SourceError)
     assert set(batched) == set(tiles)
     land = 0

@@ -6,33 +6,106 @@ talks to this contract, so adding a source never touches the runner, the CLI or 
 
 Life cycle, and why it is split this way:
 
-* ``SourceAdapter(recipe, options)`` is built on the driver; it must be cheap and picklable,
-  because the same instance is shipped to every dask worker.
+* ``SourceAdapter(recipe, options)`` is built on the driver; it must be cheap and picklable.
+  The runner ships it to each dask worker once (not inside every batch).
 * ``check()`` runs once on the driver before any work: missing credentials, unreachable
   configuration and the like become one clear error (exit 2) instead of a million failures.
 * ``plan(tiles)`` runs once on the driver: one search for the whole AOI, one index of a
-  mosaic's footprints. It returns the inputs each tile needs; the runner batches tiles that
-  share inputs, and tiles with no input are recorded as ``no-source`` without a task.
-* ``render(tile, inputs)`` runs on a worker per tile and returns the chip on the tile's pixel
-  grid (or raises ``SourceError`` for a per-tile failure that is recorded, not fatal).
+  mosaic's footprints. It returns the inputs each tile needs; the runner batches tiles whose
+  ``batch_key`` is equal, and tiles with no input are recorded as ``no-source`` without a task.
+* ``setup_worker()`` runs once per worker process before its first batch: clients that hold
+  credentials which do not pickle (Earth Engine) are initialised there, not per tile.
+* ``render_many(items, context)`` is the only way a worker renders. The default renders each
+  tile with ``render`` under the adapter's ``retry_policy``; when the adapter declares a
+  ``concurrency`` (requests it may have in flight across the whole cluster), tiles are spread
+  over threads and every render holds one slot of the cluster-wide budget. A source overrides
+  it to share work between tiles (one read, one warp), yielding exactly one outcome per tile.
+* ``render(tile, inputs)`` returns the chip on the tile's pixel grid, or raises
+  ``SourceError`` (recorded, not fatal) or ``TransientSourceError`` (retried).
+
+Run-time options that are not part of a recipe (endpoints, concurrency, saved searches) are
+declared by each adapter as ``cli_options``; the CLI offers every declared option on
+``fetch`` and hands the values over in ``FetchOptions.extra``, so the CLI names no source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import pkgutil
+import random
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.errors import ConfigError, TransientSourceError
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import GridTile
     from m3leo_tiles.recipes import Recipe
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a source retries a tile that failed transiently (quota, timeout, 5xx).
+
+    Sources differ by orders of magnitude: a local file never needs a retry, an HTTP mirror
+    wants a second or two, Earth Engine's quota wants waits of tens of seconds. Retry ``n``
+    (1, 2, ...) waits ``min(max_delay_s, base_delay_s * 2**(n-1))``, spread by ``jitter`` so
+    that many workers throttled at once do not come back at once.
+    """
+
+    attempts: int = 3  # tries in all; 1 = no retry
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    jitter: float = 0.25  # ± this fraction of the delay, uniform
+
+    def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
+        base = min(self.max_delay_s, self.base_delay_s * 2 ** max(0, retry - 1))
+        return max(0.0, base * (1.0 + self.jitter * (2.0 * rng() - 1.0)))
+
+    def run(
+        self,
+        call: Callable[[], T],
+        *,
+        is_transient: Callable[[BaseException], bool],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> T:
+        """``call()``, retried while it fails transiently; the last error is raised."""
+        for attempt in range(1, max(1, self.attempts) + 1):
+            try:
+                return call()
+            except Exception as error:
+                if attempt >= self.attempts or not is_transient(error):
+                    raise
+                sleep(self.delay(attempt))
+        raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class SourceOption:
+    """A run-time option a source declares; ``m3leo-tiles fetch`` offers it as ``--<name>``.
+
+    Values reach the adapter through ``FetchOptions.extra`` (CLI or Python API); when not
+    given, ``env`` (a conventional or ``M3LEO_<SERVICE>_...`` variable) and then ``default``
+    apply. Options never change a recipe's hash: they say how to fetch, not what.
+    """
+
+    name: str
+    help: str
+    env: str | None = None
+    flag: bool = False
+    metavar: str = "VALUE"
+    default: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,17 +114,47 @@ class FetchOptions:
 
     year: int | None = None
     sources: tuple[str, ...] = ()  # --source overrides of the recipe's inputs
-    cache_dir: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None  # shared download cache (--cache); default OUT/.cache
+    extra: Mapping[str, Any] = field(default_factory=dict)  # declared SourceOptions, by name
 
 
 @dataclass(frozen=True)
 class Chip:
-    """A rendered chip: ``data`` is (bands, height, width) on the tile's pixel grid."""
+    """A rendered chip: ``data`` is (bands, height, width) on the tile's pixel grid.
+
+    ``metadata`` becomes the chip's dataset tags (an ``inputs`` key replaces the planned
+    inputs there, for sources that learn at render time what they really used);
+    ``band_metadata`` (one mapping per band, or empty) becomes each band's tags, where the keys
+    ``scale`` and ``offset`` are written as GDAL's band scale and offset so that readers get
+    physical values from stored integers.
+    """
 
     data: np.ndarray
     band_names: tuple[str, ...]
     metadata: Mapping[str, str] = field(default_factory=dict)
+    band_metadata: tuple[Mapping[str, str], ...] = ()
+
+
+class RenderContext:
+    """What the runner hands ``render_many`` on a worker: threads and the request budget.
+
+    ``slot()`` holds one unit of the cluster-wide budget (a ``distributed.Semaphore`` shared by
+    every worker of the run) for the duration of a request; ``sleep`` is ``time.sleep``, which
+    tests replace to check retry timing without waiting.
+    """
+
+    def __init__(
+        self,
+        threads: int = 1,
+        slot: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.threads = max(1, threads)
+        self._slot = slot or contextlib.nullcontext
+        self.sleep = sleep
+
+    def slot(self) -> contextlib.AbstractContextManager[Any]:
+        return self._slot()
 
 
 TileInputs = Mapping[str, tuple[str, ...]]
@@ -63,6 +166,8 @@ class SourceAdapter(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
+    cli_options: ClassVar[tuple[SourceOption, ...]] = ()
 
     def __init__(self, recipe: Recipe, options: FetchOptions | None = None) -> None:
         self.recipe = recipe
@@ -75,6 +180,41 @@ class SourceAdapter(ABC):
     def check(self) -> None:  # noqa: B027
         """Driver-side preflight (credentials, configuration); raise ConfigError to stop."""
 
+    def option(self, name: str) -> Any:
+        """A declared option's value: given at run time, else its environment variable, else
+        its default (None when it has none)."""
+        declared = {o.name: o for o in self.cli_options}
+        if name not in declared:
+            raise KeyError(f"{type(self).__name__} declares no option {name!r}")
+        given = self.options.extra.get(name)
+        if given is not None:
+            return given
+        option = declared[name]
+        if option.env and os.environ.get(option.env):
+            return os.environ[option.env]
+        return option.default
+
+    def concurrency(self) -> int | None:
+        """Requests this source may have in flight across the whole cluster; None: the work
+        is CPU-bound and each worker renders one tile at a time (no budget, no threads)."""
+        return None
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether ``error`` is worth a retry under ``retry_policy``."""
+        return isinstance(error, TransientSourceError)
+
+    def setup_worker(self) -> None:  # noqa: B027
+        """Once per worker process, before its first batch (clients with credentials)."""
+
+    def batch_key(self, inputs: tuple[str, ...]) -> Hashable:
+        """Tiles with equal keys share batches, so a batch reads its inputs once.
+
+        The default, the whole input list, suits sources whose tiles share exact input sets;
+        a source whose neighbouring tiles' lists overlap without being equal returns e.g. the
+        most shared input, so the workers of one frame do not race for the same files.
+        """
+        return inputs
+
     @abstractmethod
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         """Inputs per tile, computed once for the whole grid on the driver."""
@@ -83,20 +223,42 @@ class SourceAdapter(ABC):
     def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
         """The chip of one tile, on ``tile.pixel_grid(recipe.resolution)``."""
 
+    def render_one(self, tile: GridTile, inputs: tuple[str, ...], context: RenderContext) -> Chip:
+        """``render`` under the retry policy, each try holding one slot of the budget."""
+
+        def attempt() -> Chip:
+            with context.slot():
+                return self.render(tile, inputs)
+
+        return self.retry_policy.run(attempt, is_transient=self.is_transient,
+                                     sleep=context.sleep)  # fmt: skip
+
     def render_many(
-        self, items: Sequence[tuple[GridTile, tuple[str, ...]]]
+        self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
     ) -> Iterator[tuple[GridTile, Chip | Exception]]:
         """Chips of a batch of tiles, each with its chip or the error that stopped it.
 
+        I/O-bound sources (``concurrency()`` set) get their tiles spread over
+        ``context.threads`` threads, in order; the budget bounds requests across the cluster.
         A source may override this to share work across neighbouring tiles (one read, one
         warp); the chips must be the same as ``render`` would give. Errors are yielded, not
         raised, so that one bad tile never costs the others.
         """
-        for tile, inputs in items:
+
+        def outcome(item: tuple[GridTile, tuple[str, ...]]) -> Chip | Exception:
             try:
-                yield tile, self.render(tile, inputs)
+                return self.render_one(item[0], item[1], context)
             except Exception as error:
-                yield tile, error
+                return error
+
+        threads = min(context.threads, len(items)) if self.concurrency() else 1
+        if threads <= 1:
+            for item in items:
+                yield item[0], outcome(item)
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix=f"m3leo-{self.name}") as pool:
+            for item, result in zip(items, pool.map(outcome, items), strict=True):
+                yield item[0], result
 
 
 _REGISTRY: dict[str, type[SourceAdapter]] = {}

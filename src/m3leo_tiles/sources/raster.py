@@ -79,7 +79,7 @@ from m3leo_tiles.grid.tile import (
     PixelGrid,
     lonlat_polygons,
 )
-from m3leo_tiles.sources.base import Chip, SourceAdapter, TileInputs, register
+from m3leo_tiles.sources.base import Chip, SourceAdapter, SourceOption, TileInputs, register
 
 PARAMS = {"inputs", "layers", "band_indexes", "src_nodata", "footprint", "tile_degrees",
           "tile_corner"}  # fmt: skip
@@ -275,6 +275,16 @@ def with_copies_across_the_antimeridian(polygon: BaseGeometry) -> BaseGeometry:
 class RasterSource(SourceAdapter):
     name = "raster"
     description = "any raster GDAL reads (files, globs, VRTs, URLs, tiled products)"
+    cli_options = (
+        SourceOption(
+            "http-concurrency",
+            "raster: reads in flight across the cluster when inputs are URLs (http, s3, gs); "
+            "each worker spreads its tiles over threads within this budget",
+            env="M3LEO_HTTP_CONCURRENCY",
+            metavar="N",
+            default="16",
+        ),
+    )
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -393,6 +403,22 @@ class RasterSource(SourceAdapter):
                     f"recipe {self.recipe.name!r} names no input files; give --source PATH"
                 )
             self._expand(layer)  # missing local files are a configuration error, now
+
+    def concurrency(self) -> int | None:
+        """Remote inputs wait on the network, not the CPU: read them concurrently, within a
+        budget; local files are CPU-bound and read one tile at a time per worker."""
+        remote = any(_is_remote(_gdal_path(spec, self.recipe.folder))
+                     for layer in self.layers() for spec in layer.specs)  # fmt: skip
+        if not remote:
+            return None
+        value = self.option("http-concurrency")
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            count = 0
+        if count < 1:
+            raise ConfigError(f"--http-concurrency: a whole number of at least 1, not {value}")
+        return count
 
     # --- planning (driver) -----------------------------------------------------------------
 

@@ -1,0 +1,197 @@
+"""Shared downloads: one file, fetched once, whole or not at all, whoever asks for it.
+
+Remote sources (GUNW products, GSSIC cells) download files that many tiles, and so many
+workers, need. Every source fetches through ``cached_download`` so that:
+
+* a file is streamed to a hidden ``.<name>.<pid>.<random>.part`` beside its final name, its
+  size (and checksum, when known) checked, then renamed: a killed download never looks whole;
+* a per-file lock (``fcntl.flock`` on ``.<name>.lock``) makes a second worker *wait* for the
+  first one's download instead of fetching the same bytes again (unlike the dataset lock,
+  which refuses a second run); after the wait it finds the file in the cache;
+* a cached file is checked again before use (size, and the caller's ``validate``), and a
+  damaged one is fetched anew;
+* connection errors, timeouts, 429 and 5xx are retried with backoff (``DOWNLOAD_RETRY``),
+  then raised as ``TransientSourceError`` (the runner records the tile failed; a rerun
+  retries it); 404 is ``MissingRemoteFile`` (a tiled product without that cell); 401/403 is
+  a ``DownloadError`` that says to check the credentials.
+
+The lock is an advisory ``flock``: it serialises the processes of one machine (every local
+worker), and on a shared file system that supports it, the workers of a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from m3leo_tiles.errors import DiskFullError, SourceError, TransientSourceError
+from m3leo_tiles.sources.base import RetryPolicy
+
+if TYPE_CHECKING:
+    import requests
+
+DOWNLOAD_RETRY = RetryPolicy(attempts=4, base_delay_s=1.0, max_delay_s=20.0)
+CHUNK_BYTES = 1 << 20
+LOCK_POLL_S = 0.1
+PARTIAL_SUFFIX = ".part"
+
+
+class DownloadError(SourceError):
+    """A download that retrying will not fix (refused, wrong size after retries)."""
+
+
+class MissingRemoteFile(DownloadError):
+    """The server says the file does not exist (404): no data there, for tiled products."""
+
+
+def cache_name(url: str) -> str:
+    """The cache file name of a URL: its last path part (product names are unique)."""
+    name = Path(urlsplit(url).path).name
+    if not name or name in {".", ".."}:
+        raise DownloadError(f"cannot name a cache file for {url}: its path has no file name")
+    return name
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path``, waiting up to ``timeout_s`` for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TransientSourceError(
+                        f"waited {timeout_s:.0f} s for another worker's download of "
+                        f"{path.name.removesuffix('.lock').lstrip('.')}"
+                    ) from None
+                time.sleep(LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _check(path: Path, expected_size: int | None, sha256: str | None,
+           validate: Callable[[Path], None] | None) -> str | None:  # fmt: skip
+    """Why ``path`` is not the whole file we want, or None when it is."""
+    size = path.stat().st_size
+    if expected_size is not None and size != expected_size:
+        return f"{size} bytes, expected {expected_size}"
+    if sha256 is not None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256.lower():
+            return "checksum differs"
+    if validate is not None:
+        try:
+            validate(path)
+        except Exception as error:
+            return f"unreadable ({str(error).strip().splitlines()[0] if str(error) else error})"
+    return None
+
+
+def _stream(url: str, partial: Path, session: requests.Session, timeout_s: float) -> None:
+    """One try: GET ``url`` into ``partial``; raises transient or permanent errors."""
+    import requests
+
+    host = urlsplit(url).netloc or url
+    try:
+        with session.get(url, stream=True, timeout=timeout_s, allow_redirects=True) as response:
+            status = response.status_code
+            if status == 404:
+                raise MissingRemoteFile(f"{url} does not exist (HTTP 404)")
+            if status in (401, 403):
+                raise DownloadError(
+                    f"{host} refused the download of {cache_name(url)} (HTTP {status}); "
+                    "check your credentials"
+                )
+            if status == 429 or status >= 500:
+                raise TransientSourceError(f"could not download from {host}: HTTP {status}")
+            if status >= 400:
+                raise DownloadError(f"could not download {url}: HTTP {status}")
+            with open(partial, "wb") as handle:
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except requests.RequestException as error:
+        raise TransientSourceError(f"network: could not reach {host} ({type(error).__name__})"
+                                   ) from None  # fmt: skip
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise DiskFullError(
+                f"no space left for the download cache in {partial.parent}; free some space "
+                "or choose another with --cache"
+            ) from None
+        raise
+
+
+def cached_download(
+    url: str,
+    cache_dir: Path,
+    *,
+    name: str | None = None,
+    session: requests.Session | None = None,
+    expected_size: int | None = None,
+    sha256: str | None = None,
+    validate: Callable[[Path], None] | None = None,
+    policy: RetryPolicy = DOWNLOAD_RETRY,
+    timeout_s: float = 60.0,
+    lock_timeout_s: float = 3600.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """The path of ``url``'s file in ``cache_dir``, downloading it if it is not there whole.
+
+    ``session`` carries the service's authentication (asf-search's ``ASFSession``); a plain
+    ``requests.Session`` is used otherwise.
+    """
+    cache_dir = Path(cache_dir)
+    target = cache_dir / (name or cache_name(url))
+    if target.exists() and _check(target, expected_size, sha256, validate) is None:
+        return target
+    if session is None:
+        import requests
+
+        session = requests.Session()
+    lock = target.with_name(f".{target.name}.lock")
+    with file_lock(lock, lock_timeout_s):
+        if target.exists():  # another worker may have finished it while we waited
+            if _check(target, expected_size, sha256, validate) is None:
+                return target
+            target.unlink()  # damaged in the cache: fetch it anew
+
+        def attempt() -> Path:
+            partial = target.with_name(
+                f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+            )
+            try:
+                _stream(url, partial, session, timeout_s)
+                problem = _check(partial, expected_size, sha256, validate)
+                if problem is not None:
+                    raise TransientSourceError(f"download of {target.name} incomplete: {problem}")
+                os.replace(partial, target)
+                return target
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    partial.unlink()
+
+        return policy.run(
+            attempt,
+            is_transient=lambda error: isinstance(error, TransientSourceError),
+            sleep=sleep,
+        )

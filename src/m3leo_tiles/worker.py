@@ -1,0 +1,170 @@
+"""The worker's side of a run: render one batch of tiles, write the chips, return small rows.
+
+Why it is shaped this way:
+
+* The adapter arrives once per worker (the driver scatters it) and is set up once per
+  process (``setup_worker``), whatever the number of batches; a client that holds
+  credentials is initialised there, not per tile.
+* ``render_many`` is the only way chips are made: the adapter retries under its own policy and,
+  when it is I/O-bound, spreads the batch over threads, each request holding one slot of the
+  run's cluster-wide budget (a ``distributed.Semaphore`` created once per process here).
+* Whatever the adapter yields, every tile of the batch gets exactly one row: a tile it skipped
+  is failed with a reason, a second outcome for a tile is ignored (and logged).
+* Chips are written here (atomically), and only rows travel back: never arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.errors import DiskFullError, EmptyTileError, SourceError
+from m3leo_tiles.manifest import ManifestRow, now_iso
+from m3leo_tiles.sources.base import Chip, RenderContext, SourceAdapter
+
+if TYPE_CHECKING:
+    from m3leo_tiles.grid.tile import GridTile
+
+Item = tuple["GridTile", tuple[str, ...]]
+log = logging.getLogger("m3leo_tiles.fetch")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The run's cluster-wide request budget: a semaphore's name and size, and the threads
+    each worker may use for one batch (never more than the budget itself)."""
+
+    name: str
+    limit: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Tiles that share inputs, rendered by one task (the adapter travels separately)."""
+
+    dataset_dir: str
+    items: tuple[Item, ...]
+    budget: Budget | None = None
+
+
+_SETUP_DONE: set[tuple[str, str]] = set()
+_SETUP_LOCK = threading.Lock()
+_SEMAPHORES: dict[str, Any] = {}
+
+
+def ensure_setup(adapter: SourceAdapter) -> None:
+    """``adapter.setup_worker()`` once per process and adapter kind (and recipe)."""
+    key = (type(adapter).__qualname__, adapter.recipe.recipe_hash)
+    if key in _SETUP_DONE:
+        return
+    with _SETUP_LOCK:
+        if key not in _SETUP_DONE:
+            adapter.setup_worker()
+            _SETUP_DONE.add(key)
+
+
+def _slot_factory(budget: Budget | None) -> Any:
+    """A callable giving a context manager that holds one slot of the budget, or None."""
+    if budget is None:
+        return None
+    semaphore = _SEMAPHORES.get(budget.name)
+    if semaphore is None:
+        from distributed import Semaphore
+
+        semaphore = _SEMAPHORES[budget.name] = Semaphore(max_leases=budget.limit,
+                                                         name=budget.name)  # fmt: skip
+    return lambda: semaphore
+
+
+def reason_of(error: BaseException) -> str:
+    """``Type: first line of the message``: what a manifest row and a log line show."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else "no message"
+    return f"{type(error).__name__}: {first}"
+
+
+def _outcomes(adapter: SourceAdapter, batch: Batch, context: RenderContext
+              ) -> Iterator[tuple[GridTile, Chip | Exception]]:  # fmt: skip
+    """The adapter's outcomes, then a failure for each tile it did not yield."""
+    expected = {tile.identifier for tile, _ in batch.items}
+    seen: set[str] = set()
+    try:
+        for tile, outcome in adapter.render_many(batch.items, context):
+            if tile.identifier not in expected or tile.identifier in seen:
+                log.warning("source %s yielded an extra outcome for %s; ignored",
+                            adapter.name, tile.identifier)  # fmt: skip
+                continue
+            seen.add(tile.identifier)
+            yield tile, outcome
+    except DiskFullError:
+        raise
+    except Exception as error:  # the adapter's own loop broke: the rest of the batch fails
+        failure: Exception = SourceError(f"batch stopped: {reason_of(error)}")
+    else:
+        failure = SourceError(f"source {adapter.name} gave no chip for this tile")
+    for tile, _ in batch.items:
+        if tile.identifier not in seen:
+            yield tile, failure
+
+
+def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
+    """Runs on a worker: render, test for emptiness, write; returns rows, never arrays.
+
+    A full disk is raised, not recorded: every further chip would fail the same way.
+    """
+    import rasterio
+
+    from m3leo_tiles.io import chip_is_empty, write_chip
+
+    ensure_setup(adapter)
+    recipe = adapter.recipe
+    recipe_hash = recipe.recipe_hash
+    folder = Path(batch.dataset_dir)
+    inputs_of = {tile.identifier: inputs for tile, inputs in batch.items}
+    threads = batch.budget.threads if batch.budget else 1
+    context = RenderContext(threads=threads, slot=_slot_factory(batch.budget))
+    rows = []
+    started = time.perf_counter()
+    with rasterio.Env():  # one GDAL environment for the batch, not one per call
+        for tile, outcome in _outcomes(adapter, batch, context):
+            inputs = inputs_of[tile.identifier]
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                if chip_is_empty(outcome, recipe.nodata):
+                    status, reason = TileStatus.EMPTY, "only nodata"
+                else:
+                    grid = tile.pixel_grid(recipe.resolution)
+                    tags = {"tile_id": tile.identifier, "inputs": ";".join(inputs),
+                            **outcome.metadata}  # fmt: skip
+                    write_chip(folder / f"{tile.identifier}.tif", outcome, grid, recipe, tags)
+                    status, reason = TileStatus.OK, ""
+            except DiskFullError:
+                raise
+            except EmptyTileError as error:
+                status, reason = TileStatus.EMPTY, str(error).strip() or "no data"
+            except SourceError as error:
+                status, reason = TileStatus.FAILED, reason_of(error)
+            except Exception as error:  # a bug or an unwrapped library error: still one tile
+                status, reason = TileStatus.FAILED, f"unexpected {reason_of(error)}"
+            finished = time.perf_counter()
+            rows.append(
+                ManifestRow(
+                    identifier=tile.identifier,
+                    status=status,
+                    reason=reason,
+                    inputs=inputs,
+                    seconds=finished - started,
+                    recipe_hash=recipe_hash,
+                    finished_at=now_iso(),
+                )
+            )
+            started = finished
+    return rows
