@@ -322,10 +322,14 @@ class AsfHandler(QuietHandler):
 
     def _search(self, form: dict[str, list[str]]) -> None:
         self.server.searches.append(form)  # type: ignore[attr-defined]
+        status = self.server.search_status  # type: ignore[attr-defined]
+        if status != 200:
+            self._json(status, {"errors": [f"loopback CMR answers {status}"]})
+            return
         items = list(self.server.items)  # type: ignore[attr-defined]
         temporal = form.get("temporal", [""])[0]
         if temporal:
-            start, _, end = temporal.partition(",")
+            start, end = [*temporal.split(","), "", ""][:2]  # CMR: "start,end,"
             items = [
                 i
                 for i in items
@@ -367,6 +371,7 @@ def asf_state(
         "refuse": False,
         "truncate": {},
         "searches": [],
+        "search_status": 200,
     }
 
 

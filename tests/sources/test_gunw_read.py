@@ -12,10 +12,10 @@ import datetime as dt
 import numpy as np
 import pytest
 import rasterio
-from helpers.gunw_netcdf import FILL, ProductSpec, write_product
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
+from helpers.gunw_netcdf import FILL, ProductSpec, write_product
 from m3leo_tiles.errors import SourceError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.sources import _gunw_read as read

@@ -296,7 +296,7 @@ class GunwSource(SourceAdapter):
                     start=start,
                     end=end,
                     session=session,
-                    host=self.hosts.cmr,
+                    opts=asf_search.ASFSearchOptions(host=self.hosts.cmr),
                 )
                 results.raise_if_incomplete()
             except (asf_search.exceptions.ASFError, requests.RequestException, ValueError) as error:

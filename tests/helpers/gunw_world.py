@@ -1,0 +1,126 @@
+"""A small GUNW world over the demo AOI's Los Angeles box: products, search items, saved search.
+
+The demo AOI's Los Angeles box (lon -118.06..-117.94, lat 33.94..34.06) lies inside ARIA
+track 64 ascending (RAiDER's real GUNW metadata in ../shared/data/asf covers it). The products
+below are replicas (tests/helpers/gunw_netcdf.py) chosen so one run meets every rule:
+
+* 20200117_20200105 in two adjacent frames (south and north halves, overlapping at 34.0°N)
+  and an older v2_0_4 of the south frame (dropped for the v3_0_1);
+* 20200129_20200117 (12 days) and 20200129_20200105 (24 days);
+* 20200110_20191229: a 2020 pair whose secondary date is in 2019 (kept);
+* 20200410_20200105 (96 days: over the baseline cut) and 20210104_20201223 (a 2021 pair).
+
+``search_items`` are CMR records derived from the real GUNW record (asf_loopback), so the real
+asf-search client parses them; their sizes and checksums are the files'.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers.asf_loopback import item_for_file
+from helpers.gunw_netcdf import ProductSpec, write_product
+
+D = dt.date
+LA = (-118.15, 33.85, -117.85, 34.15)  # around the demo AOI's Los Angeles box
+
+
+def _spec(
+    reference: D,
+    secondary: D,
+    south: float = LA[1],
+    north: float = LA[3],
+    version: str = "3_0_1",
+    frame: int = 24900,
+    seed: int = 0,
+    inset_y: float = 0.1,
+) -> ProductSpec:
+    return ProductSpec(
+        reference,
+        secondary,
+        64,
+        "A",
+        LA[0],
+        south,
+        LA[2],
+        north,
+        version=version,
+        frame=frame,
+        seed=seed,
+        inset_y=inset_y,
+    )
+
+
+def demo_specs() -> list[ProductSpec]:
+    return [
+        _spec(D(2020, 1, 17), D(2020, 1, 5), north=34.01, frame=24900, seed=1, inset_y=0.0),
+        _spec(D(2020, 1, 17), D(2020, 1, 5), south=33.99, frame=24901, seed=2, inset_y=0.0),
+        _spec(
+            D(2020, 1, 17),
+            D(2020, 1, 5),
+            north=34.01,
+            frame=24900,
+            seed=3,
+            inset_y=0.0,
+            version="2_0_4",
+        ),
+        _spec(D(2020, 1, 29), D(2020, 1, 17), seed=4),
+        _spec(D(2020, 1, 29), D(2020, 1, 5), seed=5),
+        _spec(D(2020, 1, 10), D(2019, 12, 29), seed=6),
+        _spec(D(2020, 4, 10), D(2020, 1, 5), seed=7),
+        _spec(D(2021, 1, 4), D(2020, 12, 23), seed=8),
+    ]
+
+
+@dataclass(frozen=True)
+class World:
+    products: dict[str, Path]  # file name -> path
+    specs: dict[str, ProductSpec]  # file name -> spec
+    items: list[dict[str, Any]]  # CMR records, the real one first
+
+
+def make_world(
+    folder: Path, template: dict[str, Any], specs: list[ProductSpec] | None = None
+) -> World:
+    """Write the products into ``folder`` and describe them as CMR items."""
+    products, by_name, items = {}, {}, [template]
+    for spec in specs or demo_specs():
+        path = write_product(spec, folder)
+        products[path.name] = path
+        by_name[path.name] = spec
+        items.append(item_for_file(template, path, spec.footprint(), spec.frame))
+    return World(products, by_name, items)
+
+
+def kept_2020(world: World) -> set[str]:
+    """The products a 2020 run with a 72-day cut keeps, by the rules themselves."""
+    kept = {}
+    for name, spec in world.specs.items():
+        if spec.reference.year != 2020 or (spec.reference - spec.secondary).days >= 72:
+            continue
+        key = (spec.reference, spec.secondary, spec.track, spec.direction, spec.frame)
+        if key not in kept or spec.version > world.specs[kept[key]].version:
+            kept[key] = name
+    return set(kept.values())
+
+
+def fetch_in_child(args: tuple[str, str, str, str]) -> str:
+    """A worker process's way to a product (for the one-download test): plan from the saved
+    search, then ``_product_path``, with this process's sessions routed to the loopback."""
+    from shapely.geometry import box
+
+    from helpers.asf_loopback import route_asf_sessions
+    from m3leo_tiles.grid.lattice import grid_geometry
+    from m3leo_tiles.recipes import load_recipe
+    from m3leo_tiles.sources.base import FetchOptions
+    from m3leo_tiles.sources.gunw import GunwSource
+
+    url, cache, name, search = args
+    with route_asf_sessions(url):
+        options = FetchOptions(year=2020, cache_dir=cache, extra={"search-results": search})
+        source = GunwSource(load_recipe("gunw"), options)
+        source.plan(grid_geometry(box(LA[0], LA[1], LA[2], LA[3])))
+        return source._product_path(name, None)
