@@ -52,6 +52,7 @@ from shapely.geometry import Polygon, box
 from helpers.loopback import QuietHandler
 
 ENV = "M3LEO_TEST_ASF_LOOPBACK"
+_KEPT: list = []
 CMR_PATH = "/cmr.earthdata.nasa.gov/search/granules.umm_json"
 DOWNLOAD_PREFIX = "/grfn.asf.alaska.edu/door/download/"
 DOWNLOAD_URL = "https://grfn.asf.alaska.edu/door/download/"
@@ -100,7 +101,9 @@ def install_from_environment() -> None:
     """For sitecustomize: route this process's sessions when ``M3LEO_TEST_ASF_LOOPBACK`` is set."""
     url = os.environ.get(ENV)
     if url:
-        route_asf_sessions(url).__enter__()
+        routing = route_asf_sessions(url)
+        routing.__enter__()
+        _KEPT.append(routing)  # a collected context manager would undo the routing
 
 
 # --- the recorded items -----------------------------------------------------------------------
