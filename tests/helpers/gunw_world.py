@@ -107,6 +107,22 @@ def kept_2020(world: World) -> set[str]:
     return set(kept.values())
 
 
+def merge_saved_searches(cache: Path, target: Path) -> Path:
+    """The per-cell search answers of a run as one saved search (as a user would keep it)."""
+    import json
+
+    features = {}
+    for path in sorted((cache / "gunw-searches").rglob("*.geojson")):
+        data = json.loads(path.read_text())
+        assert data["type"] == "FeatureCollection"  # asf-search's geojson(), as Vertex writes
+        for feature in data["features"]:
+            features.setdefault(feature["properties"]["fileID"], feature)
+    target.write_text(
+        json.dumps({"type": "FeatureCollection", "features": list(features.values())})
+    )
+    return target
+
+
 def fetch_in_child(args: tuple[str, str, str, str]) -> str:
     """A worker process's way to a product (for the one-download test): plan from the saved
     search, then ``_product_path``, with this process's sessions routed to the loopback."""

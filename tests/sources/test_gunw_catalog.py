@@ -160,10 +160,12 @@ def test_search_boxes_cover_every_tile_in_few_requests():
     tiles = [
         Tile.from_point(lon, lat) for lon in (-117.5, -117.4, -75.6, 12.5) for lat in (35.0, 35.05)
     ]
-    boxes = catalog.search_boxes(tiles, 2.0)
-    assert len(boxes) == 3
-    union = shapely.union_all(boxes)
+    cells = catalog.search_cells(tiles, 2.0)
+    assert [name for name, _ in cells] == ["W118_N34_2", "W76_N34_2", "E12_N34_2"]
+    union = shapely.union_all([cell for _, cell in cells])
     assert all(union.covers(t.lonlat_polygon()) for t in tiles)
+    straddling = Tile.from_point(-118.0, 34.0)  # on a cell corner: all four cells
+    assert len(catalog.search_cells([straddling], 2.0)) == 4
 
 
 def test_saved_search_errors_are_one_line(tmp_path):

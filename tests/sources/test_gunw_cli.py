@@ -30,7 +30,7 @@ from helpers.asf_loopback import (
     download_requests,
     real_gunw_item,
 )
-from helpers.gunw_world import kept_2020, make_world
+from helpers.gunw_world import kept_2020, make_world, merge_saved_searches
 from helpers.loopback import serve
 from m3leo_tiles.grid.tile import Tile
 
@@ -165,7 +165,7 @@ def test_fetch_gunw_demo_end_to_end(shared_data, tmp_path):
         assert not list((work / "other").rglob("*.tif"))
 
     # offline: a saved search and a product folder, no service, no credentials
-    [saved] = (work / "data" / ".cache" / "gunw-searches").glob("*.geojson")
+    saved = merge_saved_searches(work / "data" / ".cache", tmp_path / "saved.geojson")
     offline = _run(
         [
             *args[:6],

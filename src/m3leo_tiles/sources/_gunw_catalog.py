@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -186,17 +187,31 @@ def assign(
     return {key: tuple(sorted(names)) for key, names in found.items()}
 
 
-def search_boxes(tiles: Sequence[GridTile], chunk_degrees: float) -> list[BaseGeometry]:
-    """The AOI as a few boxes for the search: tiles' bounds gathered per lon/lat cell.
+def search_cells(tiles: Sequence[GridTile], degrees: float) -> list[tuple[str, BaseGeometry]]:
+    """The lon/lat cells (``degrees`` square, on a global lattice) that the tiles touch.
 
-    One search per cell of ``chunk_degrees`` keeps each request's polygon simple (CMR and
-    asf-search simplify complex polygons) and each answer small, however large the AOI.
+    The search is made and cached one cell at a time: each request's polygon stays simple
+    (CMR and asf-search simplify complex ones) and small, however large the AOI, and a later
+    run over any subset of the same tiles (a rerun of failed tiles, another split) finds every
+    cell it needs already answered. Names are stable: ``W118.0_N34.0_2`` (west, south, size).
     """
-    cells: dict[tuple[int, int], list[float]] = {}
+    keys: set[tuple[int, int]] = set()
     for polygon in lonlat_polygons(tiles):
         west, south, east, north = polygon.bounds
-        key = (int((west + 180.0) // chunk_degrees), int((south + 90.0) // chunk_degrees))
-        bounds = cells.setdefault(key, [west, south, east, north])
-        bounds[0], bounds[1] = min(bounds[0], west), min(bounds[1], south)
-        bounds[2], bounds[3] = max(bounds[2], east), max(bounds[3], north)
-    return [box(*bounds) for _, bounds in sorted(cells.items())]
+        for i in range(
+            math.floor((west + 180.0) / degrees), math.floor((east + 180.0) / degrees) + 1
+        ):
+            for j in range(
+                math.floor((south + 90.0) / degrees), math.floor((north + 90.0) / degrees) + 1
+            ):
+                keys.add((i % round(360.0 / degrees), j))
+    cells = []
+    for i, j in sorted(keys):
+        west, south = -180.0 + i * degrees, -90.0 + j * degrees
+        east, north = min(180.0, west + degrees), min(90.0, south + degrees)
+        name = (
+            f"{'W' if west < 0 else 'E'}{abs(west):g}_{'S' if south < 0 else 'N'}"
+            f"{abs(south):g}_{degrees:g}"
+        )
+        cells.append((name, box(west, max(-90.0, south), east, north)))
+    return cells

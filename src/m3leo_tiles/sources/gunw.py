@@ -31,7 +31,6 @@ How a run goes, and why:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import threading
@@ -248,66 +247,58 @@ class GunwSource(SourceAdapter):
         return product.size is None or size == product.size
 
     def search(self, tiles: Sequence[GridTile]) -> list[GunwProduct]:
-        """The saved search, the cached one, or a new asf-search query (then cached)."""
+        """The saved search, or the cached answers per cell (asking ASF for missing ones)."""
         saved = self.option("search-results")
         if saved:
             return _gunw_catalog.load_results(Path(saved).expanduser())
-        boxes = _gunw_catalog.search_boxes(
-            tiles, float(self.recipe.params.get("search_chunk_degrees", DEFAULT_CHUNK_DEGREES))
-        )
-        if not boxes:
-            return []
-        key = hashlib.sha256(
-            json.dumps(
-                {
-                    "dataset": DATASET,
-                    "year": self.year,
-                    "cmr": self.hosts.cmr,
-                    "boxes": [b.wkt for b in boxes],
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()[:16]
-        path = self.cache_dir() / SEARCH_FOLDER / f"gunw-{self.year}-{key}.geojson"
-        if path.is_file() and not self.option("refresh-search"):
-            return _gunw_catalog.load_results(path)
-        collection = self._asf_search(boxes)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-        temporary.write_text(json.dumps(collection), encoding="utf-8")
-        os.replace(temporary, path)
-        return _gunw_catalog.parse_results(collection, f"search of {self.hosts.cmr}")
+        degrees = float(self.recipe.params.get("search_chunk_degrees", DEFAULT_CHUNK_DEGREES))
+        folder = self.cache_dir() / SEARCH_FOLDER / self.hosts.cmr
+        refresh = bool(self.option("refresh-search"))
+        features: dict[str, Any] = {}
+        for name, cell in _gunw_catalog.search_cells(tiles, degrees):
+            path = folder / f"gunw-{self.year}-{name}.geojson"
+            if path.is_file() and not refresh:
+                collection = json.loads(path.read_text(encoding="utf-8"))
+            else:
+                collection = self._asf_search(cell)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+                temporary.write_text(json.dumps(collection), encoding="utf-8")
+                os.replace(temporary, path)
+            for feature in collection.get("features", []):
+                key = str((feature.get("properties") or {}).get("fileID"))
+                features.setdefault(key, feature)
+        merged = {"type": "FeatureCollection", "features": list(features.values())}
+        return _gunw_catalog.parse_results(merged, f"search of {self.hosts.cmr}")
 
-    def _asf_search(self, boxes: Sequence[Any]) -> dict[str, Any]:
-        """One asf-search query per box; the features of all, as one FeatureCollection."""
+    def _asf_search(self, cell: Any) -> dict[str, Any]:
+        """One asf-search query for the year over ``cell``: a FeatureCollection, as saved."""
         import asf_search
         import requests
 
         asf_search.REPORT_ERRORS = False  # it would post the user's query to ASF on errors
         session = _earthdata.new_session(self.hosts)
-        features: dict[str, Any] = {}
         start = f"{self.year}-01-01T00:00:00Z"
         end = f"{self.year}-12-31T23:59:59Z"
-        for geometry in boxes:
-            try:
-                results = asf_search.search(
-                    dataset=DATASET,
-                    intersectsWith=geometry.wkt,
-                    start=start,
-                    end=end,
-                    session=session,
-                    opts=asf_search.ASFSearchOptions(host=self.hosts.cmr),
-                )
-                results.raise_if_incomplete()
-            except (asf_search.exceptions.ASFError, requests.RequestException, ValueError) as error:
-                first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-                raise ConfigError(
-                    f"the ASF search at {self.hosts.cmr} failed ({type(error).__name__}"
-                    f"{': ' + first if first else ''}); try again, or give --search-results FILE"
-                ) from None
-            for feature in results.geojson()["features"]:
-                name = (feature.get("properties") or {}).get("fileID")
-                features.setdefault(str(name), feature)
+        try:
+            results = asf_search.search(
+                dataset=DATASET,
+                intersectsWith=cell.wkt,
+                start=start,
+                end=end,
+                session=session,
+                opts=asf_search.ASFSearchOptions(host=self.hosts.cmr),
+            )
+            results.raise_if_incomplete()
+        except (asf_search.exceptions.ASFError, requests.RequestException, ValueError) as error:
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            raise ConfigError(
+                f"the ASF search at {self.hosts.cmr} failed ({type(error).__name__}"
+                f"{': ' + first if first else ''}); try again, or give --search-results FILE"
+            ) from None
+        features = {
+            str((f.get("properties") or {}).get("fileID")): f for f in results.geojson()["features"]
+        }
         return {"type": "FeatureCollection", "features": list(features.values())}
 
     def batch_key(self, inputs: tuple[str, ...]) -> Hashable:
