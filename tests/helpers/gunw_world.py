@@ -107,6 +107,31 @@ def kept_2020(world: World) -> set[str]:
     return set(kept.values())
 
 
+def write_saved_search(specs: list[ProductSpec], paths: list[Path], target: Path) -> Path:
+    """A saved search (GeoJSON FeatureCollection with asf-search's property names) of files."""
+    import json
+
+    import shapely.geometry
+
+    features = [
+        {
+            "type": "Feature",
+            "geometry": shapely.geometry.mapping(spec.footprint()),
+            "properties": {
+                "fileID": spec.name,
+                "fileName": path.name,
+                "frameNumber": spec.frame,
+                "pathNumber": spec.track,
+                "bytes": path.stat().st_size,
+                "url": f"https://grfn.asf.alaska.edu/door/download/{path.name}",
+            },
+        }
+        for spec, path in zip(specs, paths, strict=True)
+    ]
+    target.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return target
+
+
 def merge_saved_searches(cache: Path, target: Path) -> Path:
     """The per-cell search answers of a run as one saved search (as a user would keep it)."""
     import json

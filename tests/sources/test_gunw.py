@@ -11,6 +11,7 @@ published GUNW specification (tests/helpers/gunw_netcdf.py): real files are 4-15
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import multiprocessing
 import os
 import time
@@ -31,7 +32,14 @@ from helpers.asf_loopback import (
     real_gunw_item,
     route_asf_sessions,
 )
-from helpers.gunw_world import fetch_in_child, kept_2020, make_world, merge_saved_searches
+from helpers.gunw_netcdf import ProductSpec, write_product
+from helpers.gunw_world import (
+    fetch_in_child,
+    kept_2020,
+    make_world,
+    merge_saved_searches,
+    write_saved_search,
+)
 from helpers.loopback import serve
 from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
 from m3leo_tiles.grid.lattice import grid_geometry
@@ -386,10 +394,50 @@ def test_a_corrupt_product_fails_only_its_tiles(local_adapter, tiles, tmp_path):
     broken = tmp_path / name
     broken.write_bytes(b"\x89HDF\r\n\x1a\n not really")
     good = [(t, inputs[t.identifier]) for t in tiles if inputs[t.identifier]][:2]
-    bad = (tiles[0], (name,))
+    bad = (next(t for t in tiles if t not in {g[0] for g in good}), (name,))
     source.local[name] = str(broken)
     source.catalog[name] = dataclasses.replace(
         source.catalog[good[0][1][0]], file_name=name, name="S1-GUNW-broken"
     )
     outcomes = list(source.render_many([good[0], bad, good[1]], RenderContext()))
     assert [type(o).__name__ for _, o in outcomes] == ["Chip", "SourceError", "Chip"]
+
+
+def test_each_product_is_opened_once_per_batch_however_many_pairs(tmp_path, home, monkeypatch):
+    """14 pairs over a few tiles: more products than stay open per thread, still one open each."""
+    start = dt.date(2020, 3, 1)
+    specs = [
+        ProductSpec(
+            start + dt.timedelta(days=6 * i + 12),
+            start + dt.timedelta(days=6 * i),
+            64,
+            "A",
+            -118.08,
+            33.92,
+            -117.92,
+            34.08,
+            seed=i,
+        )
+        for i in range(14)
+    ]
+    folder = tmp_path / "many"
+    paths = [write_product(spec, folder) for spec in specs]
+    search = write_saved_search(specs, paths, tmp_path / "search.geojson")
+    source = adapter(tmp_path, sources=(str(folder),), **{"search-results": str(search)})
+    tiles = grid_geometry(shapely.box(-118.0, 33.99, -117.97, 34.02))
+    inputs = source.plan(tiles)
+    items = [(t, inputs[t.identifier]) for t in tiles]
+    assert len(items) >= 2 and all(len(names) == 14 for _, names in items)
+    assert len(items[0][1]) > _gunw_read.OPEN_PRODUCTS_PER_THREAD
+    opened = []
+    original = _gunw_read.Product.__init__
+
+    def counting(self, path, layers):
+        opened.append(path)
+        original(self, path, layers)
+
+    monkeypatch.setattr(_gunw_read.Product, "__init__", counting)
+    _gunw_read.close_all()
+    outcomes = list(source.render_many(items, RenderContext()))
+    assert all(chip.data.shape[0] == 14 * 4 for _, chip in outcomes)
+    assert sorted(opened) == sorted(str(p.resolve()) for p in paths)

@@ -35,6 +35,7 @@ import json
 import os
 import threading
 from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,7 +43,7 @@ import numpy as np
 from rasterio.enums import Resampling
 
 from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
-from m3leo_tiles.grid.tile import GridTile
+from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
 from m3leo_tiles.sources._gunw_catalog import GunwProduct
 from m3leo_tiles.sources.base import (
@@ -59,7 +60,19 @@ DEFAULT_MAX_BASELINE_DAYS = 72
 DEFAULT_CHUNK_DEGREES = 2.0
 DATASET = "ARIA S1 GUNW"  # asf_search.DATASET.ARIA_S1_GUNW
 SEARCH_FOLDER = "gunw-searches"
+CHUNK_BYTES = 256 << 20  # chips held at once while products are warped into them
 PRODUCT_SUFFIX = ".nc"
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A chip being made: its grid, its bands (filled product by product), names, metadata."""
+
+    grid: PixelGrid
+    data: np.ndarray
+    names: tuple[str, ...]
+    metadata: tuple[dict[str, str], ...]
+    first_band: dict[tuple, int]  # pair -> index of its first band
 
 
 class _WorkerSession:
@@ -311,12 +324,22 @@ class GunwSource(SourceAdapter):
 
     def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
         paths = {name: self._product_path(name, None) for name in inputs}
-        return self._chip(tile, inputs, paths)
+        [(_, outcome)] = self._render_chunk([(tile, inputs)], paths)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def render_many(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
     ) -> Iterator[tuple[GridTile, Chip | Exception]]:
-        """Fetch each product of the batch once, open it once, warp every tile from it."""
+        """Fetch each product of the batch once, open it once, warp every tile from it.
+
+        The loop runs over products, not tiles: each product is opened and warped into every
+        tile of a chunk that needs it, so the number of opens does not grow with the tiles
+        or with the pairs a tile has (a year can have 150 pairs per frame, more than can stay
+        open). Chunks are as many tiles as fit in ``CHUNK_BYTES`` of chips, which keeps memory
+        flat whatever the batch and the pair count.
+        """
         paths: dict[str, str | Exception] = {}
         for _, inputs in items:
             for name in inputs:
@@ -325,15 +348,107 @@ class GunwSource(SourceAdapter):
                         paths[name] = self._product_path(name, context)
                     except Exception as error:  # (fails only its tiles)
                         paths[name] = error
+        ready = []
         for tile, inputs in items:
             failed = next((paths[n] for n in inputs if isinstance(paths[n], Exception)), None)
             if failed is not None:
                 yield tile, failed
+            else:
+                ready.append((tile, inputs))
+        chunk: list[tuple[GridTile, tuple[str, ...]]] = []
+        chunk_bytes = 0
+        for tile, inputs in ready:
+            grid = tile.pixel_grid(self.recipe.resolution)
+            size = len(inputs) * len(self.layers) * grid.width * grid.height * 4
+            if chunk and chunk_bytes + size > CHUNK_BYTES:
+                yield from self._render_chunk(chunk, paths)  # type: ignore[arg-type]
+                chunk, chunk_bytes = [], 0
+            chunk.append((tile, inputs))
+            chunk_bytes += size
+        if chunk:
+            yield from self._render_chunk(chunk, paths)  # type: ignore[arg-type]
+
+    def _render_chunk(
+        self, items: Sequence[tuple[GridTile, tuple[str, ...]]], paths: Mapping[str, str]
+    ) -> list[tuple[GridTile, Chip | Exception]]:
+        """The chips of ``items``: bands laid out per tile, then every product warped once.
+
+        Products are visited in (pair, name) order, so where adjacent frames of one pair
+        overlap, each band is painted in the same order as a per-tile loop would paint it.
+        """
+        layers = self.layers
+        resampling = Resampling[self.recipe.resampling.value]
+        layouts: dict[str, _Layout] = {}
+        errors: dict[str, Exception] = {}
+        users: dict[str, list[GridTile]] = {}
+        for tile, inputs in items:
+            try:
+                layouts[tile.identifier] = self._layout(tile, inputs)
+            except SourceError as error:
+                errors[tile.identifier] = error
+                continue
+            for name in inputs:
+                users.setdefault(name, []).append(tile)
+        order = sorted(users, key=lambda name: (self.catalog[name].pair, name))
+        for name in order:
+            waiting = [t for t in users[name] if t.identifier not in errors]
+            if not waiting:
                 continue
             try:
-                yield tile, self._chip(tile, inputs, paths)  # type: ignore[arg-type]
-            except Exception as error:  # (one bad tile never costs the others)
-                yield tile, error
+                product = _gunw_read.open_product(paths[name], layers)
+            except SourceError as error:
+                _gunw_read.forget_product(paths[name])
+                for tile in waiting:
+                    errors[tile.identifier] = error
+                continue
+            for tile in waiting:
+                layout = layouts[tile.identifier]
+                first = layout.first_band[self.catalog[name].pair]
+                try:
+                    for k, layer in enumerate(layers):
+                        product.warp(layer, layout.grid, layout.data[first + k], resampling)
+                except SourceError as error:
+                    _gunw_read.forget_product(paths[name])
+                    errors[tile.identifier] = error
+        outcomes: list[tuple[GridTile, Chip | Exception]] = []
+        for tile, inputs in items:
+            error = errors.get(tile.identifier)
+            if error is not None:
+                outcomes.append((tile, error))
+                continue
+            layout = layouts.pop(tile.identifier)
+            chip = Chip(
+                layout.data.astype(self.recipe.dtype, copy=False),
+                layout.names,
+                {
+                    "inputs": ";".join(sorted(inputs)),
+                    "pairs": str(len(layout.first_band)),
+                    "max_baseline_days": f"{self.max_baseline_days:g}",
+                },
+                layout.metadata,
+            )
+            outcomes.append((tile, chip))
+        return outcomes
+
+    def _layout(self, tile: GridTile, inputs: tuple[str, ...]) -> _Layout:
+        """The tile's bands: four per pair in date order, their names and metadata."""
+        grid = tile.pixel_grid(self.recipe.resolution)
+        products = sorted((self._product(name) for name in inputs), key=lambda p: (p.pair, p.name))
+        pairs: dict[tuple, list[GunwProduct]] = {}
+        for product in products:
+            pairs.setdefault(product.pair, []).append(product)
+        prefixes = _band_prefixes(list(pairs))
+        layers = self.layers
+        names: list[str] = []
+        metadata: list[dict[str, str]] = []
+        first_band: dict[tuple, int] = {}
+        for p, (pair, members) in enumerate(pairs.items()):
+            first_band[pair] = p * len(layers)
+            for layer in layers:
+                names.append(f"{prefixes[pair]}_{layer.band}")
+                metadata.append(_band_metadata(members, layer))
+        data = np.full((len(names), grid.height, grid.width), np.nan, "float32")
+        return _Layout(grid, data, tuple(names), tuple(metadata), first_band)
 
     def _product(self, name: str) -> GunwProduct:
         product = self.catalog.get(name)
@@ -365,43 +480,6 @@ class GunwSource(SourceAdapter):
             return str(download())
         with context.slot():
             return str(download())
-
-    def _chip(self, tile: GridTile, inputs: tuple[str, ...], paths: Mapping[str, str]) -> Chip:
-        grid = tile.pixel_grid(self.recipe.resolution)
-        resampling = Resampling[self.recipe.resampling.value]
-        products = sorted((self._product(name) for name in inputs), key=lambda p: (p.pair, p.name))
-        pairs: dict[tuple, list[GunwProduct]] = {}
-        for product in products:
-            pairs.setdefault(product.pair, []).append(product)
-        prefixes = _band_prefixes(list(pairs))
-        layers = self.layers
-        data = np.full((len(pairs) * len(layers), grid.height, grid.width), np.nan, "float32")
-        names: list[str] = []
-        metadata: list[dict[str, str]] = []
-        for p, (pair, members) in enumerate(pairs.items()):
-            opened = []
-            for member in members:
-                try:
-                    opened.append(_gunw_read.open_product(paths[member.file_name], layers))
-                except SourceError:
-                    _gunw_read.forget_product(paths[member.file_name])
-                    raise
-            for k, layer in enumerate(layers):
-                band = data[p * len(layers) + k]
-                for product in opened:
-                    product.warp(layer, grid, band, resampling)
-                names.append(f"{prefixes[pair]}_{layer.band}")
-                metadata.append(_band_metadata(members, layer))
-        return Chip(
-            data.astype(self.recipe.dtype, copy=False),
-            tuple(names),
-            {
-                "inputs": ";".join(sorted(inputs)),
-                "pairs": str(len(pairs)),
-                "max_baseline_days": f"{self.max_baseline_days:g}",
-            },
-            tuple(metadata),
-        )
 
 
 def _band_prefixes(pairs: Sequence[tuple[dt.date, dt.date, str, int]]) -> dict[tuple, str]:
