@@ -27,6 +27,7 @@ bench: install
 	$(BIN)/python bench/bench_grid.py
 	$(BIN)/python bench/bench_fetch.py
 	$(BIN)/python bench/bench_chip_steps.py
+	$(BIN)/python bench/bench_remote.py
 
 clean:
 	rm -rf $(VENV) build dist demo-output .pytest_cache

@@ -32,9 +32,9 @@ from bench_fetch import NODATA, RESOLUTION, bench_tiles, make_sources, source_of
 from m3leo_tiles.geotiff import ChipEncoder, ChipKind, encode_with_gdal
 from m3leo_tiles.io import write_bytes_atomically
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.worker import Batch, render_batch
+from m3leo_tiles.sources._gdal import scratch_raster
 from m3leo_tiles.sources.base import FetchOptions, get_source
-from m3leo_tiles.sources.raster import _scratch
+from m3leo_tiles.worker import Batch, render_batch
 
 TAGS = {"inputs": "srtm.tif", "recipe": "bench", "recipe_hash": "0" * 12, "tile_id": "x"}
 
@@ -69,7 +69,7 @@ def main() -> int:
         def warp_scratch() -> None:
             chips.clear()
             for path, grid in zip(paths, grids, strict=True):
-                scratch = _scratch(1, grid, "int16")
+                scratch = scratch_raster(1, grid, "int16")
                 scratch.reset(grid, NODATA)
                 reproject(rasterio.band(datasets[path], 1), scratch.band([1]),
                           src_nodata=NODATA, dst_nodata=NODATA,

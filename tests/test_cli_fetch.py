@@ -10,7 +10,6 @@ enough to interrupt; the code under test is unchanged.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ import geopandas as gpd
 import pytest
 import rasterio
 
+from helpers.cli import cli_env, run_cli
 from m3leo_tiles.enums import TileStatus
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.locking import LOCK_NAME
@@ -85,14 +85,9 @@ def write_recipe(path: Path, source: str = "raster", **extra) -> Path:
 
 
 def cli(*args, cwd: Path, timeout: float = 120, sleep: float = 0.0, **popen):
-    env = dict(os.environ, PYTHONPATH=str(HERE / "helpers" / "site"), M3LEO_TEST_SLEEP=str(sleep))
-    command = [str(CLI), *map(str, args)]
-    if popen.pop("background", False):
-        return subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    env = cli_env(M3LEO_TEST_SLEEP=str(sleep))
+    return run_cli(
+        args, cwd=cwd, timeout=timeout, env=env, background=popen.pop("background", False)
     )
 
 

@@ -55,7 +55,9 @@ def test_reused_pid_counts_as_stale(tmp_path: Path) -> None:
     # Our own pid, but a lock older than this process: a previous owner that died.
     _write_lock(tmp_path, os.getpid(), socket.gethostname(), time.time() - 10 * 86400)
     with DatasetLock(tmp_path):
-        pass
+        owner = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert owner["started"] > time.time() - 60  # taken over: the lock is ours, now
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_lock_from_another_host_is_refused_with_advice(tmp_path: Path) -> None:

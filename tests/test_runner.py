@@ -7,7 +7,6 @@ One LocalCluster is shared through ``scheduler=`` (which is also the existing-cl
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -156,12 +155,47 @@ def test_batches_group_shared_inputs_and_are_bounded(tmp_path: Path) -> None:
     adapter = get_source("fake-synthetic")(recipe(group=50))
     plan = make_plan(adapter, tiles, tmp_path, {}, overwrite=False)
     assert plan.to_render == 180
-    for batch in plan.batches(2):
-        assert len({inputs for _, inputs in batch}) == 1  # one input set per task
-        assert len(batch) <= batch_size_for(180, 2)
+    size = batch_size_for(180, 2)
+    batches = plan.batches(2)
+    assert all(len(batch) <= size for batch in batches)
+    spans: dict[tuple, set[int]] = {}
+    for index, batch in enumerate(batches):
+        for _, inputs in batch:
+            spans.setdefault(inputs, set()).add(index)
+    for inputs, indexes in spans.items():  # a group is cut only where it exceeds a batch
+        members = sum(1 for b in batches for _, i in b if i == inputs)
+        assert len(indexes) <= -(-members // size) + 1
+        assert max(indexes) - min(indexes) == len(indexes) - 1  # and stays contiguous
     assert batch_size_for(20_000, 2) == 256
     assert batch_size_for(5, 2) == 1
     assert batch_size_for(1_000, 4) == 32
+
+
+def test_tiles_with_inputs_of_their_own_are_packed_into_full_batches(tmp_path: Path) -> None:
+    tiles = [Tile(ORIGIN.zone, ORIGIN.row + i, ORIGIN.col + j) for i in range(10) for j in range(9)]
+    adapter = get_source("fake-synthetic")(recipe(group=1))  # every tile its own input
+    plan = make_plan(adapter, tiles, tmp_path, {}, overwrite=False)
+    batches = plan.batches(2, min_size=20)
+    assert [len(b) for b in batches] == [20] * 4 + [10]
+
+
+def test_batch_key_keeps_tiles_with_overlapping_inputs_together(tmp_path: Path) -> None:
+    """A source whose tiles' input lists differ but share a frame batches them by the frame."""
+
+    class Frames(type(get_source("fake-synthetic")(recipe()))):
+        def plan(self, tiles):
+            # every tile: its frame (one of two) and a file of its own
+            return {t.identifier: (f"frame-{k % 2}", f"own-{k}") for k, t in enumerate(tiles)}
+
+        def batch_key(self, inputs):
+            return inputs[0]
+
+    tiles = [Tile(ORIGIN.zone, ORIGIN.row + i, ORIGIN.col + j) for i in range(4) for j in range(8)]
+    plan = make_plan(Frames(recipe()), tiles, tmp_path, {}, overwrite=False)
+    assert len(plan.groups) == 2
+    for batch in plan.batches(1, min_size=16):
+        assert len({inputs[0] for _, inputs in batch}) == 1  # one frame per task
+        assert len(batch) == 16
 
 
 def test_worker_killed_mid_run_is_survived_and_resumed(tmp_path: Path) -> None:
@@ -205,47 +239,6 @@ def test_worker_killed_mid_run_is_survived_and_resumed(tmp_path: Path) -> None:
     assert again.exit_code == 0 and again.skipped == report.ok
     assert {k: mtimes(folder)[k] for k in before} == before
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
-
-
-@pytest.fixture
-def external_cluster(tmp_path: Path):
-    """A real `dask scheduler` and `dask worker` as separate processes, torn down after."""
-    bin_dir = Path(sys.executable).parent
-    info = tmp_path / "scheduler.json"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    )
-    logs = (tmp_path / "scheduler.log").open("w"), (tmp_path / "worker.log").open("w")
-    scheduler = subprocess.Popen(
-        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", info],
-        stdout=logs[0], stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    processes = [scheduler]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            assert scheduler.poll() is None, (tmp_path / "scheduler.log").read_text()
-            time.sleep(0.1)
-        address = json.loads(info.read_text())["address"]
-        worker = subprocess.Popen(
-            [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-             "--death-timeout", "60"],
-            stdout=logs[1], stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
-        processes.append(worker)
-        yield address, scheduler
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for handle in logs:
-            handle.close()
 
 
 def test_existing_cluster_via_scheduler_address(external_cluster, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from m3leo_tiles.errors import DiskFullError, SourceError, TransientSourceError
+from m3leo_tiles.errors import DiskFullError, SourceError, TransientSourceError, first_line
 from m3leo_tiles.sources.base import RetryPolicy
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def _check(path: Path, expected_size: int | None, sha256: str | None,
         try:
             validate(path)
         except Exception as error:
-            return f"unreadable ({str(error).strip().splitlines()[0] if str(error) else error})"
+            return f"unreadable ({first_line(error)})"
     return None
 
 

@@ -43,3 +43,9 @@ class TransientSourceError(SourceError):
 
 class DiskFullError(M3leoError):
     """The output disk is full: fatal for the run (every further chip would fail too)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library errors can run to pages), or its type."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

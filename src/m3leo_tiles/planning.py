@@ -40,14 +40,24 @@ class Plan:
     def to_render(self) -> int:
         return sum(len(g) for g in self.groups)
 
-    def batches(self, threads: int) -> list[tuple[Item, ...]]:
-        """Chunks of the groups sized for ``threads``; a batch never mixes groups."""
-        size = batch_size_for(self.to_render, threads)
-        return [
-            group[start : start + size]
-            for group in self.groups
-            for start in range(0, len(group), size)
-        ]
+    def batches(self, threads: int, min_size: int = MIN_BATCH) -> list[tuple[Item, ...]]:
+        """Batches sized for ``threads``: a group is cut only where it is bigger than a batch,
+        and small groups (tiles with inputs of their own, e.g. one request each) are packed
+        together, so that a batch has enough tiles for a source to overlap its requests
+        (``min_size``: an I/O-bound source wants several tiles per thread it may use)."""
+        size = max(min_size, batch_size_for(self.to_render, threads))
+        batches: list[tuple[Item, ...]] = []
+        current: list[Item] = []
+        for group in self.groups:
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                if current and len(current) + len(chunk) > size:
+                    batches.append(tuple(current))
+                    current = []
+                current.extend(chunk)
+        if current:
+            batches.append(tuple(current))
+        return batches
 
 
 def batch_size_for(count: int, threads: int) -> int:

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 LOG_NAME = "fetch.log"
 CACHE_DIR_NAME = ".cache"
 IN_FLIGHT_PER_THREAD = 3  # keeps every worker busy while results travel, memory bounded
+TILES_PER_REQUEST_THREAD = 4  # per batch, so that a batch's last round of requests is short
 
 log = logging.getLogger("m3leo_tiles.fetch")
 
@@ -289,18 +290,18 @@ def fetch_tiles(
     return report
 
 
-def _budget(client: Client, adapter: SourceAdapter, threads: int) -> Budget | None:
-    """The run's request budget, when the source is I/O-bound: one semaphore for the cluster,
-    and threads per worker so that the workers together can fill it."""
+def _budget(client: Client, adapter: SourceAdapter) -> Budget | None:
+    """The run's request budget, when the source is I/O-bound: one semaphore for the cluster.
+
+    Each worker may use as many threads as the whole budget: the semaphore, not a static
+    share, bounds the total, so a worker finishing a batch leaves its slots to the others.
+    """
     limit = adapter.concurrency()
     if not limit:
         return None
     name = request_budget(client, limit, f"m3leo-{adapter.name}-{uuid.uuid4().hex[:8]}")
-    workers = max(1, len(client.nthreads()))
-    per_worker = max(1, -(-int(limit) // workers))
-    log.info("request budget: %d in flight across %d workers (%d threads each)", limit,
-             workers, per_worker)  # fmt: skip
-    return Budget(name=str(name), limit=int(limit), threads=per_worker)
+    log.info("request budget: %d in flight across %d workers", limit, len(client.nthreads()))
+    return Budget(name=str(name), limit=int(limit), threads=int(limit))
 
 
 def _run_batches(
@@ -318,8 +319,12 @@ def _run_batches(
     recipe_hash = adapter.recipe.recipe_hash
     threads = max(1, sum(client.nthreads().values()))
     limit = max(2, IN_FLIGHT_PER_THREAD * threads)
-    budget = _budget(client, adapter, threads)
-    all_batches = plan.batches(threads)
+    budget = _budget(client, adapter)
+    # An I/O-bound source overlaps the requests of one batch: give each worker's share of
+    # the budget a few tiles per request thread.
+    workers = max(1, len(client.nthreads()))
+    min_size = -(-budget.limit // workers) * TILES_PER_REQUEST_THREAD if budget else 1
+    all_batches = plan.batches(threads, min_size=min_size)
     log.info(
         "rendering %d tiles in %d batches on %d threads", plan.to_render, len(all_batches), threads
     )

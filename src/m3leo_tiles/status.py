@@ -33,10 +33,6 @@ class DatasetStatus:
     size_bytes: int
     last_run: float | None  # unix time of the manifest's last change
 
-    @property
-    def complete(self) -> bool:
-        return self.failed == 0 and self.missing == 0
-
 
 def _grid_ids(
     aoi: str, grids_dir: Path, cache: dict[str, frozenset[str] | None]

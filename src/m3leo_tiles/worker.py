@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.errors import DiskFullError, EmptyTileError, SourceError
+from m3leo_tiles.errors import DiskFullError, EmptyTileError, SourceError, first_line
 from m3leo_tiles.manifest import ManifestRow, now_iso
 from m3leo_tiles.sources.base import Chip, RenderContext, SourceAdapter
 
@@ -85,9 +85,7 @@ def _slot_factory(budget: Budget | None) -> Any:
 
 def reason_of(error: BaseException) -> str:
     """``Type: first line of the message``: what a manifest row and a log line show."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else "no message"
-    return f"{type(error).__name__}: {first}"
+    return f"{type(error).__name__}: {first_line(error) if str(error).strip() else 'no message'}"
 
 
 def _outcomes(adapter: SourceAdapter, batch: Batch, context: RenderContext

@@ -85,3 +85,93 @@ def _register_slow_raster() -> None:
 
 
 _register_slow_raster()
+
+
+def _synthetic(tile, recipe, count: int) -> np.ndarray:
+    grid = tile.pixel_grid(recipe.resolution)
+    seed = sum(map(ord, tile.identifier))
+    return np.full((count, grid.height, grid.width), seed % 100 + 1).astype(recipe.dtype)
+
+
+@register
+class FakeHttp(SourceAdapter):
+    """``fake-http``: each chip waits on one GET to ``params.url`` (a loopback server), like a
+    remote service; ``params.budget`` is its declared concurrency, ``params.setup_dir`` gets
+    one file per ``setup_worker`` call (named by pid and a counter)."""
+
+    name = "fake-http"
+    description = "test only: one HTTP request per chip"
+
+    def concurrency(self) -> int | None:
+        budget = self.recipe.params.get("budget")
+        return int(budget) if budget else None
+
+    def setup_worker(self) -> None:
+        folder = self.recipe.params.get("setup_dir")
+        if folder:
+            import uuid
+
+            (Path(folder) / f"{os.getpid()}-{uuid.uuid4().hex[:6]}").write_text("setup")
+
+    def plan(self, tiles: Sequence) -> TileInputs:
+        return {t.identifier: (f"{self.recipe.params['url']}/{t.identifier}",) for t in tiles}
+
+    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+        import requests
+
+        response = requests.get(inputs[0], timeout=30)
+        if response.status_code != 200:
+            raise SourceError(f"HTTP {response.status_code}")
+        return Chip(_synthetic(tile, self.recipe, len(self.recipe.bands)), self.recipe.bands)
+
+
+@register
+class FakeOutcomes(SourceAdapter):
+    """``fake-outcomes``: a ``render_many`` that skips ``params.skip`` tiles, yields
+    ``params.twice`` tiles twice, and stops with a bug after ``params.break_after`` tiles."""
+
+    name = "fake-outcomes"
+    description = "test only: a render_many that yields too few or too many outcomes"
+
+    def plan(self, tiles: Sequence) -> TileInputs:
+        return {t.identifier: ("fake://all",) for t in tiles}
+
+    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+        return Chip(_synthetic(tile, self.recipe, len(self.recipe.bands)), self.recipe.bands)
+
+    def render_many(self, items, context):
+        params = self.recipe.params
+        for count, (tile, inputs) in enumerate(items):
+            if count == params.get("break_after", -1):
+                raise RuntimeError("adapter loop broke")
+            if tile.identifier in params.get("skip", ()):
+                continue
+            yield tile, self.render(tile, inputs)
+            if tile.identifier in params.get("twice", ()):
+                yield tile, self.render(tile, inputs)
+
+
+@register
+class FakePerTileBands(SourceAdapter):
+    """``fake-per-tile-bands``: a different band list per tile (like GUNW pairs), with chip
+    and band metadata, including GDAL scale and offset."""
+
+    name = "fake-per-tile-bands"
+    description = "test only: band names decided per tile"
+
+    def plan(self, tiles: Sequence) -> TileInputs:
+        return {t.identifier: ("fake://pairs",) for t in tiles}
+
+    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+        count = 1 + sum(map(ord, tile.identifier)) % 3
+        names = tuple(
+            f"2020010{i + 1}_2020010{i}_coherence_{tile.identifier}" for i in range(count)
+        )
+        band_metadata = tuple(
+            {"reference": f"2020-01-0{i + 1}", "baseline_days": str(i + 1), "scale": "0.01",
+             "offset": "0"}
+            for i in range(count)
+        )  # fmt: skip
+        return Chip(_synthetic(tile, self.recipe, count), names,
+                    {"products": f"product-{tile.identifier}", "inputs": "real-input"},
+                    band_metadata)  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.errors import GridError
+from m3leo_tiles.errors import GridError, first_line
 
 DEFAULT_ANGLE = 0.9
 
@@ -134,7 +134,7 @@ def _read_wkt(path: Path) -> BaseGeometry:
     except GridError:
         raise
     except Exception as error:
-        raise GridError(f"cannot read WKT from {path}: {_first_line(error)}") from None
+        raise GridError(f"cannot read WKT from {path}: {first_line(error)}") from None
     return _valid(geometry)
 
 
@@ -147,21 +147,16 @@ def _read_vector(path: Path) -> BaseGeometry:
         else:
             frame = gpd.read_file(path, engine="pyogrio")
     except Exception as error:
-        raise GridError(f"cannot read AOI file {path}: {_first_line(error)}") from None
+        raise GridError(f"cannot read AOI file {path}: {first_line(error)}") from None
     if frame.empty or frame.geometry.isna().all():
         raise GridError(f"AOI file {path} holds no geometry; it needs at least one polygon")
     if frame.crs is not None and not frame.crs.equals("EPSG:4326"):
         try:
             frame = frame.to_crs(4326)
         except Exception as error:
-            raise GridError(f"cannot reproject {path} to EPSG:4326: {_first_line(error)}") from None
+            raise GridError(f"cannot reproject {path} to EPSG:4326: {first_line(error)}") from None
     return _valid(shapely.union_all(frame.geometry.dropna().to_numpy()))
 
 
 def _valid(geometry: BaseGeometry) -> BaseGeometry:
     return geometry if geometry.is_valid else shapely.make_valid(geometry)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

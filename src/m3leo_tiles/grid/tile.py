@@ -193,15 +193,13 @@ class Tile:
 
     @classmethod
     def from_id(cls, identifier: str) -> Tile:
-        match = _ID_PATTERN.match(identifier)
-        if not match:
+        tile = parse_tile_id(identifier)
+        if tile is None:
             raise GridError(
                 f"{identifier!r} is not a tile id; ids look like 33N_1187_089 (zone+hemisphere, "
                 "row, column)"
             )
-        number = int(match["row"])
-        row = number if match["hemi"] == "N" else -number - 1
-        return cls(int(match["zone"]), row, int(match["col"]))
+        return tile
 
     @classmethod
     def from_point(cls, lon: float, lat: float, zone: int | None = None) -> Tile:

@@ -53,11 +53,8 @@ import glob
 import math
 import os
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +64,26 @@ import shapely
 import shapely.affinity
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError, RasterioIOError
-from rasterio.warp import reproject, transform
-from shapely.geometry import Polygon, box
+from rasterio.warp import reproject
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from m3leo_tiles.enums import ResamplingMethod
-from m3leo_tiles.errors import ConfigError, SourceError, TransientSourceError
-from m3leo_tiles.geotiff import cached_crs
+from m3leo_tiles.errors import ConfigError, SourceError, TransientSourceError, first_line
 from m3leo_tiles.grid.tile import (
     GridTile,
     PixelGrid,
     lonlat_polygons,
+)
+from m3leo_tiles.sources._gdal import (
+    TRANSIENT_MESSAGES,
+    footprint_lonlat,
+    forget_dataset,
+    is_remote,
+    names_a_missing_file,
+    open_dataset,
+    scratch_raster,
+    with_copies_across_the_antimeridian,
 )
 from m3leo_tiles.sources.base import Chip, SourceAdapter, SourceOption, TileInputs, register
 
@@ -87,29 +93,16 @@ TEMPLATE_FIELDS = re.compile(r"\{(lat|lon|NS|EW)(:[^}]*)?\}")
 URL_PREFIXES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://",
                 "s3://": "/vsis3/", "gs://": "/vsigs/"}  # fmt: skip
 LAYER_SEPARATOR = "="
-NETWORK_VSI = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
-               "/vsiwebhdfs", "/vsihdfs")  # fmt: skip
 DEFAULT_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
 # GDAL 3.6 (OSGeo/gdal#6560) made ``sum`` conserve totals when the target pixel is smaller
 # than the source's or the CRS changes; before it a fine target pixel got the whole value of
 # the source pixel under it, inflating totals by the area ratio.
 SUM_CONSERVING_GDAL = (3, 6)
-# Network trouble worth retrying with backoff: DNS, timeouts, throttling, server errors, and
-# GDAL's cached "does not exist" after such a failure (it is not a verdict on the file).
-TRANSIENT_MESSAGES = (
-    "CURL error", "HTTP response code: 429", "HTTP response code: 5", "does not exist",
-)  # fmt: skip
-OPEN_DATASETS_PER_WORKER = 32
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 
 
 def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
-
-
-def _is_remote(path: str) -> bool:
-    """Read over the network, possibly inside an archive (``/vsizip//vsicurl/https://...``)."""
-    return any(prefix in path for prefix in NETWORK_VSI)
 
 
 def expand_vars(text: str) -> str:
@@ -144,128 +137,6 @@ class Layer:
 
     name: str | None  # None: the plain ``inputs`` mosaic, all output bands
     specs: tuple[str, ...]
-
-
-# --- per-thread GDAL state on a worker -------------------------------------------------------
-
-
-class _ThreadState(threading.local):
-    """Open inputs and scratch rasters of one worker thread.
-
-    Kept per thread because a GDAL dataset must not be used by two threads at once (a
-    ``dask worker`` runs several), and kept across tiles because opening an input or creating
-    a raster costs more than warping a small chip.
-    """
-
-    def __init__(self) -> None:
-        self.open: OrderedDict[str, rasterio.DatasetReader] = OrderedDict()
-        self.scratch: dict[tuple[int, int, int, str], Scratch] = {}
-
-
-_STATE = _ThreadState()
-
-
-def _open(path: str) -> rasterio.DatasetReader:
-    """Keep recently used inputs open in this thread: opening costs more than a small warp."""
-    datasets = _STATE.open
-    dataset = datasets.pop(path, None)
-    if dataset is None:
-        dataset = rasterio.open(path)
-        while len(datasets) >= OPEN_DATASETS_PER_WORKER:
-            datasets.popitem(last=False)[1].close()
-    datasets[path] = dataset
-    return dataset
-
-
-def _forget(path: str) -> None:
-    dataset = _STATE.open.pop(path, None)
-    if dataset is not None:
-        dataset.close()
-
-
-class Scratch:
-    """An in-memory GDAL raster that chips are warped into, reused from tile to tile.
-
-    ``reproject`` into a numpy array wraps the array in a new MEM dataset on every call
-    (with its own GDAL environment); into the band of a dataset that already exists it does
-    not, which saves ~0.15 ms a chip. The warp itself is the same GDAL call onto the same
-    grid, so the pixels are too (the tests compare them with ``reproject`` into an array).
-    """
-
-    def __init__(self, count: int, grid: PixelGrid, dtype: str) -> None:
-        self.dataset = rasterio.open(
-            f"scratch-{id(self)}", "w+", driver="MEM", count=count, height=grid.height,
-            width=grid.width, dtype=dtype, crs=cached_crs(grid.crs), transform=grid.transform,
-        )  # fmt: skip
-        self.crs = grid.crs
-        self.dtype = dtype
-        self.all_bands = list(range(1, count + 1))
-
-    def reset(self, grid: PixelGrid, fill: float) -> None:
-        """Point at ``grid`` and fill with ``fill``: the warps then paint their valid pixels."""
-        if grid.crs != self.crs:
-            self.dataset.crs = cached_crs(grid.crs)
-            self.crs = grid.crs
-        self.dataset.transform = grid.transform
-        self.dataset.write(_filled(self.dataset.shape, len(self.all_bands), self.dtype, fill))
-
-    def band(self, indexes: list[int]) -> Any:
-        return rasterio.band(self.dataset, indexes)
-
-    def read(self) -> np.ndarray:
-        return self.dataset.read()
-
-
-def _scratch(count: int, grid: PixelGrid, dtype: str) -> Scratch:
-    key = (count, grid.height, grid.width, dtype)
-    scratch = _STATE.scratch.get(key)
-    if scratch is None:
-        scratch = _STATE.scratch[key] = Scratch(count, grid, dtype)
-    return scratch
-
-
-@lru_cache(maxsize=64)
-def _filled(shape: tuple[int, int], count: int, dtype: str, fill: float) -> np.ndarray:
-    array = np.full((count, *shape), fill, dtype=dtype)
-    array.flags.writeable = False
-    return array
-
-
-def footprint_lonlat(dataset: rasterio.DatasetReader, points_per_edge: int = 21) -> BaseGeometry:
-    """The raster's outline in lon/lat: its edges densified, so a UTM scene is not a bbox."""
-    left, bottom, right, top = dataset.bounds
-    steps = np.linspace(0.0, 1.0, points_per_edge)
-    xs = np.concatenate([left + (right - left) * steps, np.full_like(steps, right),
-                         right - (right - left) * steps, np.full_like(steps, left)])  # fmt: skip
-    ys = np.concatenate([np.full_like(steps, bottom), bottom + (top - bottom) * steps,
-                         np.full_like(steps, top), top - (top - bottom) * steps])  # fmt: skip
-    if dataset.crs is None:
-        raise ConfigError(f"{dataset.name} has no CRS; give it one (e.g. gdal_edit.py -a_srs)")
-    lons, lats = transform(dataset.crs, "EPSG:4326", xs, ys)
-    return around_the_world(np.asarray(lons), np.asarray(lats))
-
-
-def around_the_world(lons: np.ndarray, lats: np.ndarray) -> BaseGeometry:
-    """A lon/lat ring as a footprint that also matches tiles written past ±180°.
-
-    PROJ wraps longitudes into [-180, 180], so a scene crossing the antimeridian comes back as
-    a ring that jumps from 179.9 to -179.9 and would span the whole globe. Unwrapping makes
-    the ring continuous (it may then run past 180, as may a 0..360 raster), and copies shifted
-    by ±360° make it meet the lattice's tile polygons, which are unwrapped around their zone's
-    central meridian and so may also lie a little past ±180°.
-    """
-    polygon = Polygon(zip(np.unwrap(lons, period=360.0), lats, strict=True))
-    return with_copies_across_the_antimeridian(polygon)
-
-
-def with_copies_across_the_antimeridian(polygon: BaseGeometry) -> BaseGeometry:
-    if not polygon.is_valid:
-        polygon = polygon.buffer(0)
-    west, _, east, _ = polygon.bounds
-    if west >= -180.0 and east <= 180.0 and east - west < 180.0:
-        return polygon  # far from the antimeridian: no copies needed
-    copies = [shapely.affinity.translate(polygon, xoff=shift) for shift in (-360.0, 360.0)]
-    return shapely.union_all([polygon, *copies])
 
 
 # --- the adapter ----------------------------------------------------------------------------
@@ -407,7 +278,7 @@ class RasterSource(SourceAdapter):
     def concurrency(self) -> int | None:
         """Remote inputs wait on the network, not the CPU: read them concurrently, within a
         budget; local files are CPU-bound and read one tile at a time per worker."""
-        remote = any(_is_remote(_gdal_path(spec, self.recipe.folder))
+        remote = any(is_remote(_gdal_path(spec, self.recipe.folder))
                      for layer in self.layers() for spec in layer.specs)  # fmt: skip
         if not remote:
             return None
@@ -446,7 +317,7 @@ class RasterSource(SourceAdapter):
         return paths
 
     def _footprint(self, path: str) -> BaseGeometry:
-        if _is_remote(path):
+        if is_remote(path):
             west, south, east, north = self.recipe.params.get("footprint", WORLD)
             if east < west:  # declared across the antimeridian, e.g. [170, -20, -170, 0]
                 east += 360.0
@@ -509,7 +380,7 @@ class RasterSource(SourceAdapter):
         last one's valid pixels win, as in a GDAL VRT mosaic."""
         recipe = self.recipe
         work_dtype, fill = self._fill()
-        scratch = _scratch(len(recipe.bands), grid, work_dtype)
+        scratch = scratch_raster(len(recipe.bands), grid, work_dtype)
         scratch.reset(grid, fill)
         resampling = Resampling[recipe.resampling.value]
         templated = "tile_degrees" in recipe.params
@@ -518,13 +389,15 @@ class RasterSource(SourceAdapter):
             name, path = self._split(item)
             targets = [recipe.bands.index(name) + 1] if name else scratch.all_bands
             try:
-                dataset = _open(path)
+                dataset = open_dataset(path)
             except RasterioIOError as error:
-                if templated and _names_a_missing_file(path, str(error)):
+                if templated and names_a_missing_file(path, str(error)):
                     continue  # a cell the tiled product does not have (open sea): no data there
-                if _is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
-                    raise TransientSourceError(f"cannot reach {path}: {_short(error)}") from None
-                raise SourceError(f"cannot open input {path}: {_short(error)}") from None
+                if is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
+                    raise TransientSourceError(
+                        f"network: could not reach {path}: {first_line(error)}"
+                    ) from None
+                raise SourceError(f"cannot open input {path}: {first_line(error)}") from None
             indexes = [1] if name else self._band_indexes(dataset)
             if len(indexes) != len(targets):
                 raise SourceError(
@@ -540,8 +413,8 @@ class RasterSource(SourceAdapter):
                     init_dest_nodata=False,
                 )
             except (RasterioError, OSError) as error:
-                _forget(path)
-                raise SourceError(f"cannot read input {path}: {_short(error)}") from None
+                forget_dataset(path)
+                raise SourceError(f"cannot read input {path}: {first_line(error)}") from None
             used.append(path)
         return scratch.read(), fill, used
 
@@ -579,23 +452,8 @@ def gdal_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def _names_a_missing_file(path: str, message: str) -> bool:
-    """Only a definite answer counts: a 404 from a server, ENOENT from a local disk.
-
-    Anything vaguer (no network, a cached failed lookup) must not turn into "no data here",
-    or an offline run would record real tiles as empty and never retry them.
-    """
-    if _is_remote(path):
-        return "HTTP response code: 404" in message
-    return "No such file" in message
-
-
 def _cell_field(match: re.Match[str], lat: float, lon: float) -> str:
     field, spec = match.group(1), match.group(2) or ""
     values = {"lat": abs(round(lat)), "lon": abs(round(lon)),
               "NS": "N" if lat >= 0 else "S", "EW": "E" if lon >= 0 else "W"}  # fmt: skip
     return format(values[field], spec[1:])
-
-
-def _short(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
