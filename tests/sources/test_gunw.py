@@ -83,6 +83,7 @@ def home(tmp_path, monkeypatch):
 def fresh_worker_sessions(monkeypatch):
     """Each test is a new worker process as far as logged-in sessions go."""
     monkeypatch.setattr(_WorkerSession, "sessions", {})
+    monkeypatch.setattr(_WorkerSession, "failures", {})
 
 
 @pytest.fixture
@@ -291,13 +292,14 @@ def test_a_refused_download_is_a_per_tile_failure(asf, world, tiles, tmp_path, m
     monkeypatch.setenv("EARTHDATA_USERNAME", USER)
     monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
     source = adapter(tmp_path)
-    items = [
-        (t, i)
-        for t, i in zip(tiles, [source.plan(tiles)[t.identifier] for t in tiles], strict=True)
-        if i
-    ]
+    inputs = source.plan(tiles)
+    items = [(t, inputs[t.identifier]) for t in tiles if inputs[t.identifier]]
     asf.refuse = True  # logged in on the driver, refused on the worker
-    outcomes = list(source.render_many(items, RenderContext()))
+    started = time.perf_counter()
+    outcomes = list(source.render_many(items, RenderContext(threads=3)))
+    assert time.perf_counter() - started < 10  # one refused login, remembered for the batch
+    logins = [p for p in asf.log.paths("POST") if p.endswith("find_or_create_token")]
+    assert len(logins) == 2  # the driver's, then the worker's
     assert len(outcomes) == len(items)
     assert all(isinstance(o, SourceError) for _, o in outcomes)
     assert all("refused" in str(o) and PASSWORD not in str(o) for _, o in outcomes)

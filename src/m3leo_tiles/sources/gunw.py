@@ -34,10 +34,12 @@ import datetime as dt
 import json
 import os
 import threading
+import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from rasterio.enums import Resampling
@@ -46,8 +48,12 @@ from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
 from m3leo_tiles.sources._gunw_catalog import GunwProduct
+
+if TYPE_CHECKING:
+    from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.sources.base import (
     Chip,
+    FetchOptions,
     RenderContext,
     SourceAdapter,
     SourceOption,
@@ -76,30 +82,49 @@ class _Layout:
 
 
 class _WorkerSession:
-    """One logged-in asf-search session per worker process, made on the first download."""
+    """One logged-in asf-search session per worker process, made on the first download.
 
+    A failed login is remembered for ``RETRY_LOGIN_S``: the other products of the batch fail
+    at once with the same reason instead of each waiting for the login deadline again.
+    """
+
+    RETRY_LOGIN_S: ClassVar[float] = 60.0
     lock: ClassVar[threading.Lock] = threading.Lock()
     sessions: ClassVar[dict[tuple[str, str], Any]] = {}
+    failures: ClassVar[dict[tuple[str, str], tuple[float, SourceError]]] = {}
 
     @classmethod
     def get(cls, hosts: _earthdata.Hosts) -> Any:
         key = (hosts.cmr, hosts.edl)
         with cls.lock:
             session = cls.sessions.get(key)
-            if session is None:
-                credentials = _earthdata.find_credentials(hosts.edl)
-                if credentials is None:
-                    raise SourceError(
-                        f"a GUNW product must be downloaded but no Earthdata credentials are "
-                        f"set on this worker; {_earthdata.HOW_TO}"
-                    )
-                session = _earthdata.new_session(hosts)
-                try:
-                    _earthdata.login(session, credentials)
-                except CredentialsError as error:
-                    raise SourceError(str(error)) from None
-                cls.sessions[key] = session
+            if session is not None:
+                return session
+            failed = cls.failures.get(key)
+            if failed is not None and time.monotonic() - failed[0] < cls.RETRY_LOGIN_S:
+                raise failed[1]
+            try:
+                session = cls._login(hosts)
+            except SourceError as error:
+                cls.failures[key] = (time.monotonic(), error)
+                raise
+            cls.sessions[key] = session
             return session
+
+    @staticmethod
+    def _login(hosts: _earthdata.Hosts) -> Any:
+        credentials = _earthdata.find_credentials(hosts.edl)
+        if credentials is None:
+            raise SourceError(
+                "a GUNW product must be downloaded but no Earthdata credentials are set on "
+                f"this worker; {_earthdata.HOW_TO}"
+            )
+        session = _earthdata.new_session(hosts)
+        try:
+            _earthdata.login(session, credentials)
+        except CredentialsError as error:
+            raise SourceError(str(error)) from None
+        return session
 
 
 @register
@@ -133,7 +158,7 @@ class GunwSource(SourceAdapter):
         ),
     )
 
-    def __init__(self, recipe, options=None) -> None:
+    def __init__(self, recipe: Recipe, options: FetchOptions | None = None) -> None:
         super().__init__(recipe, options)
         self.catalog: dict[str, GunwProduct] = {}  # file name -> product, filled by plan()
         self.local: dict[str, str] = {}  # file name -> path of a product found on disk
@@ -340,14 +365,7 @@ class GunwSource(SourceAdapter):
         open). Chunks are as many tiles as fit in ``CHUNK_BYTES`` of chips, which keeps memory
         flat whatever the batch and the pair count.
         """
-        paths: dict[str, str | Exception] = {}
-        for _, inputs in items:
-            for name in inputs:
-                if name not in paths:
-                    try:
-                        paths[name] = self._product_path(name, context)
-                    except Exception as error:  # (fails only its tiles)
-                        paths[name] = error
+        paths = self._fetch_all(items, context)
         ready = []
         for tile, inputs in items:
             failed = next((paths[n] for n in inputs if isinstance(paths[n], Exception)), None)
@@ -367,6 +385,31 @@ class GunwSource(SourceAdapter):
             chunk_bytes += size
         if chunk:
             yield from self._render_chunk(chunk, paths)  # type: ignore[arg-type]
+
+    def _fetch_all(
+        self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
+    ) -> dict[str, str | Exception]:
+        """Local paths of the batch's products (downloads on ``context.threads`` threads, each
+        holding a slot of the run's request budget); a failure is kept for its tiles only."""
+        names = list(dict.fromkeys(name for _, inputs in items for name in inputs))
+
+        def fetch(name: str) -> str | Exception:
+            try:
+                return self._product_path(name, context)
+            except Exception as error:  # (fails only the tiles that need it)
+                return error
+
+        catalog = self.catalog
+        missing = [
+            n
+            for n in names
+            if n in catalog and n not in self.local and not self._cached(catalog[n])
+        ]
+        threads = min(context.threads, len(missing))
+        if threads <= 1:
+            return {name: fetch(name) for name in names}
+        with ThreadPoolExecutor(threads, thread_name_prefix="m3leo-gunw-download") as pool:
+            return dict(zip(names, pool.map(fetch, names), strict=True))
 
     def _render_chunk(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], paths: Mapping[str, str]
