@@ -186,3 +186,23 @@ def test_non_gunw_features_are_skipped(shared_data, real_item):
     data = _geojson([real_item, {"meta": s1["meta"], "umm": s1["umm"]}])
     assert len(data["features"]) == 2
     assert [p.name for p in catalog.parse_results(data, "t")] == [REAL_NAME]
+
+
+def test_raiders_real_v2_product_is_parsed_and_superseded_by_v3(shared_data, real_item):
+    """RAiDER's real metadata of a v2_0_4 product (track 64, over Los Angeles) as a record."""
+    meta = json.loads(next((shared_data / "asf").glob("S1-GUNW-*-v2_0_4.json")).read_text())
+    footprint = shapely.geometry.shape(meta["location"])
+    v2 = meta["label"]
+    v3 = v2.replace("-PP-6267-v2_0_4", "-PP-7a1f-v3_0_1")
+    items = [
+        derived_gunw_item(real_item, name, footprint, 10, "0" * 32, 24900) for name in (v2, v3)
+    ]
+    products = catalog.parse_results(_geojson(items), "t")
+    old = next(p for p in products if p.name == v2)
+    assert (old.reference, old.secondary) == (dt.date(2021, 7, 23), dt.date(2021, 7, 11))
+    assert old.baseline_days == meta["metadata"]["temporal_baseline_days"] == 12
+    assert (old.direction, old.track) == (meta["metadata"]["orbit_direction"], 64)
+    [kept] = catalog.select_pairs(products, 2021, 72)
+    assert kept.name == v3
+    la = Tile.from_point(-118.0, 34.0)  # the demo AOI's Los Angeles box lies in this track
+    assert catalog.assign([kept], [la])[la.identifier] == (kept.file_name,)
