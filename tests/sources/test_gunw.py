@@ -317,6 +317,22 @@ def local_adapter(world, tiles, tmp_path, home):
     return source, inputs
 
 
+def test_batches_gather_the_tiles_of_a_frame(local_adapter, world, tiles):
+    source, inputs = local_adapter
+    keys: dict = {}
+    for tile in tiles:
+        names = inputs[tile.identifier]
+        if names:
+            frames = {world.specs[n].frame for n in names}
+            keys.setdefault(source.batch_key(names), set()).add(frozenset(frames))
+            assert source.batch_key(names) == tuple(
+                ("ascending", 64, str(f)) for f in sorted(frames)
+            )
+    assert all(len(frame_sets) == 1 for frame_sets in keys.values())
+    assert len(keys) >= 2  # south-frame tiles and tiles that also reach the northern frame
+    assert len({inputs[t.identifier] for t in tiles if inputs[t.identifier]}) > len(keys)
+
+
 def _reference(paths: list[Path], layer: _gunw_read.Layer, grid) -> np.ndarray:
     """Independent ``reproject`` of each product's layer, later ones painted over earlier."""
     out = np.full((grid.height, grid.width), np.nan, "float32")

@@ -340,7 +340,13 @@ class GunwSource(SourceAdapter):
         return {"type": "FeatureCollection", "features": list(features.values())}
 
     def batch_key(self, inputs: tuple[str, ...]) -> Hashable:
-        return inputs  # tiles over the same products share a batch: each product opened once
+        """The frames a tile lies in: tiles of one frame share a batch even where their pair
+        lists differ a little (a product whose footprint stops short), so a batch opens each
+        product once for all of them; tiles across two frames form their own batches."""
+        if not inputs or any(name not in self.catalog for name in inputs):
+            return inputs
+        products = [self.catalog[name] for name in inputs]
+        return tuple(sorted({(p.direction, p.track, p.frame) for p in products}))
 
     def concurrency(self) -> int | None:
         return 4  # downloads in flight over the cluster; ASF asks clients to be gentle
