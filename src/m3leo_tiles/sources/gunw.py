@@ -10,10 +10,10 @@ frame, product names and versions), so a consumer can pick pairs from the chip a
 
 How a run goes, and why:
 
-1. *Search once, on the driver* (``plan``). One asf-search query per few-degree cell of the
-   AOI for ``ARIA S1 GUNW`` products of the year; the answer is saved as GeoJSON under the
-   cache folder (``--cache``, default ``OUT/.cache``), so a rerun asks nothing
-   (``--refresh-search`` asks again). ``--search-results FILE`` takes a saved search instead
+1. *Search once, on the driver* (``plan``). One asf-search query per 2° lon/lat cell the
+   tiles touch, for ``ARIA S1 GUNW`` products of the year; each answer is saved as GeoJSON
+   under the cache folder (``--cache``, default ``OUT/.cache``), so a rerun, or a run over any
+   subset of the tiles, asks nothing (``--refresh-search`` asks again). ``--search-results FILE`` takes a saved search instead
    (``ASFSearchResults.geojson()`` or a Vertex export): cron jobs and offline runs use that.
 2. *Pick pairs* (``_gunw_catalog``): baseline cut, year of the reference date, newest version
    of each (pair, frame), footprints against tiles.
@@ -22,10 +22,12 @@ How a run goes, and why:
    rendered (one line, exit 2). A run from local products needs none.
 4. *Download safely* (worker): ``m3leo_tiles.download.cached_download`` with asf-search's
    authenticated session: temp file then rename, size checked against the search, a per-file
-   lock (two workers wanting one product make one download), bounded retries.
-5. *Read each product once*: tiles with the same products share a batch (``batch_key``); a
-   batch opens each product's layers once and warps every tile from them
-   (``_gunw_read``). Adjacent frames of one pair over a tile are painted into one band.
+   lock (two workers wanting one product make one download), bounded retries; a batch's
+   downloads run on the threads of the run's request budget (``concurrency``).
+5. *Read each product once*: tiles of the same frames share a batch (``batch_key``); a batch
+   loops over its products, not its tiles: each is opened once and warped into every tile
+   that needs it (``_gunw_read``), in memory-bounded chunks of tiles. Adjacent frames of one
+   pair over a tile are painted into one band, in product-name order.
 """
 
 from __future__ import annotations
