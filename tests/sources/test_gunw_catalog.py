@@ -10,6 +10,7 @@ it for pairs formed from the real acquisition dates of ARIA frame 5289 (the 342-
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import asf_search
@@ -206,3 +207,13 @@ def test_raiders_real_v2_product_is_parsed_and_superseded_by_v3(shared_data, rea
     assert kept.name == v3
     la = Tile.from_point(-118.0, 34.0)  # the demo AOI's Los Angeles box lies in this track
     assert catalog.assign([kept], [la])[la.identifier] == (kept.file_name,)
+
+
+def test_a_damaged_file_fails_the_checksum_of_the_search(real_item, tmp_path):
+    [product] = catalog.parse_results(_geojson([real_item]), "t")
+    assert product.md5 == "1da292d57037f6a3aabcbe2f0e513a5b"  # the record's netCDF-4 checksum
+    path = tmp_path / product.file_name
+    path.write_bytes(b"not the product")
+    with pytest.raises(ValueError, match="MD5"):
+        catalog.check_md5(path, product.md5)
+    catalog.check_md5(path, hashlib.md5(b"not the product").hexdigest())

@@ -21,6 +21,7 @@ Rules (issue #12):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import re
@@ -59,6 +60,7 @@ class GunwProduct:
     frame: str  # ASF frame number, or the name's place code when the search has none
     version: tuple[int, ...]
     footprint_wkt: str
+    md5: str | None = None  # checksum of the file, from the search, when it gives one
 
     @property
     def baseline_days(self) -> int:
@@ -120,7 +122,18 @@ def parse_feature(feature: Mapping[str, Any], where: str) -> GunwProduct | None:
         frame=str(frame) if frame not in (None, "", -1) else match["place"],
         version=tuple(int(v) for v in match["version"].split("_")),
         footprint_wkt=footprint.wkt,
+        md5=str(properties["md5sum"]).lower() if properties.get("md5sum") else None,
     )
+
+
+def check_md5(path: Path, expected: str) -> None:
+    """Raise when the file's MD5 is not the one the search gave (a damaged download)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"MD5 {digest.hexdigest()} differs from the search's {expected}")
 
 
 def parse_results(data: Any, where: str) -> list[GunwProduct]:

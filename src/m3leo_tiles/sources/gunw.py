@@ -13,8 +13,9 @@ How a run goes, and why:
 1. *Search once, on the driver* (``plan``). One asf-search query per 2° lon/lat cell the
    tiles touch, for ``ARIA S1 GUNW`` products of the year; each answer is saved as GeoJSON
    under the cache folder (``--cache``, default ``OUT/.cache``), so a rerun, or a run over any
-   subset of the tiles, asks nothing (``--refresh-search`` asks again). ``--search-results FILE`` takes a saved search instead
-   (``ASFSearchResults.geojson()`` or a Vertex export): cron jobs and offline runs use that.
+   subset of the tiles, asks nothing (``--refresh-search`` asks again).
+   ``--search-results FILE`` takes a saved search instead (``ASFSearchResults.geojson()`` or a
+   Vertex export): cron jobs and offline runs use that.
 2. *Pick pairs* (``_gunw_catalog``): baseline cut, year of the reference date, newest version
    of each (pair, frame), footprints against tiles.
 3. *Credentials only when needed*: if a product is in no ``--source`` folder and not in the
@@ -33,6 +34,7 @@ How a run goes, and why:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import threading
@@ -523,6 +525,11 @@ class GunwSource(SourceAdapter):
                 name=product.file_name,
                 session=_WorkerSession.get(self.hosts),
                 expected_size=product.size,
+                validate=(
+                    functools.partial(_gunw_catalog.check_md5, expected=product.md5)
+                    if product.md5
+                    else None
+                ),
             )
 
         if not product.url:
