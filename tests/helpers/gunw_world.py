@@ -8,7 +8,9 @@ below are replicas (tests/helpers/gunw_netcdf.py) chosen so one run meets every 
   and an older v2_0_4 of the south frame (dropped for the v3_0_1);
 * 20200129_20200117 (12 days) and 20200129_20200105 (24 days);
 * 20200110_20191229: a 2020 pair whose secondary date is in 2019 (kept);
-* 20200410_20200105 (96 days: over the baseline cut) and 20210104_20201223 (a 2021 pair).
+* 20200410_20200105 (96 days: over the baseline cut) and 20210104_20201223 (a 2021 pair);
+* over the AOI's Virginia box, 20200210_20200129 from descending track 4. (Rome and the
+  Camargue are outside ARIA's coverage: their tiles are ``no-source``.)
 
 ``search_items`` are CMR records derived from the real GUNW record (asf_loopback), so the real
 asf-search client parses them; their sizes and checksums are the files'.
@@ -26,6 +28,7 @@ from helpers.gunw_netcdf import ProductSpec, write_product
 
 D = dt.date
 LA = (-118.15, 33.85, -117.85, 34.15)  # around the demo AOI's Los Angeles box
+VIRGINIA = (-75.82, 37.5, -75.42, 37.85)  # around its Virginia box (-75.74..-75.50, 37.57..37.77)
 
 
 def _spec(
@@ -72,6 +75,8 @@ def demo_specs() -> list[ProductSpec]:
         _spec(D(2020, 1, 10), D(2019, 12, 29), seed=6),
         _spec(D(2020, 4, 10), D(2020, 1, 5), seed=7),
         _spec(D(2021, 1, 4), D(2020, 12, 23), seed=8),
+        # the demo AOI's Virginia box, from a descending track
+        ProductSpec(D(2020, 2, 10), D(2020, 1, 29), 4, "D", *VIRGINIA, frame=31000, seed=9),
     ]
 
 

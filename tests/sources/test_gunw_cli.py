@@ -109,6 +109,7 @@ def test_fetch_gunw_demo_end_to_end(shared_data, tmp_path):
         )  # one download each
         searches = len([p for p in server.log.paths("POST") if p == CMR_PATH])
 
+        tracks = set()
         for identifier in ok:
             tile = Tile.from_id(identifier)
             names = rows[identifier]["inputs"].split(";")
@@ -140,6 +141,10 @@ def test_fetch_gunw_demo_end_to_end(shared_data, tmp_path):
                     "version",
                 } <= set(tags)
                 assert np.isnan(chip.nodata)
+                tracks.add((tags["direction"], tags["track"]))
+        assert tracks == {("ascending", "64"), ("descending", "4")}  # Los Angeles, Virginia
+        no_source = {i for i, r in rows.items() if r["status"] == "no-source"}
+        assert {Tile.from_id(i).zone for i in no_source} >= {31, 33}  # Camargue, Rome
 
         again = _run(args, work, env)  # a rerun: nothing searched, nothing downloaded
         assert again.returncode == 0, again.stderr
