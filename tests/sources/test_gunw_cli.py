@@ -98,6 +98,8 @@ def test_fetch_gunw_demo_end_to_end(shared_data, tmp_path):
         assert PASSWORD not in done.stdout + done.stderr
         dataset = work / "data" / "demo" / "gunw-2020"
         rows = _manifest(dataset / "manifest.csv")
+        logged = (dataset / "fetch.log").read_text()
+        assert "gunw" in logged and PASSWORD not in logged and USER not in logged
         ok = {i for i, r in rows.items() if r["status"] == "ok"}
         assert ok and {r["status"] for r in rows.values()} == {"ok", "no-source"}
         kept = kept_2020(world)
