@@ -461,3 +461,21 @@ def test_each_product_is_opened_once_per_batch_however_many_pairs(tmp_path, home
     outcomes = list(source.render_many(items, RenderContext()))
     assert all(chip.data.shape[0] == 14 * 4 for _, chip in outcomes)
     assert sorted(opened) == sorted(str(p.resolve()) for p in paths)
+
+
+def test_a_recipe_may_keep_some_layers_and_bad_params_are_one_line(local_adapter, tiles):
+    source, inputs = local_adapter
+    recipe = dataclasses.replace(source.recipe, params={**source.recipe.params,
+                                                         "layers": ["coherence"]})  # fmt: skip
+    narrow = GunwSource(recipe, source.options)
+    narrow.catalog, narrow.local = source.catalog, source.local
+    tile = next(t for t in tiles if len(inputs[t.identifier]) > 1)
+    chip = narrow.render(tile, inputs[tile.identifier])
+    assert chip.band_names and all(name.endswith("_coherence") for name in chip.band_names)
+    full = source.render(tile, inputs[tile.identifier])
+    np.testing.assert_array_equal(chip.data, full.data[1::4])
+    for bad, message in (({"layers": ["phase"]}, "params.layers"),
+                         ({"max_baseline_days": -1}, "params.max_baseline_days"),
+                         ({"colour": 1}, "unknown gunw parameter")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            GunwSource.check_params(bad, "recipes/x.yaml")
