@@ -113,7 +113,6 @@ def ours(products: Path, search: Path, out: Path, tiles: list) -> tuple[int, flo
                     write_chip(out / f"{tile.identifier}.tif", chip, grid, recipe,
                                {"tile_id": tile.identifier})  # fmt: skip
                     count += 1
-    _gunw_read.close_all()
     return count, time.perf_counter() - started
 
 
@@ -154,22 +153,25 @@ def naive(paths: list[Path], search: Path, out: Path, tiles: list) -> tuple[int,
     return count, time.perf_counter() - started
 
 
-def peak_rss_mb(products: Path, search: Path, tiles: int, pairs: int) -> float:
-    """Peak RSS of a fresh process running ``ours`` on ``tiles`` tiles of ``pairs`` pairs."""
+def peak_rss_mb(products: Path, search: Path, tiles: int, pairs: int) -> tuple[float, float]:
+    """RSS of a fresh process once set up, and its peak while running ``ours`` on ``tiles``
+    tiles of ``pairs`` pairs (MB)."""
     code = (
-        "import sys, json, resource, tempfile; from pathlib import Path;"
+        "import sys, json, resource, tempfile, psutil; from pathlib import Path;"
         f"sys.argv=['x']; sys.path.insert(0, {str(REPO / 'bench')!r});"
         "import bench_gunw as b;"
         f"search = Path({str(search)!r}); data = json.loads(search.read_text());"
         f"data['features'] = data['features'][:{pairs}];"
         "sub = Path(tempfile.mkdtemp()); (sub / 's.geojson').write_text(json.dumps(data));"
+        "before = psutil.Process().memory_info().rss;"
         f"n, _ = b.ours(Path({str(products)!r}), sub / 's.geojson', sub, b.bench_tiles({tiles}));"
-        "print(json.dumps({'chips': n, 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+        "print(json.dumps({'chips': n, 'before': before,"
+        " 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)  # fmt: skip
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["rss"] / 1024.0
+    return result["before"] / 2**20, result["rss"] / 1024.0
 
 
 def runner(products: Path, search: Path, out: Path, tiles: list, workers: int) -> float:
@@ -249,9 +251,9 @@ def main() -> None:
         "",
         "Peak RSS of a fresh process making the chips (ours):",
         "",
-        "| tiles | pairs | peak RSS |",
-        "|---:|---:|---:|",
-        *[f"| {t} | {p} | {m:.0f} MB |" for t, p, m in memory],
+        "| tiles | pairs | RSS set up | peak RSS |",
+        "|---:|---:|---:|---:|",
+        *[f"| {t} | {p} | {m[0]:.0f} MB | {m[1]:.0f} MB |" for t, p, m in memory],
         "",
     ]
     text = "\n".join(lines)

@@ -10,15 +10,14 @@ tile's grid, so a chip band is exactly what a user gets from the same call; outs
 raster and where it holds its fill value the band is NaN.
 
 Opening a product costs far more than warping a 50×50 chip from it (HDF5 and netCDF metadata,
-four subdatasets), so ``OpenProducts`` keeps the products of a batch open and every tile of
-the batch is warped from the same handles; a few recently used products stay open between
-batches of the same worker thread.
+four subdatasets), so the source opens each ``Product`` once for a whole batch of tiles and
+warps every tile that needs it before closing it; closing it also frees the blocks GDAL
+cached for it, so memory does not grow with the number of products a worker has seen.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,7 +50,6 @@ LAYERS = (
 )
 LAYERS_BY_BAND = {layer.band: layer for layer in LAYERS}
 DATA_GROUP = "/science/grids/data"
-OPEN_PRODUCTS_PER_THREAD = 8
 
 
 def layer_path(path: str, layer: Layer) -> str:
@@ -114,14 +112,13 @@ class Product:
         destination[...] = scratch.read(1)
 
 
-class _ThreadProducts(threading.local):
+class _ThreadScratch(threading.local):
     def __init__(self) -> None:
-        self.open: OrderedDict[tuple[str, tuple[str, ...]], Product] = OrderedDict()
         self.scratch: dict[tuple[int, int], rasterio.io.DatasetWriter] = {}
         self.scratch_crs: dict[tuple[int, int], str] = {}
 
 
-_STATE = _ThreadProducts()
+_STATE = _ThreadScratch()
 
 
 def _scratch(grid: PixelGrid) -> rasterio.io.DatasetWriter:
@@ -140,27 +137,3 @@ def _scratch(grid: PixelGrid) -> rasterio.io.DatasetWriter:
         _STATE.scratch_crs[key] = grid.crs
     scratch.transform = grid.transform
     return scratch
-
-
-def open_product(path: str, layers: Sequence[Layer]) -> Product:
-    """The product, opened once per worker thread and kept while it is recently used."""
-    key = (path, tuple(layer.band for layer in layers))
-    products = _STATE.open
-    product = products.pop(key, None)
-    if product is None:
-        product = Product(path, layers)
-        while len(products) >= OPEN_PRODUCTS_PER_THREAD:
-            products.popitem(last=False)[1].close()
-    products[key] = product
-    return product
-
-
-def forget_product(path: str) -> None:
-    """Close a product that failed, so a retry opens it afresh."""
-    for key in [key for key in _STATE.open if key[0] == path]:
-        _STATE.open.pop(key).close()
-
-
-def close_all() -> None:
-    while _STATE.open:
-        _STATE.open.popitem()[1].close()

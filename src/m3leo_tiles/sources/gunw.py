@@ -448,21 +448,22 @@ class GunwSource(SourceAdapter):
             if not waiting:
                 continue
             try:
-                product = _gunw_read.open_product(paths[name], layers)
+                product = _gunw_read.Product(paths[name], layers)
             except SourceError as error:
-                _gunw_read.forget_product(paths[name])
                 for tile in waiting:
                     errors[tile.identifier] = error
                 continue
-            for tile in waiting:
-                layout = layouts[tile.identifier]
-                first = layout.first_band[self.catalog[name].pair]
-                try:
-                    for k, layer in enumerate(layers):
-                        product.warp(layer, layout.grid, layout.data[first + k], resampling)
-                except SourceError as error:
-                    _gunw_read.forget_product(paths[name])
-                    errors[tile.identifier] = error
+            try:  # opened for this pass only: its cached blocks go when it closes
+                for tile in waiting:
+                    layout = layouts[tile.identifier]
+                    first = layout.first_band[self.catalog[name].pair]
+                    try:
+                        for k, layer in enumerate(layers):
+                            product.warp(layer, layout.grid, layout.data[first + k], resampling)
+                    except SourceError as error:
+                        errors[tile.identifier] = error
+            finally:
+                product.close()
         outcomes: list[tuple[GridTile, Chip | Exception]] = []
         for tile, inputs in items:
             error = errors.get(tile.identifier)
