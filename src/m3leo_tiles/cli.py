@@ -203,10 +203,11 @@ def recipes() -> None:
     found = list_recipes()
     name_width = max((len(info.name) for info in found), default=0)
     origin_width = max((len(info.origin) for info in found), default=0)
+    source_width = max((len(info.source) for info in found), default=0)
     for info in found:
         typer.echo(
             f"{info.name.ljust(name_width)}  {info.origin.ljust(origin_width)}  "
-            f"{info.source:<7} {info.description}".rstrip()
+            f"{info.source.ljust(source_width)}  {info.description}".rstrip()
         )
         typer.echo(f"{'':{name_width}}  from {_shown_path(info.path)}")
         for hidden in info.shadows:

@@ -275,7 +275,7 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         raise _fail(where, "bands_per_tile", "must be true or false")
     # A source that reads its inputs on the driver (raster) fills what the recipe leaves out
     # from the files themselves: band names, dtype, nodata.
-    fills = bool(getattr(sources[source], "fills_recipe_defaults", False))
+    fills = sources[source].fills_recipe_defaults
     from_source = tuple(k for k in FILLABLE if fills and k not in data)
     bands = data.get("bands", [] if bands_per_tile or "bands" in from_source else None)
     if bands is None:

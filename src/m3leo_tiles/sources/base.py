@@ -169,6 +169,9 @@ class SourceAdapter(ABC):
     description: ClassVar[str] = ""
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
     cli_options: ClassVar[tuple[SourceOption, ...]] = ()
+    # A recipe for this source may leave out bands, dtype and nodata: ``check()`` fills them
+    # from the inputs (``recipe.from_source`` lists which) and replaces ``self.recipe``.
+    fills_recipe_defaults: ClassVar[bool] = False
 
     def __init__(self, recipe: Recipe, options: FetchOptions | None = None) -> None:
         self.recipe = recipe

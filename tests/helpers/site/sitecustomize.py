@@ -2,15 +2,25 @@
 
 The CLI subprocess and the dask workers it spawns all import this, so recipes naming
 ``fake-synthetic`` or ``slow-raster`` load in the driver and unpickle on the workers, while
-the code under test stays unchanged.
+the code under test stays unchanged. With ``M3LEO_TEST_ASF_LOOPBACK=URL`` set, every
+asf-search session of the process is routed to that loopback server (helpers.asf_loopback).
 """
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for `helpers`
 
 try:
-    import helpers.fake_sources  # noqa: F401
+    import helpers.fake_sources
 except Exception as error:  # never break an unrelated interpreter start
     print(f"test sitecustomize: {error}", file=sys.stderr)
+
+if os.environ.get("M3LEO_TEST_ASF_LOOPBACK"):
+    try:
+        import helpers.asf_loopback
+
+        helpers.asf_loopback.install_from_environment()
+    except Exception as error:
+        print(f"test sitecustomize: {error}", file=sys.stderr)

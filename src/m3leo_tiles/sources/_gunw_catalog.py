@@ -1,0 +1,230 @@
+"""GUNW products as search results: parsing, pair selection and tile assignment (pure logic).
+
+A search result (asf-search's ``ASFSearchResults.geojson()``, which is also what ASF's
+Vertex exports) is a GeoJSON FeatureCollection; each feature is one ARIA S1 GUNW product
+with its footprint and properties such as ``fileID``, ``url``, ``bytes``, ``frameNumber``,
+``pathNumber``, ``flightDirection`` and ``ariaVersion``. Everything the chips need about a
+product is in its name (``S1-GUNW-A-R-064-tops-20200117_20200105-020815-11820W_03380N-PP-
+5a3b-v3_0_1``: direction, track, reference and secondary dates, version) and in those
+properties, so this module never opens a file and is tested without any service.
+
+Rules (issue #12):
+
+* A pair belongs to the year of its *reference* date, which in ARIA's naming is the later
+  acquisition (``20200117_20200105``): a pair of 2019-12-30 and 2020-01-11 is a 2020 pair.
+* Pairs whose temporal baseline is not *under* ``max_baseline_days`` are dropped.
+* ARIA reprocesses pairs (v2_0_4, then v3_0_1...): of the products with the same dates,
+  direction, track and frame only the newest version is kept.
+* A tile takes every kept product whose footprint intersects it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import shapely
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
+
+from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.grid.tile import GridTile, lonlat_polygons
+
+NAME = re.compile(
+    r"^S1-GUNW-(?P<direction>[AD])-R-(?P<track>\d{3})-tops-(?P<reference>\d{8})_"
+    r"(?P<secondary>\d{8})-(?P<time>\d{6})-(?P<place>[0-9]{5}[NSEW]_[0-9]{5}[NSEW])-PP-"
+    r"(?P<hash>[0-9a-z]+)-v(?P<version>\d+(?:_\d+)*)$"
+)
+DIRECTIONS = {"A": "ascending", "D": "descending"}
+
+
+@dataclass(frozen=True)
+class GunwProduct:
+    """One GUNW product as the search described it."""
+
+    name: str  # without extension
+    url: str
+    file_name: str  # the product's own file name (what --source folders and the cache hold)
+    size: int | None  # bytes, from the search; None when the search did not say
+    reference: dt.date  # later acquisition
+    secondary: dt.date  # earlier acquisition
+    direction: str  # ascending | descending
+    track: int
+    frame: str  # ASF frame number, or the name's place code when the search has none
+    version: tuple[int, ...]
+    footprint_wkt: str
+    md5: str | None = None  # checksum of the file, from the search, when it gives one
+
+    @property
+    def baseline_days(self) -> int:
+        return abs((self.reference - self.secondary).days)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    @property
+    def pair(self) -> tuple[dt.date, dt.date, str, int]:
+        """What makes adjacent frames one interferogram: dates, direction, track."""
+        return (self.reference, self.secondary, self.direction, self.track)
+
+    @property
+    def identity(self) -> tuple[dt.date, dt.date, str, int, str]:
+        """What makes two products versions of each other: the pair and the frame."""
+        return (*self.pair, self.frame)
+
+    def footprint(self) -> BaseGeometry:
+        return shapely.from_wkt(self.footprint_wkt)
+
+
+def _date(text: str) -> dt.date:
+    return dt.datetime.strptime(text, "%Y%m%d").date()
+
+
+def parse_feature(feature: Mapping[str, Any], where: str) -> GunwProduct | None:
+    """A product from one GeoJSON feature; None for a feature that is not a GUNW product."""
+    properties = feature.get("properties") or {}
+    name = str(properties.get("fileID") or properties.get("sceneName") or "")
+    name = name.removesuffix(".nc")
+    match = NAME.match(name)
+    if not match:
+        return None
+    geometry = feature.get("geometry")
+    if not geometry:
+        raise ConfigError(f"{where}: product {name} has no footprint geometry")
+    try:
+        footprint = shape(geometry)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        raise ConfigError(f"{where}: product {name} has a bad geometry ({error})") from None
+    url = str(properties.get("url") or "")
+    file_name = str(properties.get("fileName") or (url.rsplit("/", 1)[-1] if url else ""))
+    if not file_name:
+        file_name = f"{name}.nc"
+    size = properties.get("bytes")
+    frame = properties.get("frameNumber")
+    track = properties.get("pathNumber")
+    return GunwProduct(
+        name=name,
+        url=url,
+        file_name=file_name,
+        size=int(size) if isinstance(size, int | float) or str(size or "").isdigit() else None,
+        reference=_date(match["reference"]),
+        secondary=_date(match["secondary"]),
+        direction=DIRECTIONS[match["direction"]],
+        track=int(track) if track is not None else int(match["track"]),
+        frame=str(frame) if frame not in (None, "", -1) else match["place"],
+        version=tuple(int(v) for v in match["version"].split("_")),
+        footprint_wkt=footprint.wkt,
+        md5=str(properties["md5sum"]).lower() if properties.get("md5sum") else None,
+    )
+
+
+def check_md5(path: Path, expected: str) -> None:
+    """Raise when the file's MD5 is not the one the search gave (a damaged download)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"MD5 {digest.hexdigest()} differs from the search's {expected}")
+
+
+def parse_results(data: Any, where: str) -> list[GunwProduct]:
+    """Products of a FeatureCollection (non-GUNW features are skipped, duplicates merged)."""
+    if not isinstance(data, dict) or data.get("type") != "FeatureCollection":
+        raise ConfigError(
+            f"{where}: not a saved search (a GeoJSON FeatureCollection as asf-search's "
+            "ASFSearchResults.geojson() or Vertex writes it)"
+        )
+    features = data.get("features")
+    if not isinstance(features, list):
+        raise ConfigError(f"{where}: 'features' must be a list")
+    products: dict[str, GunwProduct] = {}
+    for feature in features:
+        if isinstance(feature, dict):
+            product = parse_feature(feature, where)
+            if product is not None:
+                products.setdefault(product.name, product)
+    return list(products.values())
+
+
+def load_results(path: Path) -> list[GunwProduct]:
+    """A saved search from disk; a missing or malformed file is a ConfigError (exit 2)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read saved search {path}: {error.strerror or error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not JSON ({error.msg}, line {error.lineno})") from None
+    return parse_results(data, str(path))
+
+
+def select_pairs(
+    products: Iterable[GunwProduct], year: int | None, max_baseline_days: float
+) -> list[GunwProduct]:
+    """Pairs of ``year`` (by reference date) under the baseline cut, newest version each."""
+    newest: dict[tuple, GunwProduct] = {}
+    for product in products:
+        if year is not None and product.reference.year != year:
+            continue
+        if not product.baseline_days < max_baseline_days:
+            continue
+        kept = newest.get(product.identity)
+        if kept is None or (product.version, product.name) > (kept.version, kept.name):
+            newest[product.identity] = product
+    return sorted(
+        newest.values(), key=lambda p: (p.reference, p.secondary, p.direction, p.track, p.frame)
+    )
+
+
+def assign(
+    products: Sequence[GunwProduct], tiles: Sequence[GridTile]
+) -> dict[str, tuple[str, ...]]:
+    """Each tile's products (file names, sorted): those whose footprint intersects it."""
+    found: dict[str, list[str]] = {tile.identifier: [] for tile in tiles}
+    if not products or not tiles:
+        return {key: () for key in found}
+    tree = shapely.STRtree([product.footprint() for product in products])
+    tile_index, product_index = tree.query(lonlat_polygons(tiles), predicate="intersects")
+    for t, p in zip(tile_index, product_index, strict=True):
+        found[tiles[t].identifier].append(products[p].file_name)
+    return {key: tuple(sorted(names)) for key, names in found.items()}
+
+
+def search_cells(tiles: Sequence[GridTile], degrees: float) -> list[tuple[str, BaseGeometry]]:
+    """The lon/lat cells (``degrees`` square, on a global lattice) that the tiles touch.
+
+    The search is made and cached one cell at a time: each request's polygon stays simple
+    (CMR and asf-search simplify complex ones) and small, however large the AOI, and a later
+    run over any subset of the same tiles (a rerun of failed tiles, another split) finds every
+    cell it needs already answered. Names are stable: ``W118.0_N34.0_2`` (west, south, size).
+    """
+    keys: set[tuple[int, int]] = set()
+    for polygon in lonlat_polygons(tiles):
+        west, south, east, north = polygon.bounds
+        for i in range(
+            math.floor((west + 180.0) / degrees), math.floor((east + 180.0) / degrees) + 1
+        ):
+            for j in range(
+                math.floor((south + 90.0) / degrees), math.floor((north + 90.0) / degrees) + 1
+            ):
+                keys.add((i % round(360.0 / degrees), j))
+    cells = []
+    for i, j in sorted(keys):
+        west, south = -180.0 + i * degrees, -90.0 + j * degrees
+        east, north = min(180.0, west + degrees), min(90.0, south + degrees)
+        name = (
+            f"{'W' if west < 0 else 'E'}{abs(west):g}_{'S' if south < 0 else 'N'}"
+            f"{abs(south):g}_{degrees:g}"
+        )
+        cells.append((name, box(west, max(-90.0, south), east, north)))
+    return cells
