@@ -412,3 +412,29 @@ def test_worker_block_cache_is_bounded_unless_the_user_set_it(monkeypatch) -> No
         assert get_gdal_config("GDAL_CACHEMAX") == 256  # MB
     finally:
         set_gdal_config("GDAL_CACHEMAX", before)
+
+
+def test_one_multiband_warp_where_clean_equals_per_band_warps(
+    tmp_path: Path, mirror: Path, monkeypatch
+) -> None:
+    """Tiles whose source window is clean take one warp for all layers; the others (nodata
+    discs, cell edges, the 1° corner) one per layer. Every chip equals the independent
+    per-band reproject of the merged cells, whichever way it was made."""
+    import m3leo_tiles.sources.raster as raster
+
+    verdicts = []
+
+    def spy(stack, grid, margin=2):
+        verdicts.append(clean := raster_clean(stack, grid, margin))
+        return clean
+
+    raster_clean = raster._clean_window
+    monkeypatch.setattr(raster, "_clean_window", spy)
+    source = source_for(small_recipe(tmp_path), sources=(str(mirror),))
+    tiles = [Tile(CORNER.zone, CORNER.row + i, CORNER.col + j)
+             for i in range(-3, 3) for j in range(-3, 3)]  # fmt: skip
+    plan = source.plan(tiles)
+    for tile in tiles:
+        chip = source.render(tile, plan[tile.identifier])
+        np.testing.assert_array_equal(chip.data, expected_chip(mirror, tile), tile.identifier)
+    assert 0 < sum(verdicts) < len(verdicts)  # both ways were taken
