@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import rasterio
 from rasterio.warp import Resampling, reproject
 
@@ -114,6 +115,16 @@ def naive_loop(tiles, mirror: Path, out: Path) -> float:
     return len(tiles) / (time.perf_counter() - started)
 
 
+class DriverRss(PeakRss):
+    """Peak RSS of this process alone (the driver: plan, manifest, scheduler client)."""
+
+    def _run(self, interval: float) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, me.memory_info().rss)
+            time.sleep(interval)
+
+
 def runner_once(spec: dict) -> dict:
     """One runner run in this (fresh) process: spec = count, block, root, out, mode, cache."""
     import yaml
@@ -125,13 +136,14 @@ def runner_once(spec: dict) -> dict:
     data["params"]["remote"] = spec["mode"]
     recipe = parse_recipe(data, "bench", REPO / "recipes" / "gssic.yaml")
     tiles = block_tiles(tuple(range(*r) for r in spec["block"]), spec["count"])
-    with PeakRss() as memory:
+    with PeakRss() as memory, DriverRss() as driver:
         report = fetch_tiles(
             recipe, tiles, aoi="bench", out=Path(spec["out"]), workers=spec["workers"],
             sources=(spec["root"],), cache=Path(spec["cache"]), progress=False,
         )  # fmt: skip
     return {"tiles": len(tiles), "seconds": report.seconds, "ok": report.ok,
-            "failed": report.failed, "peak_rss_mb": memory.peak / 2**20}  # fmt: skip
+            "failed": report.failed, "peak_rss_mb": memory.peak / 2**20,
+            "driver_rss_mb": driver.peak / 2**20}  # fmt: skip
 
 
 def runner_child(spec: dict) -> dict:
@@ -249,7 +261,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
         lines.append(
             f"| runner, LocalCluster {args.workers} workers, mirror folder ({run['cells']} "
             f"cells; incl. start-up, plan, manifest) | {run['tiles']:,} | {run['rate']:.1f} | "
-            f"{run['rate'] / naive:.1f}× | {run['peak_rss_mb']:,.0f} MB |"
+            f"{run['rate'] / naive:.1f}× | {run['peak_rss_mb']:,.0f} MB (driver "
+            f"{run['driver_rss_mb']:,.0f} MB) |"
         )
     if len(results["runs"]) >= 2:
         first, last = results["runs"][0], results["runs"][-1]
