@@ -10,7 +10,7 @@ install: $(BIN)/m3leo-tiles
 $(BIN)/m3leo-tiles: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,train]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,train,bench]"
 	@touch $@
 
 test: install

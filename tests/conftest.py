@@ -17,6 +17,17 @@ SHARED_DATA = Path(os.environ.get("M3LEO_SHARED_DATA", REPO_ROOT.parent / "share
 
 
 @pytest.fixture(scope="session")
+def cluster():
+    """One LocalCluster of two single-threaded workers for every test that runs batches on
+    dask (starting one costs seconds; the runner treats it as an existing cluster)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                      silence_logs=40) as local:  # fmt: skip
+        yield local
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"sample data not found at {SHARED_DATA}; set M3LEO_SHARED_DATA")

@@ -8,7 +8,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from distributed import LocalCluster
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import call_cli
@@ -26,14 +25,6 @@ TILES = [Tile(ORIGIN.zone, ORIGIN.row, ORIGIN.col + n) for n in range(5)]
 IDS = [t.identifier for t in TILES]
 RECIPE = Recipe(name="fake", source="fake-synthetic", resolution=89.6, bands=("value",),
                 dtype="int16", nodata=-1, params={})  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(
-        n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0", silence_logs=40
-    ) as local:
-        yield local
 
 
 def run(cluster, out: Path, **kwargs):

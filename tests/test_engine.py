@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from distributed import LocalCluster
 
 import helpers.fake_sources
 from helpers.cli import run_cli
@@ -42,13 +41,6 @@ TILES = [Tile(ORIGIN.zone, ORIGIN.row + i, ORIGIN.col + j) for i in range(4) for
 def fake_recipe(source: str, bands=("value",), **params) -> Recipe:
     return Recipe(name=source, source=source, resolution=224.0, bands=bands, dtype="int16",
                   nodata=-1, params=params)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
-                      silence_logs=40) as local:  # fmt: skip
-        yield local
 
 
 def run(address: str, recipe: Recipe, out: Path, tiles=TILES, **kwargs):

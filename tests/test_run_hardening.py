@@ -12,7 +12,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import pytest
-from distributed import LocalCluster
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import cli_env
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.slow
 
 ROME = "dem/Rome-30m-DEM.tif"
 ROME_TILES = [Tile.from_point(12.5, 42.0), Tile.from_point(12.46, 42.02)]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(
-        n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0", silence_logs=40
-    ) as local:
-        yield local
 
 
 def _grid(path: Path, tiles: list[Tile], aoi: str = "t") -> Path:

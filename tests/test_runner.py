@@ -48,14 +48,6 @@ def recipe(**params) -> Recipe:
     )
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0", silence_logs=40
-    ) as local:
-        yield local
-
-
 def run_on(address: str, the_recipe: Recipe, out: Path, tiles=TILES, **kwargs):
     return fetch_tiles(
         the_recipe, tiles, aoi="testaoi", out=out, scheduler=address, progress=False, **kwargs

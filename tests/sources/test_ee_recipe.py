@@ -83,7 +83,7 @@ def test_output_names_follow_the_template() -> None:
         ({"band_scale": {"B99": 2}}, r"band_scale"),
         ({"names": "{band}"}, r"same name"),
         ({"names": "{window}_{colour}"}, r"template"),
-        ({"cloud": 1}, r"unknown key"),
+        ({"cloud": 1}, r"unknown earthengine parameter"),
     ],
 )
 def test_bad_params_name_the_key(change: dict, message: str) -> None:

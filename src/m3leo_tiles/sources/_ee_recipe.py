@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.sources.base import refuse_unknown_params
 
 REDUCERS = ("mean", "median", "min", "max", "mode", "sum", "mosaic", "first")
 FILTER_OPS = ("eq", "neq", "lt", "lte", "gt", "gte", "contains", "in")
@@ -320,9 +321,7 @@ def _per_band(where: str, key: str, value: Any, bands: Sequence[str], default: f
 
 def parse_params(params: Mapping[str, Any], where: str) -> EEParams:
     """Validated params; every mistake is a ConfigError naming the file and key."""
-    unknown = sorted(set(params) - set(KEYS))
-    if unknown:
-        raise _fail(where, unknown[0], f"unknown key; allowed keys: {', '.join(KEYS)}")
+    refuse_unknown_params(params, KEYS, where, "earthengine")
     collection, image = params.get("collection"), params.get("image")
     if bool(collection) == bool(image):
         raise _fail(where, "collection", "give exactly one of collection (an ImageCollection "

@@ -311,6 +311,17 @@ def _local_file(item: str) -> str | None:
     return None
 
 
+def refuse_unknown_params(params: Mapping[str, Any], allowed: Sequence[str], where: str,
+                          source: str) -> None:  # fmt: skip
+    """A typo in a recipe's ``params`` must never silently become a default."""
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}: key 'params.{unknown[0]}': unknown {source} parameter; allowed: "
+            f"{', '.join(sorted(allowed))}"
+        )
+
+
 _REGISTRY: dict[str, type[SourceAdapter]] = {}
 
 

@@ -62,6 +62,7 @@ from m3leo_tiles.sources.base import (
     SourceAdapter,
     SourceOption,
     TileInputs,
+    refuse_unknown_params,
     register,
 )
 
@@ -171,12 +172,7 @@ class GunwSource(SourceAdapter):
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any], where: str) -> None:
-        unknown = sorted(set(params) - PARAMS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: key 'params.{unknown[0]}': unknown gunw parameter; allowed: "
-                f"{', '.join(sorted(PARAMS))}"
-            )
+        refuse_unknown_params(params, PARAMS, where, cls.name)
         days = params.get("max_baseline_days", DEFAULT_MAX_BASELINE_DAYS)
         if isinstance(days, bool) or not isinstance(days, int | float) or days <= 0:
             raise ConfigError(f"{where}: key 'params.max_baseline_days': a positive number of days")

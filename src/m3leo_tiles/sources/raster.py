@@ -116,6 +116,7 @@ from m3leo_tiles.sources.base import (
     SourceAdapter,
     SourceOption,
     TileInputs,
+    refuse_unknown_params,
     register,
 )
 
@@ -236,12 +237,7 @@ class RasterSource(SourceAdapter):
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any], where: str) -> None:
-        unknown = sorted(set(params) - PARAMS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: key 'params.{unknown[0]}': unknown raster parameter; allowed: "
-                f"{', '.join(sorted(PARAMS))}"
-            )
+        refuse_unknown_params(params, PARAMS, where, cls.name)
         if "inputs" in params and ("layers" in params or "layer_grids" in params):
             raise ConfigError(f"{where}: key 'params': give either 'inputs' or 'layers', not both")
         cls._check_layer_params(params, where)
