@@ -645,6 +645,10 @@ class RasterSource(SourceAdapter):
             raise ConfigError(f"cannot open source {path}: {error}") from None
 
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
+        # Neighbouring tiles name the same files (GSSIC: up to 256 a tile): one string object
+        # per path and one tuple per input set, or the driver's plan grows by kilobytes a tile.
+        strings: dict[str, str] = {}
+        input_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
         polygons = lonlat_polygons(tiles)
         found: list[set[str]] = [set() for _ in tiles]
         for layer in self.layers():
@@ -656,11 +660,16 @@ class RasterSource(SourceAdapter):
                 tree = shapely.STRtree([self._footprint(p) for p in files])
                 tile_index, file_index = tree.query(polygons, predicate="intersects")
                 for t, f in zip(tile_index, file_index, strict=True):
-                    found[t].add(prefix + files[f])
+                    found[t].add(strings.setdefault(prefix + files[f], prefix + files[f]))
             for template in templates:
                 for t, polygon in enumerate(polygons):
-                    found[t].update(prefix + p for p in self._cells(template, polygon.bounds))
-        return {tile.identifier: tuple(sorted(f)) for tile, f in zip(tiles, found, strict=True)}
+                    found[t].update(strings.setdefault(prefix + p, prefix + p)
+                                    for p in self._cells(template, polygon.bounds))  # fmt: skip
+        plan = {}
+        for tile, inputs in zip(tiles, found, strict=True):
+            key = tuple(sorted(inputs))
+            plan[tile.identifier] = input_sets.setdefault(key, key)
+        return plan
 
     def _cells(self, template: str, bounds: tuple[float, float, float, float]) -> list[str]:
         """Names of the template's lat/lon cells that a lon/lat box touches."""
