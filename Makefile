@@ -28,6 +28,7 @@ bench: install
 	$(BIN)/python bench/bench_fetch.py
 	$(BIN)/python bench/bench_chip_steps.py
 	$(BIN)/python bench/bench_remote.py
+	$(BIN)/python bench/bench_loader.py
 
 clean:
 	rm -rf $(VENV) build dist demo-output .pytest_cache

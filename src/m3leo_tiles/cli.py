@@ -493,6 +493,77 @@ def quicklook(
 # --- end lead commands ---------------------------------------------------------------------
 
 
+# --- consumer commands (stats, pack) -------------------------------------------------------
+@app.command()
+def stats(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A dataset folder (data/demo/demo-s2) or its name under --root (demo-s2, agb)."
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option(help="Split whose tiles are measured (train, val, test, or all).")
+    ] = "train",
+    root: Annotated[Path, typer.Option(help="The --out folder of fetch.")] = Path("data"),
+    aoi: Annotated[str | None, typer.Option(help="AOI folder, when the name is ambiguous.")] = None,
+    grid: Annotated[
+        Path | None, typer.Option(help="Grid file with the splits (default: the AOI's grid).")
+    ] = None,
+    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+) -> None:
+    """Per-band statistics of a dataset's chips over one split, written beside the chips.
+
+    Count of valid pixels, mean, std, min, max and percentiles (exact for 8/16-bit chips),
+    streamed one chip at a time, into OUT/<aoi>/<dataset>/stats-<split>.json. The torch
+    Dataset's normalize=True and m3leo-train read the train split's file.
+
+    \b
+    Examples:
+      m3leo-tiles stats demo-s2
+      m3leo-tiles stats data/conus/agb-2020 --split val
+    """
+    from m3leo_tiles.stats import format_stats, stats_command
+
+    chosen = None if split == "all" else split
+    if chosen is not None and chosen not in {s.value for s in Split}:
+        raise ConfigError(f"unknown split {split!r}; use train, val, test or all")
+    result, path = stats_command(
+        dataset, root=root, aoi=aoi, split=chosen, grid=grid, grids_dir=grids_dir
+    )
+    typer.echo(format_stats(result))
+    typer.echo(f"{result.chips} chips of split {result.split} → {path}")
+
+
+@app.command()
+def pack(
+    dataset: Annotated[str, typer.Argument(help="A dataset folder or its name under --root.")],
+    root: Annotated[Path, typer.Option(help="The --out folder of fetch.")] = Path("data"),
+    aoi: Annotated[str | None, typer.Option(help="AOI folder, when the name is ambiguous.")] = None,
+) -> None:
+    """Pack a dataset's chips into one uncompressed array for fast training (optional).
+
+    Writes OUT/<aoi>/<dataset>/pack/ (chips.npy + index.json). The torch Dataset reads it
+    instead of the GeoTIFFs while it matches the chips (name, size, mtime of each); after a
+    fetch changed the folder it reads the chips again until you rerun pack.
+
+    Example: m3leo-tiles pack demo-s2
+    """
+    from m3leo_tiles.chipsets import find_dataset
+    from m3leo_tiles.pack import pack as pack_dataset
+    from m3leo_tiles.pack import pack_dir
+
+    folder = find_dataset(dataset, root, aoi)
+    index = pack_dataset(folder)
+    typer.echo(
+        f"packed {len(index.ids)} chips ({len(index.bands)} bands, {index.height}x{index.width} "
+        f"px, {index.dtype}) → {pack_dir(folder)}"
+    )
+
+
+# --- end consumer commands -----------------------------------------------------------------
+
+
 @app.callback()
 def _root() -> None:
     """Build ML-ready Earth-observation datasets on an exact global 4480 m UTM tile grid."""

@@ -1,1 +1,13 @@
-"""PyTorch Dataset over the chips (needs the ``train`` extra); not built yet."""
+"""Training on the chips (the ``train`` extra: torch): the Dataset, the baseline, m3leo-train.
+
+Nothing in the core package imports this subpackage, so ``m3leo-tiles`` works without torch.
+"""
+
+from m3leo_tiles.torch.dataset import (
+    ESA_WORLDCOVER_CLASSES,
+    IGNORE_INDEX,
+    M3LEODataset,
+    PairRule,
+)
+
+__all__ = ["ESA_WORLDCOVER_CLASSES", "IGNORE_INDEX", "M3LEODataset", "PairRule"]

@@ -1,0 +1,234 @@
+"""Samples per second of ``M3LEODataset`` against the naive per-sample loader, same run.
+
+The M3LEO paper's loader opened every chip file with xarray/rioxarray for every sample, and
+that was its bottleneck. xarray/rioxarray are not installed here, so the baseline is the same
+pattern with the same per-sample open cost and no more: for each sample, open each dataset's
+chip with rasterio, read it, then do exactly what our Dataset does with the pixels (normalise,
+nodata to 0, bilinear resize to the finest chip size, stack; WorldCover values to class
+indices). It is an optimistic stand-in: rioxarray adds xarray's object construction on top of
+GDAL's open.
+
+Chips of three datasets per configuration, written by the package's chip writer
+(``io.write_chip``) on the same tiles, with smooth random fields (they compress like imagery):
+
+* ``paper`` — the paper's ESAWC task, everything at 10 m (448 px) as in M3LEO: ``s1`` float32
+  4 bands and ``s2`` uint16 4 bands in, ``esawc`` uint8 classes as the target (``mask``);
+* ``mixed`` — three inputs at three resolutions, so every sample is also resampled:
+  ``s1`` float32 8 bands at 20 m, ``s2`` uint16 4 bands at 10 m, ``dem`` float32 at 89.6 m.
+
+Loaders, each over every tile per pass, with a DataLoader (batch 8) at ``num_workers`` 0 and
+2, in interleaved rounds (median and range):
+
+* naive: rasterio open + read per chip per sample;
+* dataset (chips): ``M3LEODataset`` reading the GeoTIFFs (tifffile, no GDAL open per sample);
+* dataset (pack): ``M3LEODataset`` over ``m3leo-tiles pack`` stores (a memory-map slice).
+
+torch runs one CPU thread per process (``torch.set_num_threads(1)``; DataLoader workers do
+that themselves): on a shared 2-core VM torch's default of 2 spinning threads is 20x slower.
+Peak RSS is the benchmark process's (workers' own peak is reported separately).
+
+Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 3] [--tmp DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from torch.utils.data import DataLoader, Dataset
+
+import torch
+from m3leo_tiles.chipsets import valid_mask
+from m3leo_tiles.grid.tile import Tile
+from m3leo_tiles.io import write_chip
+from m3leo_tiles.pack import pack
+from m3leo_tiles.recipes import parse_recipe
+from m3leo_tiles.sources.base import Chip
+from m3leo_tiles.stats import compute_stats, read_stats, write_stats
+from m3leo_tiles.torch import M3LEODataset
+from m3leo_tiles.torch.dataset import IGNORE_INDEX, resize
+
+CONFIGS = {  # name: {dataset: (bands, resolution m, dtype, nodata, low, high)}, target
+    "paper": (
+        {
+            "s1": ([f"b{i}" for i in range(4)], 10, "float32", -9999, -25.0, 0.0),
+            "s2": (["B2", "B3", "B4", "B8"], 10, "uint16", 0, 100.0, 4000.0),
+            "esawc": (["map"], 10, "uint8", 0, 0, 0),
+        },
+        "esawc",
+    ),
+    "mixed": (
+        {
+            "s1": ([f"b{i}" for i in range(8)], 20, "float32", -9999, -25.0, 0.0),
+            "s2": (["B2", "B3", "B4", "B8"], 10, "uint16", 0, 100.0, 4000.0),
+            "dem": (["elevation"], 89.6, "float32", -9999, 0.0, 3000.0),
+        },
+        None,
+    ),
+}
+WORLDCOVER = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100])
+
+
+def smooth(rng: np.random.Generator, bands: int, size: int, low: float, high: float):
+    coarse = rng.uniform(low, high, (bands, 8, 8))
+    rows = np.minimum((np.arange(size) * 8) // size, 7)
+    field = coarse[:, rows][:, :, rows]
+    return field + rng.normal(0, (high - low) * 0.01, field.shape)
+
+
+def make_chips(root: Path, count: int, datasets: dict) -> tuple[Path, Path]:
+    tiles = [Tile(33, 1036 + i // 16, 60 + i % 16) for i in range(count)]
+    grid = root / "grids" / "bench" / "tiles.geojson"
+    grid.parent.mkdir(parents=True)
+    gpd.GeoDataFrame(
+        {"identifier": [t.identifier for t in tiles], "aoi": "bench", "split": "train"},
+        geometry=[t.lonlat_polygon() for t in tiles],
+        crs="EPSG:4326",
+    ).to_file(grid, driver="GeoJSON")
+    for name, (bands, resolution, dtype, nodata, low, high) in datasets.items():
+        recipe = parse_recipe(
+            {"name": name, "source": "raster", "params": {"inputs": "/none.tif"},
+             "resolution": resolution, "bands": bands, "dtype": dtype, "nodata": nodata},
+            "bench",
+        )  # fmt: skip
+        folder = root / "data" / "bench" / name
+        folder.mkdir(parents=True)
+        for index, tile in enumerate(tiles):
+            pixels = tile.pixel_grid(resolution)
+            rng = np.random.default_rng(index)
+            if dtype == "uint8":  # classes in patches, like a land-cover map
+                data = WORLDCOVER[smooth(rng, 1, pixels.height, 0, 10.99).astype(int) % 11]
+            else:
+                data = smooth(rng, len(bands), pixels.height, low, high)
+            chip = Chip(data.astype(dtype), tuple(bands))
+            write_chip(folder / f"{tile.identifier}.tif", chip, pixels, recipe, {})
+        write_stats(compute_stats(folder, "train", grids_dir=root / "grids"), folder)
+    return root / "data", grid
+
+
+class NaiveLoader(Dataset):
+    """The paper's pattern: every sample opens every chip file (rasterio here), reads, stacks."""
+
+    def __init__(
+        self, data: Path, ids: list[str], size: int, inputs: list[str], target: str | None
+    ) -> None:
+        self.data, self.ids, self.size = data, ids, size
+        self.inputs, self.target = inputs, target
+        self.moments = {}
+        for name in inputs:
+            stats = read_stats(data / "bench" / name)
+            mean = np.array([b.mean for b in stats.bands], np.float32)[:, None, None]
+            std = np.array([b.std for b in stats.bands], np.float32)[:, None, None]
+            self.moments[name] = (mean, std)
+        self.lookup = np.full(256, IGNORE_INDEX, np.int64)
+        self.lookup[WORLDCOVER] = np.arange(len(WORLDCOVER))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, name: str, index: int) -> tuple[np.ndarray, float | None]:
+        with rasterio.open(self.data / "bench" / name / f"{self.ids[index]}.tif") as chip:
+            return chip.read(), chip.nodata
+
+    def __getitem__(self, index: int) -> dict:
+        parts = []
+        for name in self.inputs:
+            raw, nodata = self.read(name, index)
+            mean, std = self.moments[name]
+            values = (raw.astype(np.float32) - mean) / std
+            values[~valid_mask(raw, nodata)] = 0.0
+            parts.append(resize(torch.from_numpy(values), self.size))
+        sample = {"image": torch.cat(parts), "tile_id": self.ids[index]}
+        if self.target is not None:
+            raw, _ = self.read(self.target, index)
+            sample["mask"] = torch.from_numpy(self.lookup[raw[0]])
+        return sample
+
+
+def one_pass(dataset: Dataset, workers: int) -> float:
+    loader = DataLoader(dataset, batch_size=8, num_workers=workers)
+    started = time.perf_counter()
+    seen = 0
+    for batch in loader:
+        seen += batch["image"].shape[0]
+    return seen / (time.perf_counter() - started)
+
+
+def bench(root: Path, config: str, tiles: int, rounds: int) -> None:
+    datasets, target = CONFIGS[config]
+    inputs = [name for name in datasets if name != target]
+    started = time.perf_counter()
+    data, grid = make_chips(root, tiles, datasets)
+    chips_s = time.perf_counter() - started
+    options = {"target": target, "normalize": True}
+    files = M3LEODataset(data, grid, inputs, use_pack=False, **options)
+    for name in datasets:
+        pack(data / "bench" / name)
+    packed = M3LEODataset(data, grid, inputs, **options)
+    assert all(spec.packed for spec in packed.inputs)
+    naive = NaiveLoader(data, list(files.tile_ids), files.chip_size, inputs, target)
+    for index in (0, len(files) - 1):  # the three loaders give the same samples
+        expected = naive[index]
+        assert torch.allclose(files[index]["image"], expected["image"], atol=1e-5)
+        assert torch.equal(files[index]["image"], packed[index]["image"])
+        if target:
+            assert torch.equal(files[index]["mask"], expected["mask"])
+            assert torch.equal(packed[index]["mask"], expected["mask"])
+    size_mb = sum(p.stat().st_size for p in data.rglob("*.tif")) / 2**20
+    shape = tuple(files[0]["image"].shape)
+    described = ", ".join(
+        f"{n} {d[2]} {len(d[0])} band(s) at {d[1]} m" for n, d in datasets.items()
+    )
+    print(f"\n## {config}: {described}" + (f"; target {target}" if target else ""))
+    print(f"{len(files)} tiles · image {shape} · chips {size_mb:.0f} MB (made in {chips_s:.0f} s)")
+    loaders = {"naive (rasterio open per sample)": naive, "dataset (chips)": files,
+               "dataset (pack)": packed}  # fmt: skip
+    for workers in (0, 2):
+        rates: dict[str, list[float]] = {name: [] for name in loaders}
+        for _ in range(rounds):
+            for name, dataset in loaders.items():
+                rates[name].append(one_pass(dataset, workers))
+        base = statistics.median(rates["naive (rasterio open per sample)"])
+        print(f"\nnum_workers={workers}")
+        print(f"{'loader':36s} {'samples/s median':>17s} {'range':>15s} {'× naive':>8s}")
+        for name, values in rates.items():
+            median = statistics.median(values)
+            print(
+                f"{name:36s} {median:17.1f} {min(values):7.1f}–{max(values):<7.1f} "
+                f"{median / base:8.2f}"
+            )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
+    parser.add_argument("--tmp", default=None, help="folder for the chips")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"# {platform.node()} · {os.cpu_count()} cores · load {load:.1f} · {when}")
+    print(f"# torch {torch.__version__}, 1 thread per process")
+    for config in CONFIGS if args.config == "all" else [args.config]:
+        with tempfile.TemporaryDirectory(prefix="bench-loader-", dir=args.tmp) as tmp:
+            bench(Path(tmp), config, args.tiles, args.rounds)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\npeak RSS: benchmark process {own:.0f} MB, largest worker {children:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
