@@ -139,3 +139,18 @@ def test_sources_that_cannot_read_their_inputs_up_front_still_need_bands(tmp_pat
 
     with pytest.raises(ConfigError, match="key 'bands': is required"):
         parse_recipe({"source": "fake-synthetic", "resolution": 448}, "test", tmp_path / "f.yaml")
+
+
+def test_missing_sample_data_says_which_variable_moves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed package has no ../shared/data beside it: the error says where it looked
+    and which variable points elsewhere."""
+    monkeypatch.delenv("M3LEO_SHARED_DATA", raising=False)
+    recipe = _recipe(tmp_path, params={"inputs": "${M3LEO_SHARED_DATA:-../nowhere}/dem/x.tif"})
+    with pytest.raises(ConfigError, match=r"because \$M3LEO_SHARED_DATA is not set; set "):
+        _adapter(recipe).check()
+    monkeypatch.setenv("M3LEO_SHARED_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError) as caught:
+        _adapter(recipe).check()
+    assert "is not set" not in str(caught.value)
