@@ -45,9 +45,9 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
+import torch
 from torch.utils.data import DataLoader, Dataset
 
-import torch
 from m3leo_tiles.chipsets import valid_mask
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.io import write_chip

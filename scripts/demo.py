@@ -1,8 +1,8 @@
 """`make demo`: the main job end to end on the bundled demo AOI, with no account and no network.
 
-It grids the `demo` AOI, fetches chips of the example recipes in `recipes/examples/` from the
-sample rasters in ../shared/data (a DEM mosaic, Sentinel-2 bands, a Sentinel-1 scene, a land
-cover map), then draws a quicklook PNG of every dataset with the tile grid over it. Running it
+It grids the `demo` AOI, fetches chips of three example recipes in `recipes/examples/` from the
+sample rasters in ../shared/data (a DEM mosaic, Sentinel-2 bands, a Sentinel-1 scene), then
+draws a quicklook PNG of every dataset with the tile grid over it. Running it
 twice shows resuming: the second run skips every finished chip.
 
 It ends with a short CPU training run of the baseline UNet on the demo chips. That run is a
@@ -24,7 +24,11 @@ from m3leo_tiles.runner import fetch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("M3LEO_DEMO_OUT", REPO / "demo-output"))
-RECIPES = sorted((REPO / "recipes" / "examples").glob("demo-*.yaml"))
+# The example recipes whose sample data lies inside the `demo` AOI. demo-landcover (São Tomé)
+# does not: fetched over the demo grid it would only record 63 no-source tiles, so the demo
+# leaves it out (README, "Example recipes", shows how to grid its own site).
+DEMO_RECIPES = ("demo-dem", "demo-s2", "demo-s1")
+RECIPES = [REPO / "recipes" / "examples" / f"{name}.yaml" for name in DEMO_RECIPES]
 
 
 def main() -> int:

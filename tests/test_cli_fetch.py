@@ -160,7 +160,7 @@ def test_non_ascii_paths_and_band_names_make_whole_chips(tmp_path: Path, shared_
 def test_corrupt_input_is_recorded_failed(tmp_path: Path, shared_data: Path) -> None:
     tile = Tile.from_point(128.658, 37.668)  # corrupt.tif's footprint
     grid = write_grid(tmp_path / "g.geojson", [tile])
-    recipe = write_recipe(tmp_path / "bad.yaml")
+    recipe = write_recipe(tmp_path / "bad.yaml", params={"band_indexes": [1]})  # 3-band file
     result = cli(
         "fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1",
         "--source", shared_data / "raster" / "corrupt.tif", cwd=tmp_path,

@@ -21,6 +21,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, shared_data: Path) -> 
     first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr
+    # demo-landcover's site (São Tomé) is not in the demo AOI: it is not fetched for nothing.
+    assert "demo-landcover" not in first.stdout and "63 no-source" not in first.stdout
     chips = sorted((tmp_path / "data" / "demo").glob("*/*.tif"))
     assert {chip.parent.name for chip in chips} == {"demo-dem", "demo-s1", "demo-s2"}
     with Image.open(tmp_path / "quicklook.png") as picture:

@@ -9,12 +9,57 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+try:  # typer 0.2x vendors click; its exceptions are what a bad option raises
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover (a typer that uses click itself)
+    from click.exceptions import ClickException, UsageError
+
 from m3leo_tiles import __version__
 from m3leo_tiles.errors import ConfigError, M3leoError
+
+
+def _metavars_for_people() -> None:
+    """Help that names values as people write them: ``--aoi NAME``, ``RECIPE``.
+
+    typer 0.2x prints each parameter's Python type (``<str>``, ``<bool>`` after every switch,
+    ``<list[str]>``) and a required argument as ``{recipe}``. Every option here has its own
+    metavar; this drops the type after switches and arguments and the braces.
+    """
+    try:
+        from typer import core
+    except ImportError:  # pragma: no cover
+        return
+    parameter = getattr(core, "_TyperParameter", None)
+    argument = getattr(core, "TyperArgument", None)
+    if parameter is None or argument is None or not hasattr(parameter, "display_type"):
+        return
+    original = parameter.display_type
+
+    def display_type(self: Any, ctx: Any) -> str:
+        if isinstance(self, argument) or getattr(self, "is_flag", False):
+            return ""
+        if self.metavar:
+            return str(self.metavar)
+        shown = original(self, ctx)
+        if "|" in shown:  # a choice: <train|val|test> -> train|val|test
+            return shown.strip("<>")
+        return str(self.name or "").upper()
+
+    def usage_name(self: Any) -> str:
+        name = str(self.metavar or self.name).upper()
+        name = name if self.required else f"[{name}]"
+        return f"{name}..." if self.nargs != 1 else name
+
+    parameter.display_type = display_type
+    if hasattr(argument, "_usage_display_name"):
+        argument._usage_display_name = usage_name
+
+
+_metavars_for_people()
 
 app = typer.Typer(
     name="m3leo-tiles",
@@ -70,6 +115,12 @@ def grid(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")
     ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", help="Grid an AOI of more than 3 million tiles (refused without it)."
+        ),
+    ] = False,
 ) -> None:
     """Lay the global 4480 m tile grid over an AOI; split it into train/val/test.
 
@@ -93,6 +144,7 @@ def grid(
       m3leo-tiles grid --aoi field.gpkg --angle 0 --ratios 8:1:1 --seed 2
     """
     from m3leo_tiles.grid import make_grid
+    from m3leo_tiles.grid.build import LARGE_GRID_TILES
 
     result = make_grid(
         aoi,
@@ -103,6 +155,7 @@ def grid(
         ratios=ratios,
         seed=seed,
         progress=not quiet and sys.stderr.isatty(),
+        max_tiles=None if yes else LARGE_GRID_TILES,
     )
     typer.echo(result.summary())
 
@@ -112,7 +165,9 @@ def aois() -> None:
     """List the built-in AOIs: name, area, tile count, bounding box, description.
 
     They are unions of Natural Earth countries (see scripts/build_aois.py); use the name with
-    `m3leo-tiles grid --aoi NAME`, or pass your own geometry file instead.
+    `m3leo-tiles grid --aoi NAME`, or pass your own geometry file instead. "AOI km²" is the
+    AOI's own area; `grid` also reports the area of its tiles, which is larger (tiles along
+    the edge reach past the AOI) and "~tiles" estimates their number.
     """
     from m3leo_tiles.grid import list_aois
 
@@ -120,7 +175,7 @@ def aois() -> None:
     if not found:
         raise ConfigError("no built-in AOI files found; reinstall m3leo-tiles")
     width = max(len(info.name) for info in found)
-    header = f"{'name'.ljust(width)}  {'area km²':>11}  {'tiles':>9}  {'bbox (W,S,E,N)':<29}"
+    header = f"{'name'.ljust(width)}  {'AOI km²':>11}  {'~tiles':>9}  {'bbox (W,S,E,N)':<29}"
     typer.echo(f"{header}  about")
     for info in found:
         bbox = ",".join(f"{v:.1f}" for v in info.bbox)
@@ -148,11 +203,23 @@ def recipes() -> None:
     found = list_recipes()
     name_width = max((len(info.name) for info in found), default=0)
     origin_width = max((len(info.origin) for info in found), default=0)
+    source_width = max((len(info.source) for info in found), default=0)
     for info in found:
         typer.echo(
             f"{info.name.ljust(name_width)}  {info.origin.ljust(origin_width)}  "
-            f"{info.source:<7} {info.description}".rstrip()
+            f"{info.source.ljust(source_width)}  {info.description}".rstrip()
         )
+        typer.echo(f"{'':{name_width}}  from {_shown_path(info.path)}")
+        for hidden in info.shadows:
+            typer.echo(f"{'':{name_width}}  (hides {_shown_path(hidden)})")
+
+
+def _shown_path(path: Path) -> str:
+    """A path relative to the current folder when it is below it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _source_options_epilog() -> str:
@@ -212,38 +279,55 @@ def fetch(
     ctx: typer.Context,
     recipe: Annotated[
         str,
-        typer.Argument(help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file."),
+        typer.Argument(
+            metavar="RECIPE",
+            help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file.",
+        ),
     ],
     aoi: Annotated[
-        str | None, typer.Option(help="AOI name; its grid is used, or built if missing.")
+        str | None,
+        typer.Option(metavar="NAME", help="AOI name; its grid is used, or built if missing."),
     ] = None,
     grid: Annotated[
-        Path | None, typer.Option(help="A grid file (ours, or any file with identifier+geometry).")
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="A grid file (ours, or any file with identifier+geometry)."
+        ),
     ] = None,
     year: Annotated[
         int | None, typer.Option(help="Year of the data (recipe default if unset).")
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Output root: chips go to OUT/<aoi>/<dataset>/.")
+        Path, typer.Option(metavar="DIR", help="Output root: chips go to OUT/<aoi>/<dataset>/.")
     ] = Path("data"),
     workers: Annotated[
-        int | None, typer.Option(help="Local worker processes (default: one per CPU core).")
+        int | None,
+        typer.Option(metavar="N", help="Local worker processes (default: one per CPU core)."),
     ] = None,
     scheduler: Annotated[
         str | None,
-        typer.Option(help="Run on an existing dask cluster, e.g. tcp://10.0.0.5:8786."),
+        typer.Option(
+            metavar="ADDRESS", help="Run on an existing dask cluster, e.g. tcp://10.0.0.5:8786."
+        ),
     ] = None,
     split: Annotated[Split | None, typer.Option(help="Only the tiles of this split.")] = None,
     tiles: Annotated[
-        Path | None, typer.Option(help="A text file of tile ids, one per line: only those.")
+        Path | None,
+        typer.Option(metavar="FILE", help="A text file of tile ids, one per line: only those."),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many tiles (for trials).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(metavar="N", help="At most this many tiles (for trials).")
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo every tile, even finished ones.")
     ] = False,
     source: Annotated[
         list[str] | None,
-        typer.Option(help="Input file(s) replacing the recipe's own; repeat for several."),
+        typer.Option(
+            metavar="[LAYER=]PATH",
+            help="Input file(s) replacing the recipe's own, relative to the current folder; "
+            "repeat for several. For a recipe with layers: LAYER=PATH (e.g. agb=/data/a.tif).",
+        ),
     ] = None,
     cache: Annotated[
         Path | None,
@@ -256,43 +340,49 @@ def fetch(
         bool,
         typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
     ] = False,
-    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+    grids_dir: Annotated[
+        Path, typer.Option(metavar="DIR", help="Where grid files are kept.")
+    ] = Path("grids"),
 ) -> None:
     """Make the chips of RECIPE for every tile of a grid, resuming where the last run stopped.
 
     Chips go to OUT/<aoi>/<dataset>/<tile_id>.tif with a manifest.csv and a fetch.log beside
     them. A rerun skips finished tiles and retries failed ones.
 
-    Exit codes: 0 all done, 1 some tiles failed (see manifest.csv), 2 bad usage or another
-    run holds the folder, 130 interrupted.
+    Exit codes: 0 all done, 1 some tiles failed (see manifest.csv), 2 bad usage, another
+    run holds the folder, or the first tiles all failed the same way (say why), 130
+    interrupted (Ctrl-C), 143 terminated (SIGTERM); finished chips are kept in every case.
 
     \b
     Examples:
       m3leo-tiles fetch demo-dem --aoi demo
-      m3leo-tiles fetch my-recipe.yaml --grid grids/demo.geojson --workers 4 --split train
+      m3leo-tiles fetch my-recipe.yaml --grid grids/demo/tiles.geojson --workers 4 --split train
       m3leo-tiles fetch agb --aoi conus --year 2019 --scheduler tcp://10.0.0.5:8786 --quiet
     """
     from m3leo_tiles.runner import fetch as run_fetch
 
     options = parse_source_options(list(ctx.args))
-    report = run_fetch(
-        recipe,
-        aoi=aoi,
-        grid=grid,
-        year=year,
-        out=out,
-        workers=workers,
-        scheduler=scheduler,
-        split=split,
-        tiles=tiles,
-        limit=limit,
-        overwrite=overwrite,
-        sources=tuple(source or ()),
-        cache=cache,
-        options=options,
-        progress=not quiet,
-        grids_dir=grids_dir,
-    )
+    try:
+        report = run_fetch(
+            recipe,
+            aoi=aoi,
+            grid=grid,
+            year=year,
+            out=out,
+            workers=workers,
+            scheduler=scheduler,
+            split=split,
+            tiles=tiles,
+            limit=limit,
+            overwrite=overwrite,
+            sources=tuple(source or ()),
+            cache=cache,
+            options=options,
+            progress=not quiet,
+            grids_dir=grids_dir,
+        )
+    except KeyboardInterrupt as error:  # typer would turn it into a silent exit 130
+        raise typer.Exit(_interrupted(error)) from None
     if not quiet:
         typer.echo(report.summary())
     elif report.failed:
@@ -309,28 +399,66 @@ def fetch(
 @app.command()
 def status(
     out: Annotated[Path, typer.Argument(help="Output root given to fetch --out.")] = Path("data"),
-    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+    grids_dir: Annotated[
+        Path, typer.Option(help="Where grid files are kept.", metavar="DIR")
+    ] = Path("grids"),
+    grid: Annotated[
+        Path | None,
+        typer.Option(
+            help="The grid file fetch used (for its AOI's 'missing' count), when it is not "
+            "under --grids-dir.",
+            metavar="FILE",
+        ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Read every chip back (size, CRC-32, every pixel through GDAL); damaged ones "
+            "are recorded failed so that the next fetch makes them again. Exit 1 if any.",
+        ),
+    ] = False,
 ) -> None:
     """Summarise every dataset under OUT: tiles ok / empty / no-source / failed / missing.
 
     "missing" counts grid tiles with no manifest row (shown as ? when the AOI's grid file is
-    not found under --grids-dir).
+    not found under --grids-dir and not given with --grid). The last column says whether a
+    run is writing the folder now (its pid, host and start), or a lock was left behind.
 
     \b
     Examples:
       m3leo-tiles status
       m3leo-tiles status /data/m3leo --grids-dir /data/grids
+      m3leo-tiles status --grid my-tiles.geojson
+      m3leo-tiles status --verify
     """
     from m3leo_tiles.status import format_status_table
     from m3leo_tiles.status import status as read_status
 
     if not out.is_dir():
-        raise ConfigError(f"{out} is not a folder; pass the --out folder that fetch wrote to")
-    found = read_status(out, grids_dir)
+        where = out if out.is_absolute() else f"{out} (in {Path.cwd()})"
+        raise ConfigError(
+            f"no output folder {where}; status looks for OUT/<aoi>/<dataset>/manifest.csv "
+            "under the folder fetch wrote to: pass it, e.g. `m3leo-tiles status /data/m3leo`"
+        )
+    found = read_status(out, grids_dir, grid=grid)
     if not found:
-        typer.echo(f"no datasets under {out}/ yet; make one with `m3leo-tiles fetch RECIPE`")
+        typer.echo(
+            f"no datasets under {out}/ yet (looked for {out}/<aoi>/<dataset>/ holding "
+            "manifest.csv or chips); make one with `m3leo-tiles fetch RECIPE`"
+        )
         return
+    if verify:
+        from m3leo_tiles.status import verify_dataset
+
+        checks = [verify_dataset(dataset.folder) for dataset in found]
+        found = read_status(out, grids_dir, grid=grid)  # with the damaged tiles now failed
     typer.echo(format_status_table(found))
+    if verify:
+        for check in checks:
+            typer.echo(check.summary())
+        if any(check.damaged for check in checks):
+            raise typer.Exit(1)
 
 
 # --- end engine commands -------------------------------------------------------------------
@@ -353,10 +481,13 @@ def quicklook(
     """
     from m3leo_tiles.quicklook import quicklook as draw_quicklook
 
-    for folder in datasets:
-        if not folder.is_dir():
-            raise ConfigError(f"{folder} is not a dataset folder; see `m3leo-tiles status`")
-    path = draw_quicklook(datasets, out, max_px=size, max_tiles=max_tiles)
+    path = draw_quicklook(
+        datasets,
+        out,
+        max_px=size,
+        max_tiles=max_tiles,
+        warn=lambda message: typer.echo(f"warning: {message}", err=True),
+    )
     typer.echo(f"wrote {path}")
 
 
@@ -445,17 +576,37 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _interrupted(error: KeyboardInterrupt) -> int:
+    """Say in one line that a run was stopped; the exit code a shell expects for the signal."""
+    from m3leo_tiles.runner import Terminated
+
+    text = str(error) or "interrupted; finished work is kept, rerun the same command to resume"
+    typer.echo(text, err=True)
+    return 143 if isinstance(error, Terminated) else 130
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one line and an exit code.
 
     Exit codes: 0 all done, 1 some tiles failed (recorded), 2 usage or configuration error
-    (typer reports bad options itself, also with 2), 130 interrupted.
+    (a bad option value too: one ``error:`` line, not a box), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM during a fetch).
     """
     try:
-        app(args=argv)
+        code = app(args=argv, prog_name="m3leo-tiles", standalone_mode=False)
+    except UsageError as error:  # unknown option, bad choice such as --split vall
+        where = error.ctx.command_path if error.ctx is not None else "m3leo-tiles"
+        message = " ".join(error.format_message().split())
+        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except ClickException as error:
+        typer.echo(f"error: {' '.join(error.format_message().split())}", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.exit(_interrupted(KeyboardInterrupt()))
     except M3leoError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished work is kept, rerun the same command to resume", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM during a fetch (runner.Terminated)
+        sys.exit(_interrupted(error))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -45,6 +45,11 @@ class DiskFullError(M3leoError):
     """The output disk is full: fatal for the run (every further chip would fail too)."""
 
 
+class SystematicFailure(M3leoError):
+    """The first tiles of a run all failed the same way: the cause is the run's, not a tile's
+    (a wrong year, a recipe that does not fit its files, no network). Fatal, exit 2."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message (library errors can run to pages), or its type."""
     lines = str(error).strip().splitlines()

@@ -13,7 +13,10 @@ import contextlib
 import errno
 import os
 import uuid
+import warnings
+import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
     from m3leo_tiles.sources.base import Chip
 
 PARTIAL_SUFFIX = ".part"
+# Only for bench/bench_fsync.py, which measures what the fsyncs cost a whole run (nothing
+# measurable: the workers overlap them); not a user option.
+_DURABLE = os.environ.get("M3LEO_BENCH_NO_FSYNC", "") != "1"
 _ENCODER = ChipEncoder()  # one per process: its GDAL templates serve every later chip
 
 
@@ -67,13 +73,50 @@ def encode_chip(chip: Chip, grid: PixelGrid, recipe: Recipe, tags: Mapping[str, 
     )
 
 
-def write_bytes_atomically(path: Path, payload: bytes) -> None:
-    """Write to a hidden partial name, fsync-free rename: the file is whole or absent."""
+@dataclass(frozen=True)
+class Written:
+    """What a rerun checks a chip against: its size and the CRC-32 of its bytes."""
+
+    size: int
+    crc32: str  # 8 hex digits
+
+    @classmethod
+    def of(cls, payload: bytes) -> Written:
+        return cls(len(payload), f"{zlib.crc32(payload):08x}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: the entry lives in the folder's data)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform or file system without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomically(path: Path, payload: bytes, *, durable: bool = _DURABLE) -> Written:
+    """Write to a hidden partial name, fsync, rename, fsync the folder: whole or absent.
+
+    Without the two fsyncs a rename can reach the disk before the file's data does, so a
+    power cut (not a killed process) may leave an empty or short file under the final name;
+    ext4, XFS and btrfs all allow it. ``durable=False`` is for benchmarks only: the runner
+    writes several chips at once, which hides the fsyncs' wait (``bench/bench_fsync.py``).
+    """
     partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
     try:
         with open(partial, "wb") as handle:
             handle.write(payload)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(partial, path)
+        if durable:
+            _fsync_folder(path.parent)
     except OSError as error:
         with contextlib.suppress(OSError):
             partial.unlink()
@@ -87,13 +130,44 @@ def write_bytes_atomically(path: Path, payload: bytes) -> None:
         with contextlib.suppress(OSError):
             partial.unlink()
         raise
+    return Written.of(payload)
 
 
 def write_chip(
-    path: Path, chip: Chip, grid: PixelGrid, recipe: Recipe, tags: Mapping[str, str]
-) -> None:
-    """Encode ``chip`` on ``grid`` and write it to ``path`` atomically."""
-    write_bytes_atomically(Path(path), encode_chip(chip, grid, recipe, tags))
+    path: Path,
+    chip: Chip,
+    grid: PixelGrid,
+    recipe: Recipe,
+    tags: Mapping[str, str],
+    *,
+    durable: bool = _DURABLE,
+) -> Written:
+    """Encode ``chip`` on ``grid`` and write it to ``path`` atomically; its size and CRC."""
+    payload = encode_chip(chip, grid, recipe, tags)
+    return write_bytes_atomically(Path(path), payload, durable=durable)
+
+
+def chip_problem(path: Path, expected: Written | None = None) -> str | None:
+    """Why the chip at ``path`` is not whole, or None: size and CRC-32 when ``expected`` is
+    known, then a read of every pixel by GDAL (a damaged block fails there)."""
+    try:
+        payload = Path(path).read_bytes()
+    except OSError as error:
+        return f"cannot read: {error.strerror or error}"
+    if expected is not None:
+        if len(payload) != expected.size:
+            return f"{len(payload)} bytes, the manifest says {expected.size}"
+        if expected.crc32 and f"{zlib.crc32(payload):08x}" != expected.crc32:
+            return "its bytes changed (CRC-32 differs from the manifest)"
+    try:
+        with warnings.catch_warnings():  # a cut-off header reads as "not georeferenced"
+            warnings.simplefilter("ignore")
+            with rasterio.MemoryFile(payload) as memory, memory.open() as dataset:
+                dataset.read()
+    except Exception as error:  # any GDAL complaint: not a whole chip
+        text = str(error).strip().splitlines()
+        return f"GDAL cannot read it whole ({text[0] if text else type(error).__name__})"
+    return None
 
 
 def chip_is_empty(chip: Chip, nodata: float | None) -> bool:

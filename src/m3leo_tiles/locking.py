@@ -45,6 +45,18 @@ def _read_owner(path: Path) -> LockOwner | None:
         return None
 
 
+def read_owner(path: Path) -> LockOwner | None:
+    """Who holds the lock file ``path`` (None: missing, empty or torn)."""
+    return _read_owner(path)
+
+
+def is_live(owner: LockOwner) -> bool | None:
+    """Whether the lock's process still runs; None when it is on another host."""
+    if owner.host != socket.gethostname():
+        return None
+    return _is_alive(owner)
+
+
 def _is_alive(owner: LockOwner) -> bool:
     """Alive means: that pid exists and was started before the lock (pids get reused)."""
     try:

@@ -23,7 +23,13 @@ from typing import TextIO
 from m3leo_tiles.enums import TileStatus
 
 MANIFEST_NAME = "manifest.csv"
-COLUMNS = ("identifier", "status", "reason", "inputs", "seconds", "recipe_hash", "finished_at")
+COLUMNS = (
+    "identifier", "status", "reason", "inputs", "seconds", "recipe_hash", "finished_at",
+    "bytes", "crc32", "input_id",
+)  # fmt: skip
+# Manifests written before chips' sizes and input identities were recorded: still read, with
+# those values unknown (a rerun then checks such a chip by reading it whole with GDAL).
+OLD_COLUMNS = COLUMNS[:7]
 INPUT_SEPARATOR = ";"
 
 
@@ -47,6 +53,9 @@ class ManifestRow:
     seconds: float = 0.0
     recipe_hash: str = ""
     finished_at: str = ""
+    bytes: int | None = None  # the chip's size (ok rows); None: unknown (an old manifest)
+    crc32: str = ""  # CRC-32 of the chip's bytes, 8 hex digits; "" unknown
+    input_id: str = ""  # the source's identity of the inputs (paths, sizes, times); "" unknown
 
     def as_record(self) -> list[str]:
         return [
@@ -57,11 +66,16 @@ class ManifestRow:
             f"{self.seconds:.3f}",
             self.recipe_hash,
             self.finished_at or now_iso(),
+            "" if self.bytes is None else str(self.bytes),
+            self.crc32,
+            self.input_id,
         ]
 
     @classmethod
     def from_record(cls, record: list[str]) -> ManifestRow:
-        values = dict(zip(COLUMNS, record, strict=True))
+        names = COLUMNS if len(record) == len(COLUMNS) else OLD_COLUMNS
+        values = dict(zip(names, record, strict=True))
+        size = values.get("bytes", "")
         return cls(
             identifier=values["identifier"],
             status=TileStatus(values["status"]),
@@ -70,6 +84,9 @@ class ManifestRow:
             seconds=float(values["seconds"] or 0.0),
             recipe_hash=values["recipe_hash"],
             finished_at=values["finished_at"],
+            bytes=int(size) if size else None,
+            crc32=values.get("crc32", ""),
+            input_id=values.get("input_id", ""),
         )
 
 
@@ -86,7 +103,7 @@ def read_manifest(path: Path) -> dict[str, ManifestRow]:
     complete = lines[:-1]  # the piece after the last newline is empty or a torn write
     rows: dict[str, ManifestRow] = {}
     for record in csv.reader(complete):
-        if len(record) != len(COLUMNS) or record[0] == COLUMNS[0]:
+        if len(record) not in (len(COLUMNS), len(OLD_COLUMNS)) or record[0] == COLUMNS[0]:
             continue
         try:
             row = ManifestRow.from_record(record)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.manifest import ManifestRow, now_iso
+from m3leo_tiles.manifest import INPUT_SEPARATOR, ManifestRow, now_iso
 from m3leo_tiles.sources.base import SourceAdapter
 
 if TYPE_CHECKING:
@@ -29,12 +29,21 @@ Item = tuple["GridTile", tuple[str, ...]]
 
 @dataclass(frozen=True)
 class Plan:
-    """The driver's decision for this run: what is done, and tiles grouped by shared inputs."""
+    """The driver's decision for this run: what is done, and tiles grouped by shared inputs.
+
+    ``refreshed`` are rows of finished tiles rewritten with what an older manifest lacked
+    (a chip's size and CRC after GDAL read it whole, the inputs' identity); ``damaged`` and
+    ``inputs_changed`` are finished tiles planned again, and why (said in fetch.log).
+    """
 
     skipped: int
     adopted: tuple[ManifestRow, ...]
     no_source: tuple[ManifestRow, ...]
     groups: tuple[tuple[Item, ...], ...]
+    input_ids: Mapping[str, str] = field(default_factory=dict)
+    refreshed: tuple[ManifestRow, ...] = ()
+    damaged: tuple[tuple[str, str], ...] = ()  # (tile id, what is wrong with its chip)
+    inputs_changed: int = 0
 
     @property
     def to_render(self) -> int:
@@ -66,26 +75,32 @@ def batch_size_for(count: int, threads: int) -> int:
     return max(MIN_BATCH, min(MAX_BATCH, wanted))
 
 
-def _is_done(row: ManifestRow | None, has_file: bool, recipe_hash: str) -> bool:
-    if row is None or row.recipe_hash != recipe_hash:
+def _same_inputs(row: ManifestRow, inputs: tuple[str, ...], input_id: str) -> bool:
+    """Whether a finished row was made from the inputs planned now (paths, then identity)."""
+    if INPUT_SEPARATOR.join(row.inputs) != INPUT_SEPARATOR.join(
+        " ".join(i.split()) for i in inputs
+    ):
         return False
-    if row.status is TileStatus.OK:
-        return has_file
-    return row.status.is_done
+    return not row.input_id or row.input_id == input_id
 
 
-def _adopt(path: Path, identifier: str, recipe_hash: str) -> ManifestRow | None:
-    """A chip written by a worker whose driver died before recording it: keep it if it is ours."""
-    from m3leo_tiles.io import read_chip_tags
+def _adopt(path: Path, identifier: str, recipe_hash: str, inputs: tuple[str, ...],
+           input_id: str) -> ManifestRow | None:  # fmt: skip
+    """A chip written by a worker whose driver died before recording it: kept only if it is
+    ours (recipe hash and inputs' identity in its tags) and GDAL reads it whole."""
+    from m3leo_tiles.io import Written, chip_problem, read_chip_tags
 
     try:
         tags = read_chip_tags(path)
     except Exception:  # unreadable: not whole, redo it
         return None
-    if tags.get("recipe_hash") != recipe_hash:
+    if tags.get("recipe_hash") != recipe_hash or tags.get("input_id", "") != input_id:
         return None
-    inputs = tuple(i for i in str(tags.get("inputs", "")).split(";") if i)
-    return ManifestRow(identifier, TileStatus.OK, "adopted", inputs, 0.0, recipe_hash, now_iso())
+    if chip_problem(path) is not None:
+        return None
+    written = Written.of(path.read_bytes())
+    return ManifestRow(identifier, TileStatus.OK, "adopted", inputs, 0.0, recipe_hash, now_iso(),
+                       written.size, written.crc32, input_id)  # fmt: skip
 
 
 def make_plan(
@@ -96,31 +111,72 @@ def make_plan(
     *,
     overwrite: bool,
 ) -> Plan:
+    """Plan every tile (what decides "done" includes its inputs now), then keep as done only
+    tiles whose row has this recipe's hash, the same inputs (paths and identity) and, for a
+    chip, a file of the recorded size (or, when an old manifest has no size, that GDAL reads
+    whole)."""
+    from m3leo_tiles.io import Written, chip_problem
+
     recipe_hash = adapter.recipe.recipe_hash
-    present = {entry.name for entry in os.scandir(dataset_dir) if entry.name.endswith(".tif")}
-    todo: list[GridTile] = []
+    sizes: dict[str, int] = {}
+    with os.scandir(dataset_dir) as entries:
+        for entry in entries:
+            if entry.name.endswith(".tif") and not entry.name.startswith("."):
+                sizes[entry.name] = entry.stat().st_size
+    inputs_of = adapter.plan(tiles) if tiles else {}
+    identities: dict[tuple[str, ...], str] = {}
+    input_ids: dict[str, str] = {}
+    todo: list[tuple[GridTile, tuple[str, ...]]] = []
     adopted: list[ManifestRow] = []
+    refreshed: list[ManifestRow] = []
+    damaged: list[tuple[str, str]] = []
+    changed = 0
     skipped = 0
     for tile in tiles:
         identifier = tile.identifier
-        has_file = f"{identifier}.tif" in present
+        inputs = tuple(inputs_of.get(identifier, ()))
+        input_id = identities.get(inputs)
+        if input_id is None:
+            input_id = identities[inputs] = adapter.input_identity(inputs) if inputs else ""
+        input_ids[identifier] = input_id
+        name = f"{identifier}.tif"
         row = rows.get(identifier)
-        if not overwrite:
-            if _is_done(row, has_file, recipe_hash):
+        if not overwrite and row is not None and row.recipe_hash == recipe_hash:
+            if not _same_inputs(row, inputs, input_id):
+                changed += 1
+            elif row.status is TileStatus.OK and name in sizes:
+                if row.bytes is not None and row.bytes != sizes[name]:
+                    damaged.append((identifier, f"{sizes[name]} bytes, recorded {row.bytes}"))
+                elif row.bytes is None:  # an old manifest: read it once, then record it
+                    problem = chip_problem(dataset_dir / name)
+                    if problem is not None:
+                        damaged.append((identifier, problem))
+                    else:
+                        written = Written.of((dataset_dir / name).read_bytes())
+                        refreshed.append(replace(row, bytes=written.size, crc32=written.crc32,
+                                                 input_id=input_id))  # fmt: skip
+                        skipped += 1
+                        continue
+                else:
+                    if not row.input_id:
+                        refreshed.append(replace(row, input_id=input_id))
+                    skipped += 1
+                    continue
+            elif row.status is not TileStatus.OK and row.status.is_done:
+                if not row.input_id and inputs:
+                    refreshed.append(replace(row, input_id=input_id))
                 skipped += 1
                 continue
-            if row is None and has_file:
-                kept = _adopt(dataset_dir / f"{identifier}.tif", identifier, recipe_hash)
-                if kept is not None:
-                    adopted.append(kept)
-                    continue
-        todo.append(tile)
+        elif not overwrite and row is None and name in sizes:
+            kept = _adopt(dataset_dir / name, identifier, recipe_hash, inputs, input_id)
+            if kept is not None:
+                adopted.append(kept)
+                continue
+        todo.append((tile, inputs))
 
-    inputs_of = adapter.plan(todo) if todo else {}
     groups: dict[Hashable, list[Item]] = {}
     no_source: list[ManifestRow] = []
-    for tile in todo:
-        inputs = tuple(inputs_of.get(tile.identifier, ()))
+    for tile, inputs in todo:
         if not inputs:
             no_source.append(
                 ManifestRow(
@@ -136,4 +192,5 @@ def make_plan(
         else:
             groups.setdefault(adapter.batch_key(inputs), []).append((tile, inputs))
     grouped = tuple(tuple(group) for group in groups.values())
-    return Plan(skipped, tuple(adopted), tuple(no_source), grouped)
+    return Plan(skipped, tuple(adopted), tuple(no_source), grouped, input_ids,
+                tuple(refreshed), tuple(damaged), changed)  # fmt: skip

@@ -10,7 +10,7 @@ percentile, and the tile outlines are drawn on top.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 import rasterio.merge
 from PIL import Image, ImageDraw, ImageFont
+from rasterio.errors import RasterioError
 
 from m3leo_tiles.errors import ConfigError
 
@@ -90,13 +91,37 @@ def _panel(title: str, chips: Sequence[Path], max_px: int) -> Panel:
     return Panel(f"{title} · {len(chips)} chips", image)
 
 
-def dataset_panels(dataset_dir: Path, max_px: int = 480, max_tiles: int = 400) -> list[Panel]:
-    """One panel per CRS found among the chips of ``dataset_dir`` (at most ``max_tiles``)."""
+def _readable(path: Path) -> tuple[str, str | None]:
+    """(CRS, None) for a chip GDAL reads whole, else ("", why not)."""
+    try:
+        with rasterio.open(path) as dataset:
+            dataset.read()  # every block: a truncated chip fails here, not half-drawn later
+            return str(dataset.crs), None
+    except (RasterioError, OSError) as error:
+        text = str(error).strip().splitlines()
+        return "", text[0] if text else type(error).__name__
+
+
+def dataset_panels(
+    dataset_dir: Path,
+    max_px: int = 480,
+    max_tiles: int = 400,
+    warn: Callable[[str], None] | None = None,
+) -> list[Panel]:
+    """One panel per CRS found among the chips of ``dataset_dir`` (at most ``max_tiles``).
+
+    A chip GDAL cannot read whole (damaged, truncated) is left out and reported through
+    ``warn``, so one bad file never hides the rest of a dataset.
+    """
     chips = sorted(dataset_dir.glob("*.tif"))[:max_tiles]
     by_crs: dict[str, list[Path]] = defaultdict(list)
     for path in chips:
-        with rasterio.open(path) as dataset:
-            by_crs[str(dataset.crs)].append(path)
+        crs, problem = _readable(path)
+        if problem is not None:
+            if warn is not None:
+                warn(f"skipped {path}: GDAL cannot read it ({problem}); rerun fetch to redo it")
+            continue
+        by_crs[crs].append(path)
     return [
         _panel(f"{dataset_dir.name} · {crs}", paths, max_px)
         for crs, paths in sorted(by_crs.items())
@@ -122,21 +147,52 @@ def compose(panels: Sequence[Panel], columns: int = 4) -> Image.Image:
     return sheet
 
 
+MIN_SIZE = 16
+
+
 def quicklook(
-    dataset_dirs: Sequence[Path], out: Path, max_px: int = 480, max_tiles: int = 400
+    dataset_dirs: Sequence[Path],
+    out: Path,
+    max_px: int = 480,
+    max_tiles: int = 400,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write one PNG showing every given dataset folder's chips; returns its path."""
+    """Write one PNG showing every given dataset folder's chips; returns its path.
+
+    Bad arguments and an output path that cannot be written are ``ConfigError``s, checked
+    before any chip is read; unreadable chips are skipped and reported through ``warn``.
+    """
+    out = Path(out)
+    if max_px < MIN_SIZE:
+        raise ConfigError(f"--size must be at least {MIN_SIZE} pixels, got {max_px}")
+    if max_tiles < 1:
+        raise ConfigError(f"--max-tiles must be at least 1, got {max_tiles}")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'look.png'}")
+    for folder in dataset_dirs:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{folder} is not a dataset folder; see `m3leo-tiles status`")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the folder for --out {out}: {error.strerror or error}"
+        ) from None
     panels = [
         panel
         for folder in dataset_dirs
-        for panel in dataset_panels(Path(folder), max_px=max_px, max_tiles=max_tiles)
+        for panel in dataset_panels(Path(folder), max_px=max_px, max_tiles=max_tiles, warn=warn)
     ]
     if not panels:
         raise ConfigError(
-            f"no chips (*.tif) found in {', '.join(map(str, dataset_dirs))}; run fetch first"
+            f"no chips (*.tif) that GDAL can read in {', '.join(map(str, dataset_dirs))}; "
+            "run fetch first"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.part")
-    compose(panels).save(partial, format="PNG")
-    partial.replace(out)
+    try:
+        compose(panels).save(partial, format="PNG")
+        partial.replace(out)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {out}: {error.strerror or error}") from None
     return out

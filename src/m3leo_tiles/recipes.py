@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,12 @@ import yaml
 from m3leo_tiles.enums import ResamplingMethod
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import pixels_per_side
+from m3leo_tiles.names import ALLOWED, name_problem
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 RECIPES_PATH_ENV = "M3LEO_RECIPES_PATH"
+FILLABLE = ("bands", "dtype", "nodata")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class Recipe:
     default_year: int | None = None
     bands_per_tile: bool = False  # the source names each chip's bands (GUNW: one per pair)
     path: str | None = field(default=None, compare=False)
+    # Keys the recipe left out for its source to fill from the input files (bands, dtype,
+    # nodata), when the source can (``fills_recipe_defaults``); empty once filled.
+    from_source: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Recipes built in Python (notebooks, benchmarks) may pass plain strings and lists.
@@ -104,6 +109,7 @@ class RecipeInfo:
     source: str
     path: Path
     origin: str  # built-in, example, or user
+    shadows: tuple[Path, ...] = ()  # files further down the search order with the same name
 
     @property
     def builtin(self) -> bool:
@@ -125,15 +131,20 @@ def builtin_recipes_dir() -> Path:
 
 
 def recipe_dirs(extra_dirs: Sequence[Path] = ()) -> list[tuple[str, Path]]:
-    """Search order: built-in, examples, ``./recipes``, ``$M3LEO_RECIPES_PATH``, extras."""
+    """Search order, first wins: extras, ``./recipes``, ``$M3LEO_RECIPES_PATH``, built-in, examples.
+
+    A user's own recipe comes before the shipped ones of the same name, so copying
+    ``agb.yaml`` into ``./recipes/`` and editing it is how a user changes a built-in recipe
+    (``m3leo-tiles recipes`` shows which file each name comes from).
+    """
     builtin = builtin_recipes_dir()
-    dirs = [("built-in", builtin), ("example", builtin / "examples")]
+    dirs = [("user", Path(item)) for item in extra_dirs]
     local = Path.cwd() / "recipes"
     if local.resolve() != builtin.resolve():
         dirs.append(("user", local))
     env = os.environ.get(RECIPES_PATH_ENV, "")
     dirs += [("user", Path(item)) for item in env.split(os.pathsep) if item]
-    dirs += [("user", Path(item)) for item in extra_dirs]
+    dirs += [("built-in", builtin), ("example", builtin / "examples")]
     return [(origin, folder) for origin, folder in dirs if folder.is_dir()]
 
 
@@ -142,34 +153,38 @@ def _recipe_files(folder: Path) -> list[Path]:
 
 
 def list_recipes(extra_dirs: Sequence[Path] = ()) -> list[RecipeInfo]:
-    """Every recipe that can be fetched by name; broken files are listed with their error."""
+    """Every recipe that can be fetched by name, the first in search order winning a name;
+    broken files are listed with their error (under their file name)."""
     infos: dict[str, RecipeInfo] = {}
+    seen: set[Path] = set()
     for origin, folder in recipe_dirs(extra_dirs):
         for path in _recipe_files(folder):
+            if path.resolve() in seen:  # the same folder reached twice (./recipes and the env)
+                continue
+            seen.add(path.resolve())
             try:
                 recipe = load_recipe_file(path)
                 info = RecipeInfo(recipe.name, recipe.description, recipe.source, path, origin)
             except ConfigError as error:
                 info = RecipeInfo(path.stem, f"INVALID: {error}", "?", path, origin)
-            infos.setdefault(info.name, info)
+            first = infos.get(info.name)
+            if first is None:
+                infos[info.name] = info
+            else:
+                infos[info.name] = replace(first, shadows=(*first.shadows, path))
     return list(infos.values())
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe by built-in/user name (``agb``) or by path to a YAML file."""
+    """A recipe by name (``agb``: the one ``m3leo-tiles recipes`` lists) or by YAML path."""
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.suffix in RECIPE_SUFFIXES or os.sep in text:
         if not candidate.is_file():
             raise ConfigError(f"recipe file {candidate} does not exist")
         return load_recipe_file(candidate)
-    for _, folder in recipe_dirs():
-        for suffix in RECIPE_SUFFIXES:
-            path = folder / f"{text}{suffix}"
-            if path.is_file():
-                return load_recipe_file(path)
     infos = list_recipes()
-    for info in infos:  # a recipe whose ``name:`` differs from its file name
+    for info in infos:
         if info.name == text:
             return load_recipe_file(info.path)
     known = ", ".join(info.name for info in infos) or "none"
@@ -258,10 +273,14 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     bands_per_tile = data.get("bands_per_tile", False)
     if not isinstance(bands_per_tile, bool):
         raise _fail(where, "bands_per_tile", "must be true or false")
-    bands = data.get("bands", [] if bands_per_tile else None)
+    # A source that reads its inputs on the driver (raster) fills what the recipe leaves out
+    # from the files themselves: band names, dtype, nodata.
+    fills = bool(getattr(sources[source], "fills_recipe_defaults", False))
+    from_source = tuple(k for k in FILLABLE if fills and k not in data)
+    bands = data.get("bands", [] if bands_per_tile or "bands" in from_source else None)
     if bands is None:
         raise _fail(where, "bands", "is required (or set bands_per_tile: true)")
-    if not (isinstance(bands, list) and (bands or bands_per_tile)
+    if not (isinstance(bands, list) and (bands or bands_per_tile or "bands" in from_source)
             and all(isinstance(b, str) for b in bands)):  # fmt: skip
         raise _fail(where, "bands", "must be a non-empty list of band names")
     if len(set(bands)) != len(bands):
@@ -288,6 +307,9 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     name = data.get("name", path.stem if path else None)
     if not isinstance(name, str) or not name:
         raise _fail(where, "name", "must be a non-empty string")
+    problem = name_problem(name)
+    if problem is not None:  # it names the dataset folder: never a path out of --out
+        raise _fail(where, "name", f"{name!r} {problem}; it names the dataset folder ({ALLOWED})")
     return Recipe(
         name=name,
         source=source,
@@ -304,7 +326,31 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         default_year=default_year,
         bands_per_tile=bands_per_tile,
         path=str(path.resolve()) if path else None,
+        from_source=from_source,
     )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word, so a recipe that sets ``nodata``
+    twice (a copy-paste slip) would silently use the second value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports an unhashable key itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_recipe_file(path: Path) -> Recipe:
@@ -314,7 +360,7 @@ def load_recipe_file(path: Path) -> Recipe:
     except OSError as error:
         raise ConfigError(f"cannot read recipe {path}: {error.strerror or error}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

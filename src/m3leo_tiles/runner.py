@@ -24,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -40,7 +43,7 @@ from m3leo_tiles.cluster import (
     request_budget,
 )
 from m3leo_tiles.enums import Split, TileStatus
-from m3leo_tiles.errors import ConfigError, DiskFullError
+from m3leo_tiles.errors import ConfigError, DiskFullError, SystematicFailure
 from m3leo_tiles.locking import DatasetLock
 from m3leo_tiles.manifest import (
     MANIFEST_NAME,
@@ -86,6 +89,8 @@ class FetchRequest:
     cache: Path | None = None  # shared download cache; default OUT/.cache
     options: Mapping[str, Any] = field(default_factory=dict)  # the sources' declared options
     progress: bool = True
+    notes: tuple[str, ...] = ()  # lines for fetch.log from choosing the tiles (grid file)
+    warnings: tuple[str, ...] = ()  # and for the terminal too (ids not in the grid)
 
     def fetch_options(self, recipe: Recipe) -> FetchOptions:
         year = self.year if self.year is not None else recipe.default_year
@@ -182,6 +187,12 @@ def _run_logging(dataset_dir: Path, console: bool) -> Iterator[None]:
 
 
 def _make_dataset_dir(out: Path, aoi: str, dataset: str) -> Path:
+    from m3leo_tiles.names import ALLOWED, name_problem
+
+    for what, value in (("AOI name", aoi), ("dataset name", dataset)):
+        problem = name_problem(value)  # grids and recipes check theirs; the API may not
+        if problem is not None:
+            raise ConfigError(f"{what} {value!r} {problem}; it names a folder ({ALLOWED})")
     dataset_dir = out / aoi / dataset
     try:
         dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +231,11 @@ def fetch_tiles(
                                     recipe.dataset_name(options.year))  # fmt: skip
     counts: Counter[TileStatus] = Counter()
 
-    with _run_logging(dataset_dir, console=request.progress), DatasetLock(dataset_dir):
+    with (
+        _run_logging(dataset_dir, console=request.progress),
+        DatasetLock(dataset_dir),
+        _sigterm_as_interrupt(),
+    ):
         log.info(
             "fetch %s (hash %s) into %s: %d tiles, workers=%s, scheduler=%s, overwrite=%s, "
             "sources=%s, cache=%s, options=%s",
@@ -235,6 +250,10 @@ def fetch_tiles(
             options.cache_dir,
             sorted(request.options),  # names only: values may hold endpoints with keys
         )
+        for note in request.notes:
+            log.info("%s", note)
+        for warning in request.warnings:
+            log.warning("%s", warning)
         removed = remove_partials(dataset_dir)
         if removed:
             log.info("removed %d partial files left by an interrupted run", removed)
@@ -246,7 +265,8 @@ def fetch_tiles(
         try:
             plan = make_plan(adapter, tiles, dataset_dir, previous, overwrite=request.overwrite)
             skipped = plan.skipped + len(plan.adopted)
-            writer.write(plan.adopted + plan.no_source)
+            writer.write(plan.refreshed + plan.adopted + plan.no_source)
+            _report_redone(plan)
             counts[TileStatus.NO_SOURCE] += len(plan.no_source)
             log.info(
                 "plan: %d already done (%d adopted), %d no-source, %d to render",
@@ -259,17 +279,21 @@ def fetch_tiles(
                 with quiet_dask_logs(), dask_client(request.workers, request.scheduler) as client:
                     try:
                         _run_batches(client, adapter, dataset_dir, plan, writer, counts,
-                                     request.progress)  # fmt: skip
+                                     request)  # fmt: skip
                     except KeyboardInterrupt:
                         interrupted = True
                         raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
             done = sum(counts.values())
+            what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
             message = (
-                f"interrupted: {done} tiles finished in this run and are kept; "
+                f"{what}: {done} tiles finished in this run and are kept; "
                 "rerun the same command to resume"
             )
-            log.warning(message)
+            log.warning(message, extra={"per_tile": True})  # fetch.log; the CLI says it once
+            raise type(error)(message) from None
+        except SystematicFailure as error:
+            log.error("%s", error, extra={"per_tile": True})
             raise
         finally:
             writer.close()
@@ -288,6 +312,86 @@ def fetch_tiles(
             )
             log.info("summary: %s", report.summary())
     return report
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cron's timeout, systemd, Kubernetes, batch schedulers) during a run."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM as Ctrl-C while a run holds its folder: stop the workers, keep finished
+    chips, write the manifest, release the lock, and say so in one line (exit 143).
+
+    Python's default for SIGTERM is to die on the spot: no ``finally`` runs, the lock stays
+    and multiprocessing warns about leaked semaphores. Only the main thread may set a signal
+    handler, so a run started from another thread keeps the default.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+EARLY_STOP_TILES = 20  # the first this many rendered tiles all failing alike stop the run
+_PATHLIKE = re.compile(r"\S*[/\\]\S*")
+_NUMBERS = re.compile(r"\d+")
+
+
+def failure_kind(reason: str) -> str:
+    """A failure reason without what differs from tile to tile (paths, URLs, numbers)."""
+    return _NUMBERS.sub("#", _PATHLIKE.sub("<path>", reason))
+
+
+class EarlyStop:
+    """Watches the first tiles a run renders: when all of the first ``limit`` failed for the
+    same kind of reason, the cause is the run's (a year the product lacks, a recipe that does
+    not fit its files, no network), and going on would only fail the whole grid slowly."""
+
+    def __init__(self, limit: int = EARLY_STOP_TILES) -> None:
+        self.limit = limit
+        self.seen = 0
+        self.kinds: set[str] = set()
+        self.first = ""
+        self.armed = limit > 0
+
+    def add(self, rows: Sequence[ManifestRow]) -> None:
+        for row in rows:
+            if not self.armed:
+                return
+            if row.status is not TileStatus.FAILED:
+                self.armed = False
+                return
+            self.seen += 1
+            self.kinds.add(failure_kind(row.reason))
+            self.first = self.first or row.reason
+            if len(self.kinds) > 1:
+                self.armed = False
+                return
+            if self.seen >= self.limit:
+                raise SystematicFailure(
+                    f"stopped: the first {self.seen} tiles all failed the same way "
+                    f"({self.first}); fix that and rerun (details in fetch.log)"
+                )
+
+
+def _report_redone(plan: Plan) -> None:
+    """Say why finished tiles are made again: a damaged chip, or inputs that changed."""
+    if plan.damaged:
+        first = ", ".join(f"{ident} ({why})" for ident, why in plan.damaged[:3])
+        log.warning("%d finished chips are damaged and are made again: %s%s",
+                    len(plan.damaged), first, ", ..." if len(plan.damaged) > 3 else "")  # fmt: skip
+    if plan.inputs_changed:
+        log.warning("%d finished tiles were made from other inputs (--source, files changed "
+                    "since); they are made again", plan.inputs_changed)  # fmt: skip
 
 
 def _budget(client: Client, adapter: SourceAdapter) -> Budget | None:
@@ -311,7 +415,7 @@ def _run_batches(
     plan: Plan,
     writer: ManifestWriter,
     counts: Counter[TileStatus],
-    progress: bool,
+    request: FetchRequest,
 ) -> None:
     from distributed import as_completed
     from tqdm import tqdm
@@ -339,7 +443,7 @@ def _run_batches(
         desc=dataset_dir.name,
         unit="tile",
         file=sys.stderr,
-        disable=not progress,
+        disable=not request.progress,
         mininterval=0.5,
         dynamic_ncols=True,
     )
@@ -348,7 +452,8 @@ def _run_batches(
         items = next(batches, None)
         if items is None:
             return None
-        batch = Batch(str(dataset_dir), items, budget)
+        ids = {tile.identifier: plan.input_ids.get(tile.identifier, "") for tile, _ in items}
+        batch = Batch(str(dataset_dir), items, budget, ids)
         future = client.submit(render_batch, shared_adapter, batch, pure=False, retries=0)
         pending[future.key] = (future, batch)
         return future
@@ -358,12 +463,21 @@ def _run_batches(
         bar.close()
         return
     completed = as_completed(first, loop=client.loop)
+    watch = EarlyStop(EARLY_STOP_TILES if plan.to_render > EARLY_STOP_TILES else 0)
     try:
         for future in completed:
             _, batch = pending.pop(future.key)
             rows = _rows_of(future, batch, recipe_hash)
             future.release()
             writer.write(rows)
+            try:
+                watch.add(rows)
+            except SystematicFailure:
+                for row in rows:
+                    counts[row.status] += 1
+                with contextlib.suppress(Exception):
+                    client.cancel([future for future, _ in pending.values()], force=True)
+                raise
             for row in rows:
                 counts[row.status] += 1
                 if row.status is TileStatus.FAILED:
@@ -483,8 +597,33 @@ def fetch(
     the_grid = read_grid(grid_path)
     identifiers = read_tile_ids(tiles) if tiles is not None else None
     chosen_split = Split(split) if split is not None else None
+    notes = [f"grid: {Path(grid_path).resolve()} ({len(the_grid)} tiles)"]
+    warnings: list[str] = []
+    cores = os.cpu_count() or 1
+    if workers is not None and scheduler is None and workers > cores:
+        warnings.append(
+            f"--workers {workers} is more than the {cores} CPU cores here: chips are made "
+            "no faster, and each worker takes memory; use at most --workers " + str(cores)
+        )
+    if identifiers is not None:
+        known = {tile.identifier for tile in the_grid.tiles}
+        unknown = [i for i in dict.fromkeys(identifiers) if i not in known]
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            warnings.append(
+                f"{len(unknown)} of the {len(set(identifiers))} ids in {tiles} are not "
+                f"in the grid {grid_path} and are left out: {shown}"
+            )
     selected = the_grid.select(split=chosen_split, identifiers=identifiers, limit=limit)
     if not selected:
+        if chosen_split is not None and not any(
+            s == chosen_split for s in the_grid.splits.values()
+        ):
+            raise ConfigError(
+                f"the grid {grid_path} has no {chosen_split} tiles (a small AOI cut into "
+                "wide bands can get none); regrid with more bands, e.g. "
+                f"`m3leo-tiles grid --aoi {the_grid.aoi} --bands 2000`, or choose another split"
+            )
         raise ConfigError(
             f"no tiles selected from {grid_path} (split={chosen_split}, tiles file={tiles}); "
             "check the split name and the ids"
@@ -500,6 +639,8 @@ def fetch(
         cache=Path(cache) if cache is not None else None,
         options=dict(options or {}),
         progress=progress,
+        notes=tuple(notes),
+        warnings=tuple(warnings),
     )
     return fetch_tiles(loaded, selected, request)
 

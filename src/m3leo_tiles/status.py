@@ -1,8 +1,8 @@
 """What is in an output folder: per dataset, how many tiles are done, failed or still missing.
 
-It reads only manifests, file sizes and (when found) the AOI's grid file, never the chips, so
-it answers in a moment for a folder of a million chips: the question a user or a cron job asks
-before deciding to rerun ``fetch``.
+It reads only manifests, lock files, file sizes and (when found) the AOI's grid file, never
+the chips, so it answers in a moment for a folder of a million chips: the question a user or a
+cron job asks before deciding to rerun ``fetch``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.manifest import MANIFEST_NAME, ManifestRow, read_manifest
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,40 @@ class DatasetStatus:
     grid_tiles: int | None
     size_bytes: int
     last_run: float | None  # unix time of the manifest's last change
+    run: str = ""  # "running (pid ... on ... since ...)", "stale lock ...", or "" when idle
+    chips: int = 0  # *.tif files in the folder
+    manifest: bool = True  # False: chips found but no manifest.csv (made elsewhere, or lost)
+
+    @property
+    def note(self) -> str:
+        """What the table's last column says about this folder."""
+        if self.run:
+            return self.run
+        if not self.manifest:
+            return f"{self.chips} chips but no manifest.csv; rerun fetch to adopt them"
+        return "finished"
+
+
+def run_state(folder: Path) -> str:
+    """Whether a fetch holds this folder now, from its lock file (see ``locking``).
+
+    A lock whose process is alive on this host is a live run; one whose process is gone is
+    stale (the next fetch takes it over); one from another host cannot be checked from here.
+    """
+    from m3leo_tiles.locking import LOCK_NAME, is_live, read_owner
+
+    path = folder / LOCK_NAME
+    if not path.exists():
+        return ""
+    owner = read_owner(path)
+    if owner is None:
+        return "lock file being written or unreadable"
+    live = is_live(owner)
+    if live is None:
+        return f"locked by {owner.describe()} (another host: cannot tell if it still runs)"
+    if live:
+        return f"running: {owner.describe()}"
+    return f"stale lock of {owner.describe()} (process gone; the next fetch takes it over)"
 
 
 def _grid_ids(
@@ -50,13 +84,15 @@ def _grid_ids(
     return cache[aoi]
 
 
-def _folder_size(folder: Path) -> int:
-    total = 0
+def _folder_size(folder: Path) -> tuple[int, int]:
+    """(bytes of every file, number of chips)."""
+    total = chips = 0
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
                 total += entry.stat(follow_symlinks=False).st_size
-    return total
+                chips += entry.name.endswith(".tif") and not entry.name.startswith(".")
+    return total, chips
 
 
 def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> DatasetStatus:
@@ -66,6 +102,7 @@ def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> D
     missing = None
     if grid_ids is not None:
         missing = len(grid_ids - rows.keys())
+    size, chips = _folder_size(folder)
     return DatasetStatus(
         aoi=aoi,
         dataset=folder.name,
@@ -76,18 +113,42 @@ def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> D
         failed=counts[TileStatus.FAILED],
         missing=missing,
         grid_tiles=len(grid_ids) if grid_ids is not None else None,
-        size_bytes=_folder_size(folder),
+        size_bytes=size,
         last_run=manifest.stat().st_mtime if manifest.exists() else None,
+        run=run_state(folder),
+        chips=chips,
+        manifest=manifest.exists(),
     )
 
 
-def status(out: Path = Path("data"), grids_dir: Path = Path("grids")) -> list[DatasetStatus]:
-    """Every dataset folder (one holding a manifest) under ``out/<aoi>/``, sorted by name."""
+def _is_dataset_folder(folder: Path) -> bool:
+    from m3leo_tiles.locking import LOCK_NAME
+
+    if (folder / MANIFEST_NAME).exists() or (folder / LOCK_NAME).exists():
+        return True
+    return any(p.suffix == ".tif" for p in folder.iterdir())
+
+
+def status(
+    out: Path = Path("data"), grids_dir: Path = Path("grids"), grid: Path | None = None
+) -> list[DatasetStatus]:
+    """Every dataset folder under ``out/<aoi>/``, sorted by name.
+
+    A dataset folder is one holding a manifest, a lock or chips (chips without a manifest
+    are reported as such, not hidden). ``missing`` counts tiles of the AOI's grid without a
+    manifest row; the grid is ``grid`` for its own AOI, else ``grids_dir/<aoi>/tiles.*``.
+    """
     out = Path(out)
     cache: dict[str, frozenset[str] | None] = {}
+    if grid is not None:
+        from m3leo_tiles.grid import read_grid
+
+        given = read_grid(grid)  # a bad file is the user's error: GridError, exit 2
+        cache[given.aoi] = frozenset(t.identifier for t in given.tiles)
     found = []
-    for manifest in sorted(out.glob(f"*/*/{MANIFEST_NAME}")):
-        folder = manifest.parent
+    for folder in sorted(p for p in out.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
+        if not _is_dataset_folder(folder):
+            continue
         aoi = folder.parent.name
         found.append(dataset_status(folder, aoi, _grid_ids(aoi, Path(grids_dir), cache)))
     return found
@@ -103,8 +164,11 @@ def _size(n: int) -> str:
 
 
 def format_status_table(rows: list[DatasetStatus]) -> str:
-    """An aligned text table, one line per dataset."""
-    header = ("aoi", "dataset", "ok", "empty", "no-source", "failed", "missing", "size", "last run")
+    """An aligned text table, one line per dataset; the last column says if a run is live."""
+    header = (
+        "aoi", "dataset", "ok", "empty", "no-source", "failed", "missing", "size", "last run",
+        "state",
+    )  # fmt: skip
     lines = [header]
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.last_run)) if r.last_run else "-"
@@ -119,6 +183,7 @@ def format_status_table(rows: list[DatasetStatus]) -> str:
                 "?" if r.missing is None else str(r.missing),
                 _size(r.size_bytes),
                 when,
+                r.note,
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -131,3 +196,69 @@ def format_status_table(rows: list[DatasetStatus]) -> str:
         ]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """``status --verify`` of one dataset folder: every chip read back."""
+
+    folder: Path
+    checked: int
+    damaged: tuple[tuple[str, str], ...]  # (tile id, what is wrong)
+    marked: bool  # the damaged tiles were recorded failed, so the next fetch redoes them
+
+    def summary(self) -> str:
+        if not self.damaged:
+            return f"{self.folder}: {self.checked} chips verified, all whole"
+        first = "; ".join(f"{ident}: {why}" for ident, why in self.damaged[:5])
+        more = f" (and {len(self.damaged) - 5} more)" if len(self.damaged) > 5 else ""
+        then = (
+            "recorded as failed: rerun fetch to make them again"
+            if self.marked
+            else "a run holds the folder, so nothing was recorded; verify again when it ends"
+        )
+        return (
+            f"{self.folder}: {self.checked} chips verified, {len(self.damaged)} damaged "
+            f"({first}{more}); {then}"
+        )
+
+
+def verify_dataset(folder: Path) -> Verification:
+    """Read every chip of ``folder`` back: size and CRC-32 against the manifest when it has
+    them, then every pixel through GDAL. A damaged chip's tile is recorded ``failed`` (so a
+    rerun of fetch makes it again) unless a run holds the folder's lock."""
+    from m3leo_tiles.errors import LockedError
+    from m3leo_tiles.io import Written, chip_problem
+    from m3leo_tiles.locking import DatasetLock
+    from m3leo_tiles.manifest import ManifestWriter, now_iso
+
+    rows = read_manifest(folder / MANIFEST_NAME)
+    damaged: list[tuple[str, str]] = []
+    checked = 0
+    chips = {p.stem: p for p in folder.glob("*.tif") if not p.name.startswith(".")}
+    for identifier in sorted(chips):
+        row = rows.get(identifier)
+        expected = None
+        if row is not None and row.status is TileStatus.OK and row.bytes is not None:
+            expected = Written(row.bytes, row.crc32)
+        checked += 1
+        problem = chip_problem(chips[identifier], expected)
+        if problem is not None:
+            damaged.append((identifier, problem))
+    for identifier, row in sorted(rows.items()):
+        if row.status is TileStatus.OK and identifier not in chips:
+            damaged.append((identifier, "its chip is missing"))
+    marked = False
+    if damaged:
+        try:
+            with DatasetLock(folder), ManifestWriter(folder / MANIFEST_NAME) as writer:
+                writer.write(
+                    ManifestRow(ident, TileStatus.FAILED, f"damaged chip: {why}",
+                                rows[ident].inputs if ident in rows else (), 0.0,
+                                rows[ident].recipe_hash if ident in rows else "", now_iso())
+                    for ident, why in damaged
+                )  # fmt: skip
+            marked = True
+        except LockedError:
+            marked = False
+    return Verification(folder, checked, tuple(damaged), marked)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from m3leo_tiles.sources.base import Chip, RenderContext, SourceAdapter
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import GridTile
+    from m3leo_tiles.io import Written
 
 Item = tuple["GridTile", tuple[str, ...]]
 log = logging.getLogger("m3leo_tiles.fetch")
@@ -52,6 +54,7 @@ class Batch:
     dataset_dir: str
     items: tuple[Item, ...]
     budget: Budget | None = None
+    input_ids: Mapping[str, str] = field(default_factory=dict)  # tile id -> inputs' identity
 
 
 _SETUP_DONE: set[tuple[str, str]] = set()
@@ -112,14 +115,23 @@ def _outcomes(adapter: SourceAdapter, batch: Batch, context: RenderContext
             yield tile, failure
 
 
+FLUSH_THREADS = 4  # chips of one batch being fsynced at once (see render_batch)
+
+
 def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
     """Runs on a worker: render, test for emptiness, write; returns rows, never arrays.
 
     A full disk is raised, not recorded: every further chip would fail the same way.
+
+    Chips are encoded here and handed to a few writer threads: a durable write waits ~10 ms on
+    the disk for its fsync, and fsyncs in flight together share the file system's journal
+    commits, so the writes overlap with rendering the next tiles (measured: 0.85 instead of
+    0.78 ms a chip with four writers, against 10.7 with one; bench/bench_fsync.py). Rows are
+    returned only once every chip of the batch is on the disk.
     """
     import rasterio
 
-    from m3leo_tiles.io import chip_is_empty, write_chip
+    from m3leo_tiles.io import chip_is_empty, encode_chip, write_bytes_atomically
 
     ensure_setup(adapter)
     recipe = adapter.recipe
@@ -128,9 +140,10 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
     inputs_of = {tile.identifier: inputs for tile, inputs in batch.items}
     threads = batch.budget.threads if batch.budget else 1
     context = RenderContext(threads=threads, slot=_slot_factory(batch.budget))
-    rows = []
+    rows: list[ManifestRow] = []
+    writes: dict[int, Future[Written]] = {}
     started = time.perf_counter()
-    with rasterio.Env():  # one GDAL environment for the batch, not one per call
+    with rasterio.Env(), ThreadPoolExecutor(FLUSH_THREADS, "m3leo-write") as writer:
         for tile, outcome in _outcomes(adapter, batch, context):
             inputs = inputs_of[tile.identifier]
             try:
@@ -141,8 +154,12 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
                 else:
                     grid = tile.pixel_grid(recipe.resolution)
                     tags = {"tile_id": tile.identifier, "inputs": ";".join(inputs),
-                            **outcome.metadata}  # fmt: skip
-                    write_chip(folder / f"{tile.identifier}.tif", outcome, grid, recipe, tags)
+                            **outcome.metadata,
+                            "input_id": batch.input_ids.get(tile.identifier, "")}  # fmt: skip
+                    payload = encode_chip(outcome, grid, recipe, tags)
+                    writes[len(rows)] = writer.submit(
+                        write_bytes_atomically, folder / f"{tile.identifier}.tif", payload
+                    )
                     status, reason = TileStatus.OK, ""
             except DiskFullError:
                 raise
@@ -162,7 +179,21 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
                     seconds=finished - started,
                     recipe_hash=recipe_hash,
                     finished_at=now_iso(),
+                    input_id=batch.input_ids.get(tile.identifier, ""),
                 )
             )
             started = finished
+        for index, future in writes.items():
+            rows[index] = _written_row(rows[index], future)
     return rows
+
+
+def _written_row(row: ManifestRow, future: Future[Written]) -> ManifestRow:
+    """The row of a chip once its write finished: its size and CRC, or why it failed."""
+    try:
+        written = future.result()
+    except DiskFullError:
+        raise
+    except Exception as error:
+        return replace(row, status=TileStatus.FAILED, reason=f"unexpected {reason_of(error)}")
+    return replace(row, bytes=written.size, crc32=written.crc32)

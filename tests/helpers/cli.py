@@ -30,3 +30,28 @@ def run_cli(args, *, cwd: Path, timeout: float = 120, env: dict[str, str] | None
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
                           timeout=timeout, check=False)  # fmt: skip
+
+
+def call_cli(capsys, *args: object) -> tuple[int, str, str]:
+    """In-process ``m3leo-tiles ARGS`` (fast, for checks that start no cluster):
+    (exit code, stdout, stderr); ``capsys`` is pytest's fixture."""
+    from m3leo_tiles.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_error_line(code: int, err: str, *needles: str) -> str:
+    """Exit 2, exactly one ``error: ...`` line on stderr, no traceback; returns the line."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

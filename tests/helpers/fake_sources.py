@@ -175,3 +175,28 @@ class FakePerTileBands(SourceAdapter):
         return Chip(_synthetic(tile, self.recipe, count), names,
                     {"products": f"product-{tile.identifier}", "inputs": "real-input"},
                     band_metadata)  # fmt: skip
+
+
+@register
+class FakeVersioned(SourceAdapter):
+    """``fake-versioned``: every tile's input is one remote name, whose identity the source
+    knows cheaply (the text of ``params.version_file``, as a service's version number would
+    be): changing it must redo the chips, while the input names stay the same."""
+
+    name = "fake-versioned"
+    description = "test only: a remote input with a version the source knows"
+
+    def plan(self, tiles: Sequence) -> TileInputs:
+        return {t.identifier: ("remote://product/v",) for t in tiles}
+
+    def input_identity(self, inputs: tuple[str, ...]) -> str:
+        version = Path(self.recipe.params["version_file"]).read_text().strip()
+        return f"{';'.join(inputs)}@{version}"
+
+    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+        grid = tile.pixel_grid(self.recipe.resolution)
+        data = np.ones((len(self.recipe.bands), grid.height, grid.width))
+        return Chip(data.astype(self.recipe.dtype), tuple(self.recipe.bands))
+
+
+FakeVersioned.__qualname__ = "FakeVersioned"

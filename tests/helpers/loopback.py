@@ -75,6 +75,7 @@ class QuietHandler(BaseHTTPRequestHandler):
     """Base handler: HTTP/1.1 keep-alive, no console noise, request accounting, latency."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # no 40 ms Nagle + delayed-ACK stall per response
     server: LoopbackServer
 
     def log_message(self, format: str, *args: object) -> None:

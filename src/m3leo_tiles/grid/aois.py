@@ -12,7 +12,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import shapely
+import shapely.affinity
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from m3leo_tiles.errors import GridError, first_line
@@ -112,6 +115,56 @@ def load_aoi(name_or_path: str | Path) -> Aoi:
     return Aoi(path.stem, geometry, DEFAULT_ANGLE, str(path))
 
 
+def split_at_antimeridian(geometry: BaseGeometry) -> BaseGeometry:
+    """Polygons written across the antimeridian (177 → -178) as what they mean: the short way.
+
+    A ring whose longitude jumps by more than 180° between two vertices cannot mean the long
+    way round (no one draws a 355°-wide polygon with one edge); read literally it would make
+    a band around the globe of hundreds of thousands of tiles. Such a ring is unwrapped into
+    continuous longitudes (past ±180°) and cut at the antimeridian, the part beyond it moved
+    back by 360°: the two halves GeoJSON (RFC 7946 §3.1.9) asks for.
+    """
+    polygons = list(getattr(geometry, "geoms", [geometry]))
+    if not any(
+        isinstance(p, Polygon) and _jumps(p.exterior.coords) for p in polygons
+    ) and not any(isinstance(p, Polygon) and any(_jumps(r.coords) for r in p.interiors)
+                  for p in polygons):  # fmt: skip
+        return geometry
+    fixed = []
+    for polygon in polygons:
+        if not isinstance(polygon, Polygon):
+            fixed.append(polygon)
+            continue
+        shell = _unwrapped(np.asarray(polygon.exterior.coords))
+        centre = shell[:, 0].mean()
+        holes = []
+        for ring in polygon.interiors:
+            hole = _unwrapped(np.asarray(ring.coords))
+            hole[:, 0] += 360.0 * round((centre - hole[:, 0].mean()) / 360.0)
+            holes.append(hole)
+        whole = _valid(Polygon(shell, holes))
+        for shift in (-360.0, 0.0, 360.0):
+            part = whole.intersection(shapely.box(-180.0 - shift, -90.0, 180.0 - shift, 90.0))
+            if not part.is_empty:
+                fixed.append(shapely.affinity.translate(part, xoff=shift))
+    return _valid(shapely.union_all(fixed))
+
+
+def _jumps(coords: object) -> bool:
+    """A ring of lon/lat degrees with a jump of more than 180° between two vertices
+    (coordinates that are not degrees are left alone: ``check_geometry`` refuses them)."""
+    xy = np.asarray(coords)
+    if len(xy) < 2 or np.abs(xy[:, 0]).max() > 180.0 or np.abs(xy[:, 1]).max() > 90.0:
+        return False
+    return bool(np.abs(np.diff(xy[:, 0])).max() > 180.0)
+
+
+def _unwrapped(coords: np.ndarray) -> np.ndarray:
+    out = np.array(coords[:, :2], dtype=float)
+    out[:, 0] = np.unwrap(out[:, 0], period=360.0)
+    return out
+
+
 def _looks_like_wkt(path: Path) -> bool:
     if path.suffix.lower() == ".wkt":
         return True
@@ -135,7 +188,7 @@ def _read_wkt(path: Path) -> BaseGeometry:
         raise
     except Exception as error:
         raise GridError(f"cannot read WKT from {path}: {first_line(error)}") from None
-    return _valid(geometry)
+    return _valid(split_at_antimeridian(geometry))
 
 
 def _read_vector(path: Path) -> BaseGeometry:
@@ -155,7 +208,8 @@ def _read_vector(path: Path) -> BaseGeometry:
             frame = frame.to_crs(4326)
         except Exception as error:
             raise GridError(f"cannot reproject {path} to EPSG:4326: {first_line(error)}") from None
-    return _valid(shapely.union_all(frame.geometry.dropna().to_numpy()))
+    parts = [split_at_antimeridian(g) for g in frame.geometry.dropna().to_numpy()]
+    return _valid(shapely.union_all(parts))
 
 
 def _valid(geometry: BaseGeometry) -> BaseGeometry:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
 
 from m3leo_tiles.enums import GridFormat, Split
 from m3leo_tiles.errors import ConfigError
@@ -25,7 +27,13 @@ from m3leo_tiles.grid.files import (
     write_parquet,
     write_splits_csv,
 )
-from m3leo_tiles.grid.lattice import NORTH_EPSG_BASE, SOUTH_EPSG_BASE, TILE_AREA_KM2, lattice_cells
+from m3leo_tiles.grid.lattice import (
+    NORTH_EPSG_BASE,
+    SOUTH_EPSG_BASE,
+    TILE_AREA_KM2,
+    check_geometry,
+    lattice_cells,
+)
 from m3leo_tiles.grid.seams import seam_report
 from m3leo_tiles.grid.splits import (
     DEFAULT_BANDS,
@@ -38,6 +46,8 @@ from m3leo_tiles.grid.splits import (
 )
 from m3leo_tiles.grid.tile import SOUTH_FALSE_NORTHING_M, TILE_SIZE_M
 
+LARGE_GRID_TILES = 3_000_000  # all six built-in AOIs together hold 2.64 M
+
 
 def make_grid(
     aoi: str | Path,
@@ -48,12 +58,15 @@ def make_grid(
     ratios: tuple[int, int, int] | str = DEFAULT_RATIOS,
     seed: int = 0,
     progress: bool = False,
+    max_tiles: int | None = LARGE_GRID_TILES,
 ) -> GridResult:
     """Grid an AOI (built-in name or geometry file) and write ``out_dir/tiles.*`` + splits.
 
     ``out_dir`` defaults to ``grids/<aoi>`` under the current directory; ``angle`` to the
     AOI's own (the paper's for built-in AOIs, 0.9 rad otherwise). See ``splits`` for the
-    meaning of ``bands``, ``angle``, ``ratios`` and ``seed``.
+    meaning of ``bands``, ``angle``, ``ratios`` and ``seed``. An AOI that would make more
+    than ``max_tiles`` tiles (about; None: no limit) is refused before any work, since it
+    usually is a mistake (a whole hemisphere, a polygon read the long way round).
     """
     started = time.perf_counter()
     try:
@@ -64,6 +77,9 @@ def make_grid(
     ratios = parse_ratios(ratios)
     loaded = load_aoi(aoi)
     angle = check_angle(loaded.angle if angle is None else angle)
+    if max_tiles is not None:
+        check_geometry(loaded.geometry)  # degrees, some area: then its size means something
+        check_size(loaded.name, loaded.geometry, max_tiles)
     if out_dir is None and loaded.name == "aois":
         raise ConfigError("an AOI named 'aois' would land among the AOI files; pass --out DIR")
     out_dir = Path(out_dir) if out_dir is not None else Path("grids") / loaded.name
@@ -89,12 +105,18 @@ def make_grid(
     )
     path = out_dir / grid_file_name(fmt)
     splits_path = out_dir / SPLITS_NAME
+    other = out_dir / grid_file_name(
+        GridFormat.GEOJSON if fmt is GridFormat.PARQUET else GridFormat.PARQUET
+    )
     created = not out_dir.exists()
     try:
         with atomic_path(splits_path) as tmp_splits, atomic_path(path) as tmp_tiles:
             # The CSV last: read_grid trusts it only when it is at least as new as the tiles.
             (write_parquet if fmt is GridFormat.PARQUET else write_geojson)(table, tmp_tiles)
             write_splits_csv(table.identifier, split, band, tmp_splits)
+        # One grid per folder: a grid of the other format left from an earlier run would
+        # have other splits, and fetch could not tell which one is meant.
+        other.unlink(missing_ok=True)
     except BaseException as error:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
@@ -112,9 +134,31 @@ def make_grid(
         tiles=len(cells),
         counts=counts,
         area_km2=len(cells) * TILE_AREA_KM2,
+        aoi_km2=estimated_tiles(loaded.geometry)[1],
         seam_overlap_km2=seams.overlap_km2,
         seconds=time.perf_counter() - started,
     )
+
+
+def estimated_tiles(geometry: BaseGeometry) -> tuple[int, float]:
+    """(about how many tiles, geodesic km²) of a lon/lat geometry, from its area alone."""
+    from pyproj import Geod
+
+    area_m2, _ = Geod(ellps="WGS84").geometry_area_perimeter(shapely.segmentize(geometry, 1.0))
+    km2 = abs(area_m2) / 1e6
+    return round(km2 / TILE_AREA_KM2), km2
+
+
+def check_size(name: str, geometry: BaseGeometry, max_tiles: int) -> None:
+    """Refuse an AOI of more than ``max_tiles`` tiles before the minutes and GBs it costs."""
+    count, km2 = estimated_tiles(geometry)
+    if count > max_tiles:
+        west, south, east, north = geometry.bounds
+        raise ConfigError(
+            f"AOI {name!r} ({km2:,.0f} km², bounds {west:.1f}, {south:.1f}, {east:.1f}, "
+            f"{north:.1f}) makes about {count:,} tiles, more than {max_tiles:,}; check it is "
+            "the area you mean, then pass --yes to grid it anyway"
+        )
 
 
 def ensure_grid(aoi: str | Path, grids_dir: Path = Path("grids")) -> Path:

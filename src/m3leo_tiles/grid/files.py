@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from m3leo_tiles.enums import GridFormat, Split
 from m3leo_tiles.errors import GridError
 from m3leo_tiles.grid.tile import BoxTile, GridTile, parse_tile_id
+from m3leo_tiles.names import ALLOWED, name_problem
 
 TILES_STEM = "tiles"
 SPLITS_NAME = "splits.csv"
@@ -84,24 +85,37 @@ class GridResult:
     area_km2: float
     seam_overlap_km2: float
     seconds: float
+    aoi_km2: float | None = None  # the AOI's own geodesic area (``aois`` shows this one)
 
     def summary(self) -> str:
+        """One line; the tiles' area (tiles x 20.07 km²) is named apart from the AOI's own,
+        which is smaller: tiles along the edge reach past it."""
         per_split = ", ".join(f"{name} {count:,}" for name, count in self.counts.items())
         rate = self.tiles / self.seconds if self.seconds > 0 else float("inf")
+        aoi = f" (the AOI itself: {self.aoi_km2:,.0f} km²)" if self.aoi_km2 is not None else ""
         return (
-            f"{self.aoi}: {self.tiles:,} tiles ({per_split}), {self.area_km2:,.0f} km², "
+            f"{self.aoi}: {self.tiles:,} tiles ({per_split}), {self.area_km2:,.0f} km² of "
+            f"tiles{aoi}, "
             f"seam overlap {self.seam_overlap_km2:,.1f} km², {self.seconds:.1f} s "
             f"({rate:,.0f} tiles/s)\n  tiles:  {self.path}\n  splits: {self.splits_path}"
         )
 
 
 def default_grid_path(aoi: str, grids_dir: Path = Path("grids")) -> Path:
-    """``grids_dir/<aoi>/tiles.parquet`` when that exists, else ``.../tiles.geojson``."""
+    """``grids_dir/<aoi>/tiles.parquet`` when that exists, else ``.../tiles.geojson``.
+
+    ``make_grid`` keeps one grid per folder; a folder holding both (an older version, or a
+    copy by hand) is refused rather than one of them picked silently: they may differ.
+    """
     folder = Path(grids_dir) / aoi
     parquet = folder / f"{TILES_STEM}{_SUFFIX[GridFormat.PARQUET]}"
-    if parquet.exists() and not (folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}").exists():
-        return parquet
-    return folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}"
+    geojson = folder / f"{TILES_STEM}{_SUFFIX[GridFormat.GEOJSON]}"
+    if parquet.exists() and geojson.exists():
+        raise GridError(
+            f"{folder} holds two grids ({geojson.name} and {parquet.name}) that may differ; "
+            "delete the one you do not want, or regrid with `m3leo-tiles grid`"
+        )
+    return parquet if parquet.exists() else geojson
 
 
 def grid_file_name(fmt: GridFormat) -> str:
@@ -115,7 +129,7 @@ def list_grids(grids_dir: Path = Path("grids")) -> list[Path]:
         return []
     found: list[Path] = []
     for folder in sorted(p for p in grids_dir.iterdir() if p.is_dir() and p.name != "aois"):
-        path = default_grid_path(folder.name, grids_dir)
+        path = default_grid_path(folder.name, grids_dir)  # two grids in one folder: refused
         if path.exists():
             found.append(path)
     return found
@@ -144,7 +158,7 @@ def read_grid(path: str | Path) -> Grid:
         )
     if table.num_rows == 0:
         raise GridError(f"{path} holds no tiles; regenerate it with `m3leo-tiles grid`")
-    ids = [str(value) for value in table.column("identifier").to_pylist()]
+    ids = checked_identifiers(path, table.column("identifier").to_pylist())
     parsed = [parse_tile_id(value) for value in ids]
     if any(tile is None for tile in parsed):
         boxes = _read_bounds(path)
@@ -154,8 +168,6 @@ def read_grid(path: str | Path) -> Grid:
         )
     else:
         tiles = tuple(tile for tile in parsed if tile is not None)
-    if len(set(ids)) != len(ids):
-        raise GridError(f"{path} repeats tile identifiers; each tile must appear once")
     splits: dict[str, str] = {}
     if "split" in table.column_names:
         values = table.column("split").to_pylist()
@@ -163,12 +175,50 @@ def read_grid(path: str | Path) -> Grid:
     return Grid(aoi=_aoi_name(path, table), tiles=tiles, splits=splits)
 
 
+def checked_identifiers(path: Path, values: Sequence[object]) -> list[str]:
+    """The ids of a grid file as text, refusing any that could not be a chip's file name.
+
+    A chip is written to ``<tile id>.tif``, so an id is a file name: one that holds a path
+    separator or ``..``, is empty or null, or repeats another (also when only the case
+    differs, which is the same file on macOS and Windows) is refused, naming the id and its
+    row (1 = the first tile), before anything is written.
+    """
+    ids: list[str] = []
+    first_row: dict[str, int] = {}
+    for row, value in enumerate(values, start=1):
+        problem = None if isinstance(value, str) and parse_tile_id(value) else name_problem(value)
+        if problem is not None:
+            raise GridError(
+                f"{path}: tile id {value!r} in row {row} {problem}; tile ids become file "
+                f"names, so they must be {ALLOWED}"
+            )
+        text = str(value)
+        folded = text.casefold()
+        if folded in first_row:
+            raise GridError(
+                f"{path}: tile id {text!r} in row {row} repeats the id in row "
+                f"{first_row[folded]} (ids must be unique, ignoring case); each tile must "
+                "appear once"
+            )
+        first_row[folded] = row
+        ids.append(text)
+    return ids
+
+
 def _aoi_name(path: Path, table: pa.Table) -> str:
+    """The AOI a grid belongs to; it names the output folder, so it must be a safe name."""
+    name = path.parent.name if path.stem == TILES_STEM else path.stem
     if "aoi" in table.column_names and table.num_rows:
         value = table.column("aoi")[0].as_py()
         if value:
-            return str(value)
-    return path.parent.name if path.stem == TILES_STEM else path.stem
+            name = str(value)
+    problem = name_problem(name)
+    if problem is not None:
+        raise GridError(
+            f"{path}: AOI name {name!r} {problem}; it names the output folder, so it must be "
+            f"{ALLOWED} (rename the file or fix its 'aoi' column)"
+        )
+    return name
 
 
 _OUR_FEATURE_START = '{"type":"Feature","properties":{"identifier":'

@@ -132,6 +132,11 @@ def check_geometry(geometry: BaseGeometry) -> None:
     """Refuse geometries the lattice cannot cover, with the reason and the limit."""
     if geometry is None or geometry.is_empty:
         raise GridError("the AOI geometry is empty; give a polygon with some area")
+    if geometry.area == 0:
+        raise GridError(
+            f"the AOI geometry has no area (only {geometry.geom_type} parts: points or lines); "
+            "give a polygon with some area"
+        )
     west, south, east, north = geometry.bounds
     if not all(np.isfinite([west, south, east, north])):
         raise GridError("the AOI geometry has non-finite coordinates")

@@ -31,6 +31,7 @@ declared by each adapter as ``cli_options``; the CLI offers every declared optio
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import pkgutil
@@ -215,6 +216,31 @@ class SourceAdapter(ABC):
         """
         return inputs
 
+    def input_identity(self, inputs: tuple[str, ...]) -> str:
+        """A short digest of what ``inputs`` are now, decided on the driver: a chip made from
+        inputs with another identity is redone by the next run.
+
+        The default knows local files: each input that names one (also as ``LAYER=PATH``, or
+        the archive of ``zip://ARCHIVE!MEMBER`` and ``/vsizip/ARCHIVE/MEMBER``) counts with
+        its size and modification time, so a replaced or rewritten file redoes its tiles;
+        anything else (URLs, granule names) counts by its text alone. A remote source may
+        override this with what it knows cheaply (a version, an ETag already fetched while
+        planning); it must not make a request per tile.
+        """
+        digest = hashlib.sha256()
+        for item in inputs:
+            digest.update(item.encode("utf-8", "surrogateescape"))
+            local = _local_file(item)
+            if local is not None:
+                try:
+                    stat = os.stat(local)
+                except OSError:
+                    digest.update(b"\0missing")
+                else:
+                    digest.update(f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+            digest.update(b"\n")
+        return digest.hexdigest()[:16]
+
     @abstractmethod
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         """Inputs per tile, computed once for the whole grid on the driver."""
@@ -259,6 +285,27 @@ class SourceAdapter(ABC):
         with ThreadPoolExecutor(threads, thread_name_prefix=f"m3leo-{self.name}") as pool:
             for item, result in zip(items, pool.map(outcome, items), strict=True):
                 yield item[0], result
+
+
+def _local_file(item: str) -> str | None:
+    """The local file an input string names, if any (see ``input_identity``)."""
+    candidates = [item]
+    name, separator, rest = item.partition("=")
+    if separator and name and os.sep not in name:
+        candidates.append(rest)
+    for text in candidates:
+        if text.startswith(("zip://", "tar://")):
+            text = text.partition("://")[2].partition("!")[0]
+        elif text.startswith(("/vsizip/", "/vsitar/", "/vsigzip/")):
+            inner = text.split("/", 2)[2]
+            for suffix in (".zip", ".tar", ".tgz", ".tar.gz", ".gz"):
+                at = inner.find(suffix)
+                if at >= 0:
+                    text = "/" + inner[: at + len(suffix)].lstrip("/")
+                    break
+        if not text.startswith("/vsi") and "://" not in text and os.path.isfile(text):
+            return text
+    return None
 
 
 _REGISTRY: dict[str, type[SourceAdapter]] = {}

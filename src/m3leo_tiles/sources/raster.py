@@ -54,9 +54,9 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import rasterio
@@ -75,6 +75,7 @@ from m3leo_tiles.grid.tile import (
     PixelGrid,
     lonlat_polygons,
 )
+from m3leo_tiles.recipes import DTYPES, Recipe
 from m3leo_tiles.sources._gdal import (
     TRANSIENT_MESSAGES,
     footprint_lonlat,
@@ -88,7 +89,8 @@ from m3leo_tiles.sources._gdal import (
 from m3leo_tiles.sources.base import Chip, SourceAdapter, SourceOption, TileInputs, register
 
 PARAMS = {"inputs", "layers", "band_indexes", "src_nodata", "footprint", "tile_degrees",
-          "tile_corner"}  # fmt: skip
+          "tile_corner", "years"}  # fmt: skip
+FILES_CHECKED_PER_LAYER = 16  # opened up front to check bands and types against the recipe
 TEMPLATE_FIELDS = re.compile(r"\{(lat|lon|NS|EW)(:[^}]*)?\}")
 URL_PREFIXES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://",
                 "s3://": "/vsis3/", "gs://": "/vsigs/"}  # fmt: skip
@@ -131,6 +133,17 @@ def _gdal_path(text: str, folder: Path) -> str:
     return os.path.normpath(path if path.is_absolute() else folder / path)
 
 
+def _from_command_line(path: str) -> str:
+    """A ``--source`` path with a relative local path made absolute against the current folder.
+
+    Paths typed on the command line are relative to where the command runs (as in every other
+    tool); only paths written inside a recipe file are relative to that file. URLs and
+    ``/vsi`` paths are kept; an archive member's archive (``zip://a.zip!b.tif``) is made
+    absolute too.
+    """
+    return _gdal_path(path, Path.cwd())
+
+
 @dataclass(frozen=True)
 class Layer:
     """One mosaic: where its files are and which output bands it fills."""
@@ -146,6 +159,8 @@ class Layer:
 class RasterSource(SourceAdapter):
     name = "raster"
     description = "any raster GDAL reads (files, globs, VRTs, URLs, tiled products)"
+    # A recipe may leave out bands, dtype and nodata: check() reads them from the input files.
+    fills_recipe_defaults: ClassVar[bool] = True
     cli_options = (
         SourceOption(
             "http-concurrency",
@@ -190,6 +205,12 @@ class RasterSource(SourceAdapter):
             isinstance(src_nodata, bool) or not isinstance(src_nodata, int | float)
         ):
             raise ConfigError(f"{where}: key 'params.src_nodata': a number (the inputs' nodata)")
+        years = params.get("years")
+        if years is not None and not (
+            isinstance(years, list) and years
+            and all(isinstance(y, int) and not isinstance(y, bool) for y in years)
+        ):  # fmt: skip
+            raise ConfigError(f"{where}: key 'params.years': the list of years the inputs have")
         footprint = params.get("footprint")
         if footprint is not None and not (
             isinstance(footprint, list) and len(footprint) == 4
@@ -230,7 +251,7 @@ class RasterSource(SourceAdapter):
             layers = {None: _as_list(params.get("inputs", []))}
         overrides = self.options.sources
         if overrides and "layers" not in params:
-            layers = {None: list(overrides)}
+            layers = {None: [_from_command_line(item) for item in overrides]}
         elif overrides:
             replaced: dict[str, list[str]] = {}
             for item in overrides:
@@ -240,7 +261,7 @@ class RasterSource(SourceAdapter):
                         f"--source {item!r}: this recipe has layers ({', '.join(layers)}); "
                         "give --source LAYER=PATH"
                     )
-                replaced.setdefault(name, []).append(path)
+                replaced.setdefault(name, []).append(_from_command_line(path))
             layers.update(replaced)
         return [Layer(name, tuple(self._fill_year(s) for s in specs))
                 for name, specs in layers.items()]  # fmt: skip
@@ -261,7 +282,17 @@ class RasterSource(SourceAdapter):
                 f"recipe {self.recipe.name!r} uses sum resampling, which conserves totals only "
                 f"from GDAL 3.6; this rasterio has GDAL {rasterio.__gdal_version__}: upgrade it"
             )
+        self._check_year()
         layers = self.layers()
+        for layer in layers:
+            if not layer.specs:
+                raise ConfigError(
+                    f"recipe {self.recipe.name!r} names no input files; give --source PATH"
+                )
+        samples = self._samples(layers)
+        if self.recipe.from_source:
+            self.recipe = self._with_defaults(layers, samples)
+        self._check_bands(samples)
         names = [layer.name for layer in layers]
         if names != [None] and sorted(names) != sorted(self.recipe.bands):
             raise ConfigError(
@@ -269,11 +300,126 @@ class RasterSource(SourceAdapter):
                 f"the recipe's bands ({', '.join(self.recipe.bands)})"
             )
         for layer in layers:
-            if not layer.specs:
-                raise ConfigError(
-                    f"recipe {self.recipe.name!r} names no input files; give --source PATH"
-                )
             self._expand(layer)  # missing local files are a configuration error, now
+
+    # --- what can be checked before any work ------------------------------------------------
+
+    def _check_year(self) -> None:
+        """A year the recipe cannot have is refused now, not after every tile failed."""
+        year, recipe = self.options.year, self.recipe
+        if year is None:
+            return
+        specs = [s for ss in self._spec_lists(recipe.params, recipe.name) for s in ss]
+        if recipe.default_year is None and not any("{year}" in s for s in specs):
+            raise ConfigError(
+                f"recipe {recipe.name!r} does not depend on the year (no {{year}} in its inputs, "
+                f"no default_year), so --year {year} would only make a second copy of the same "
+                f"dataset ({recipe.dataset_name(year)}); leave out --year"
+            )
+        years = recipe.params.get("years")
+        if years and year not in years:
+            raise ConfigError(
+                f"recipe {recipe.name!r} has the years {_year_list(years)}; "
+                f"--year {year} is not one of them"
+            )
+
+    def _samples(self, layers: list[Layer]) -> list[tuple[str | None, str, _FileInfo]]:
+        """(layer, path, what the file holds) for the first local files of each layer."""
+        samples = []
+        for layer in layers:
+            local = [p for p in self._expand(layer)
+                     if not TEMPLATE_FIELDS.search(p) and not is_remote(p)]  # fmt: skip
+            for path in local[:FILES_CHECKED_PER_LAYER]:
+                samples.append((layer.name, path, _file_info(path)))
+        return samples
+
+    def _with_defaults(self, layers: list[Layer], samples: list) -> Recipe:
+        """The recipe with the keys it left out filled from its input files.
+
+        Band names: the layers' names, else the files' band descriptions (when every band
+        has a distinct one), else ``b1``..``bn``. dtype and nodata: the files' own, when all
+        the files checked agree (one file type); otherwise the recipe must say.
+        """
+        recipe = self.recipe
+        wanted = recipe.from_source
+        if not samples:
+            raise ConfigError(
+                f"recipe {recipe.name!r} leaves out {', '.join(wanted)}, which are read from "
+                "local input files, but its inputs are remote or tile templates; give "
+                f"{', '.join(wanted)} in the recipe"
+            )
+        changes: dict[str, Any] = {"from_source": ()}
+        first_layer, _, first = samples[0]
+        indexes = self._band_indexes_of(first)
+        if "bands" in wanted:
+            if first_layer is not None:
+                changes["bands"] = tuple(str(layer.name) for layer in layers)
+            else:
+                names = [first.descriptions[i - 1] if i <= first.count else None
+                         for i in indexes]  # fmt: skip
+                if all(names) and len(set(names)) == len(names):
+                    changes["bands"] = tuple(str(n) for n in names)
+                else:
+                    changes["bands"] = tuple(f"b{i}" for i in indexes)
+        if "dtype" in wanted and (
+            recipe.resampling is ResamplingMethod.SUM or recipe.scale != 1.0
+        ):  # sums and scaled values leave the files' range: the float32 of before
+            wanted = tuple(k for k in wanted if k != "dtype")
+        if "dtype" in wanted:
+            found = sorted({info.dtype for _, _, info in samples})
+            if len(found) != 1 or found[0] not in DTYPES:
+                raise ConfigError(
+                    f"recipe {recipe.name!r}: its input files hold {', '.join(found)} values; "
+                    f"set dtype (one of {', '.join(DTYPES)})"
+                )
+            changes["dtype"] = found[0]
+        if "nodata" in wanted:
+            source_nodata = recipe.params.get("src_nodata")
+            found_nodata = {source_nodata if source_nodata is not None else info.nodata
+                            for _, _, info in samples}  # fmt: skip
+            if len(found_nodata) > 1:
+                raise ConfigError(
+                    f"recipe {recipe.name!r}: its input files have different nodata values "
+                    f"({', '.join(map(str, sorted(found_nodata, key=str)))}); set nodata"
+                )
+            (value,) = found_nodata
+            changes["nodata"] = None if value is None else float(value)
+        filled = replace(recipe, **changes)
+        if not _fits(filled.nodata, filled.dtype):
+            if "dtype" in changes and "nodata" not in changes:
+                # The recipe's own nodata is outside the files' type: keep float32, as before.
+                return replace(filled, dtype=recipe.dtype)
+            raise ConfigError(
+                f"recipe {recipe.name!r}: nodata {filled.nodata:g} does not fit dtype "
+                f"{filled.dtype}; set nodata and dtype in the recipe"
+            )
+        return filled
+
+    def _band_indexes_of(self, info: _FileInfo) -> list[int]:
+        indexes = self.recipe.params.get("band_indexes")
+        return list(indexes) if indexes else list(range(1, info.count + 1))
+
+    def _check_bands(self, samples: list) -> None:
+        """Band counts and ``band_indexes`` against the files, before any tile is tried."""
+        recipe = self.recipe
+        if recipe.bands_per_tile:
+            return
+        for layer, path, info in samples:
+            if layer is not None:
+                continue  # a layer reads band 1 of each of its files
+            indexes = self._band_indexes_of(info)
+            beyond = [i for i in indexes if i > info.count]
+            if beyond:
+                raise ConfigError(
+                    f"recipe {recipe.name!r}: band_indexes {indexes} but {path} has "
+                    f"{info.count} band{'s' if info.count != 1 else ''}; fix band_indexes"
+                )
+            if len(indexes) != len(recipe.bands):
+                raise ConfigError(
+                    f"recipe {recipe.name!r} names {len(recipe.bands)} bands "
+                    f"({', '.join(recipe.bands)}) but {path} gives {len(indexes)}; list "
+                    f"{len(indexes)} names in bands, or pick bands with band_indexes"
+                )
 
     def concurrency(self) -> int | None:
         """Remote inputs wait on the network, not the CPU: read them concurrently, within a
@@ -308,10 +454,16 @@ class RasterSource(SourceAdapter):
             elif glob.has_magic(path):
                 found = sorted(glob.glob(path))
                 if not found:
-                    raise ConfigError(f"no source files match {path}; check the path or --source")
+                    raise ConfigError(
+                        f"no source files match {path}{_where_from(spec)}; check the path or "
+                        "--source"
+                    )
                 paths.extend(found)
             elif not os.path.exists(path):
-                raise ConfigError(f"source file {path} does not exist; check the path or --source")
+                raise ConfigError(
+                    f"source file {path} does not exist{_where_from(spec)}; check the path or "
+                    "--source"
+                )
             else:
                 paths.append(path)
         return paths
@@ -394,9 +546,7 @@ class RasterSource(SourceAdapter):
                 if templated and names_a_missing_file(path, str(error)):
                     continue  # a cell the tiled product does not have (open sea): no data there
                 if is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
-                    raise TransientSourceError(
-                        f"network: could not reach {path}: {first_line(error)}"
-                    ) from None
+                    raise TransientSourceError(_network_reason(path, error)) from None
                 raise SourceError(f"cannot open input {path}: {first_line(error)}") from None
             indexes = [1] if name else self._band_indexes(dataset)
             if len(indexes) != len(targets):
@@ -447,6 +597,43 @@ class RasterSource(SourceAdapter):
         return np.where(valid, scaled, out_fill).astype(recipe.dtype)
 
 
+@dataclass(frozen=True)
+class _FileInfo:
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+
+def _file_info(path: str) -> _FileInfo:
+    try:
+        with rasterio.open(path) as dataset:
+            return _FileInfo(dataset.count, dataset.dtypes[0], dataset.nodata,
+                             tuple(dataset.descriptions))  # fmt: skip
+    except RasterioIOError as error:
+        raise ConfigError(f"cannot open source {path}: {first_line(error)}") from None
+
+
+def _fits(nodata: float | None, dtype: str) -> bool:
+    kind = np.dtype(dtype)
+    if nodata is None or kind.kind not in "iu":
+        return True
+    limits = np.iinfo(kind)
+    return float(nodata).is_integer() and limits.min <= nodata <= limits.max
+
+
+def _year_list(years: Sequence[int]) -> str:
+    """[2010, 2015, 2016, 2017] -> '2010, 2015-2017'."""
+    ordered = sorted(set(years))
+    runs: list[list[int]] = []
+    for year in ordered:
+        if runs and year == runs[-1][-1] + 1:
+            runs[-1].append(year)
+        else:
+            runs.append([year])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
 def gdal_version() -> tuple[int, int]:
     major, minor = rasterio.__gdal_version__.split(".")[:2]
     return int(major), int(minor)
@@ -457,3 +644,30 @@ def _cell_field(match: re.Match[str], lat: float, lon: float) -> str:
     values = {"lat": abs(round(lat)), "lon": abs(round(lon)),
               "NS": "N" if lat >= 0 else "S", "EW": "E" if lon >= 0 else "W"}  # fmt: skip
     return format(values[field], spec[1:])
+
+
+def _where_from(spec: str) -> str:
+    """Why a path that uses ``${VAR:-default}`` was looked for where it was: the example
+    recipes find the sample data beside a checkout; an installed package needs the variable."""
+    unset = [m.group(1) for m in DEFAULT_VAR.finditer(spec) if not os.environ.get(m.group(1))]
+    if not unset:
+        return ""
+    name = unset[0]
+    return (
+        f" (looked there because ${name} is not set; set {name} to the folder that holds "
+        f"this data, e.g. `export {name}=/path/to/shared/data`)"
+    )
+
+
+def _network_reason(path: str, error: BaseException) -> str:
+    """What a user reads when a remote input cannot be reached: the host and the network,
+    not GDAL's "does not exist in the file system" (which it says for any failed request)."""
+    from urllib.parse import urlsplit
+
+    at = path.find("://")
+    start = path.rfind("/", 0, at) + 1 if at > 0 else 0
+    url = path[start:] if at > 0 else path
+    host = urlsplit(url).hostname or url
+    text = first_line(error)
+    detail = "" if "does not exist in the file system" in text else f" ({text})"
+    return f"network: could not reach {host}{detail}; check the connection and rerun"

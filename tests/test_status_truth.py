@@ -1,0 +1,96 @@
+"""`status` tells the truth (issue #8 items 9 and 11): a live run apart from a finished one,
+chips without a manifest, 'missing' from a grid given as a file, and what it looked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import assert_one_error_line, call_cli
+from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.grid import Tile
+from m3leo_tiles.locking import LOCK_NAME, DatasetLock
+from m3leo_tiles.manifest import MANIFEST_NAME, ManifestRow, write_manifest
+from m3leo_tiles.status import status
+
+TILES = [Tile(33, 1036, 60 + n) for n in range(4)]
+
+
+def _dataset(out: Path, name: str, ok: int) -> Path:
+    folder = out / "mine" / name
+    folder.mkdir(parents=True)
+    rows = {t.identifier: ManifestRow(t.identifier, TileStatus.OK) for t in TILES[:ok]}
+    write_manifest(folder / MANIFEST_NAME, rows)
+    for tile in TILES[:ok]:
+        (folder / f"{tile.identifier}.tif").write_bytes(b"x")
+    return folder
+
+
+def test_a_live_run_is_shown_apart_from_a_finished_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "data"
+    live = _dataset(out, "running", 1)
+    _dataset(out, "finished", 2)
+    stale = _dataset(out, "crashed", 1)
+    (stale / LOCK_NAME).write_text(
+        json.dumps({"pid": 2**22 + 7, "host": socket.gethostname(), "started": time.time()})
+    )
+    with DatasetLock(live):
+        rows = {r.dataset: r for r in status(out)}
+        code, table, _ = call_cli(capsys, "status", out)
+    assert rows["running"].run.startswith(f"running: pid {os.getpid()} on {socket.gethostname()}")
+    assert rows["running"].note != "finished"
+    assert rows["finished"].run == "" and rows["finished"].note == "finished"
+    assert rows["crashed"].run.startswith("stale lock")
+    lines = {line.split()[1]: line for line in table.splitlines()[1:]}
+    assert code == 0 and f"running: pid {os.getpid()}" in lines["running"]
+    assert lines["finished"].endswith("finished") and "stale lock" in lines["crashed"]
+
+
+def test_chips_without_a_manifest_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data" / "mine" / "copied"
+    folder.mkdir(parents=True)
+    for tile in TILES[:3]:
+        (folder / f"{tile.identifier}.tif").write_bytes(b"x")
+    (found,) = status(tmp_path / "data")
+    assert not found.manifest and found.chips == 3
+    code, out, _ = call_cli(capsys, "status", tmp_path / "data")
+    assert code == 0 and "no datasets" not in out
+    assert "3 chips but no manifest.csv" in out
+
+
+def test_missing_is_known_when_the_grid_is_given_as_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import geopandas as gpd
+
+    out = tmp_path / "data"
+    _dataset(out, "ds", 1)
+    grid = tmp_path / "elsewhere" / "my-grid.geojson"
+    grid.parent.mkdir()
+    gpd.GeoDataFrame(
+        {"identifier": [t.identifier for t in TILES], "aoi": ["mine"] * len(TILES)},
+        geometry=[t.lonlat_polygon() for t in TILES],
+        crs="EPSG:4326",
+    ).to_file(grid, driver="GeoJSON")
+    assert status(out)[0].missing is None
+    (found,) = status(out, grid=grid)
+    assert found.missing == 3 and found.grid_tiles == 4
+    code, table, _ = call_cli(capsys, "status", out, "--grid", grid)
+    assert code == 0 and table.splitlines()[1].split()[6] == "3"
+
+
+def test_no_output_folder_says_what_it_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call_cli(capsys, "status")
+    assert_one_error_line(code, err, f"data (in {tmp_path})", "manifest.csv")
