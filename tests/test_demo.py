@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,15 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, shared_data: Path) -> 
     with Image.open(tmp_path / "quicklook.png") as picture:
         assert picture.width > 1000 and picture.height > 300
     mtimes = {chip: chip.stat().st_mtime_ns for chip in chips}
+    # the training smoke test says what it is, learns something, and leaves its pictures
+    assert "pipeline smoke test" in first.stdout
+    found = re.search(r"test RMSE (\d+) .* predicting the train mean scores (\d+)", first.stdout)
+    assert found and int(found.group(1)) < int(found.group(2)), first.stdout
+    run = tmp_path / "runs" / "demo-s2-swir"
+    assert (run / "curves.png").exists() and (run / "predictions.png").exists()
 
     again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "0 ok" in again.stdout and "already done" in again.stdout
     assert {chip: chip.stat().st_mtime_ns for chip in chips} == mtimes
+    assert "resuming" in again.stdout and found.group(0) in again.stdout  # nothing left to train

@@ -32,12 +32,18 @@ def real_chips(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
     from m3leo_tiles.runner import fetch
 
     os.environ.setdefault("M3LEO_SHARED_DATA", str(shared_data))
+    from distributed import LocalCluster
+
     base = tmp_path_factory.mktemp("real")
     grid = make_grid("demo", out_dir=base / "grids" / "demo")
-    for name in ("demo-s2", "demo-dem", "demo-s1"):
-        recipe = REPO / "recipes" / "examples" / f"{name}.yaml"
-        report = fetch(recipe, grid=grid.path, out=base / "data", workers=1, progress=False)
-        assert report.ok > 0, report.summary()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
+        for name in ("demo-s2", "demo-dem", "demo-s1"):
+            recipe = REPO / "recipes" / "examples" / f"{name}.yaml"
+            report = fetch(
+                recipe, grid=grid.path, out=base / "data", progress=False,
+                scheduler=cluster.scheduler_address,
+            )  # fmt: skip
+            assert report.ok > 0, report.summary()
     return base
 
 
@@ -111,19 +117,25 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
-def test_cli_writes_json_beside_the_chips_and_refuses_bad_input(real_chips: Path) -> None:
-    done = _cli("stats", "demo-dem", cwd=real_chips)
+def test_cli_writes_json_beside_the_chips_and_refuses_bad_input(
+    real_chips: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    done = _cli("stats", "demo-dem", cwd=real_chips)  # the installed command, as users run it
     assert done.returncode == 0, done.stderr
     assert "elevation" in done.stdout
     assert (real_chips / "data" / "demo" / "demo-dem" / "stats-train.json").exists()
+    from m3leo_tiles.cli import main
+
+    monkeypatch.chdir(real_chips)
     for args, words in (
         (("stats", "no-such-dataset"), "unknown dataset 'no-such-dataset'"),
         (("stats", "demo-s1", "--split", "test"), "no chips of split 'test'"),
         (("stats", "demo-s2", "--split", "nope"), "unknown split"),
     ):
-        bad = _cli(*args, cwd=real_chips)
-        assert bad.returncode == 2, bad.stderr
-        lines = bad.stderr.strip().splitlines()
+        with pytest.raises(SystemExit) as stopped:
+            main(list(args))
+        assert stopped.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
 
 

@@ -256,7 +256,9 @@ class M3LEODataset(Dataset):
         if target is not None:
             target_set = ChipSet.open(find_dataset(target, self.root, self.aoi))
             candidates = ids_of_split(target_set.ids & tiles.keys(), splits, split)
-            self.target = self._make_target(target_set, target_type, target_bands, classes)
+            self.target = self._make_target(
+                target_set, target_type, target_bands, classes, use_pack
+            )
             where = f"target {target}"
         else:
             every = frozenset().union(*(i.ids for i in self.inputs))
@@ -342,6 +344,7 @@ class M3LEODataset(Dataset):
         target_type: str | None,
         target_bands: Sequence[str] | None,
         classes: Sequence[int] | str | None,
+        use_pack: bool,
     ) -> _Input:
         info = read_chip_info(chipset.first_chip())
         selected = tuple(target_bands or info.bands[:1])
@@ -366,7 +369,8 @@ class M3LEODataset(Dataset):
             self._lookup = _lookup_table(self.classes)
         return _Input(
             chipset.name, chipset.folder, chipset.ids, selected,
-            tuple(info.bands.index(b) for b in selected), info.nodata, None, None, None, True,
+            tuple(info.bands.index(b) for b in selected), info.nodata, None, None, None,
+            use_pack,
         )  # fmt: skip
 
     def _chip_width(self, spec: _Input) -> int:

@@ -369,7 +369,8 @@ def _train(
     if resume:
         if not checkpoint_path.exists():
             raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.pt")
-        state = torch.load(checkpoint_path, map_location=config.device, weights_only=False)
+        # on the CPU: the RNG state must stay a CPU tensor; load_state_dict moves the rest
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
