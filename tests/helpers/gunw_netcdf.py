@@ -321,3 +321,28 @@ if __name__ == "__main__":
         dt.date(2020, 1, 17), dt.date(2020, 1, 5), 64, "A", -118.2, 33.8, -117.8, 34.2
     )
     print(write_product(spec, out))
+
+
+def reference_warp(paths, layer, grid) -> np.ndarray:
+    """An independent ``rasterio.warp.reproject`` of a layer of products onto a tile's grid,
+    later products painted over earlier ones (how adjacent frames of one pair mosaic): what
+    the gunw source's chips must equal."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    from m3leo_tiles.sources._gunw_read import layer_path
+
+    out = np.full((grid.height, grid.width), np.nan, "float32")
+    for path in paths:
+        with rasterio.open(layer_path(str(path), layer)) as dataset:
+            reproject(
+                rasterio.band(dataset, 1),
+                out,
+                dst_transform=grid.transform,
+                dst_crs=grid.crs,
+                dst_nodata=np.nan,
+                init_dest_nodata=False,
+                resampling=Resampling.nearest if layer.categorical else Resampling.bilinear,
+            )
+    return out

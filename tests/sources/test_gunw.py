@@ -19,10 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import shapely
-from rasterio.enums import Resampling
-from rasterio.warp import reproject
 
 from helpers.asf_loopback import (
     CMR_PATH,
@@ -32,7 +29,7 @@ from helpers.asf_loopback import (
     real_gunw_item,
     route_asf_sessions,
 )
-from helpers.gunw_netcdf import ProductSpec, write_product
+from helpers.gunw_netcdf import ProductSpec, reference_warp, write_product
 from helpers.gunw_world import (
     fetch_in_child,
     kept_2020,
@@ -335,28 +332,10 @@ def test_batches_gather_the_tiles_of_a_frame(local_adapter, world, tiles):
     assert len({inputs[t.identifier] for t in tiles if inputs[t.identifier]}) > len(keys)
 
 
-def _reference(paths: list[Path], layer: _gunw_read.Layer, grid) -> np.ndarray:
-    """Independent ``reproject`` of each product's layer, later ones painted over earlier."""
-    out = np.full((grid.height, grid.width), np.nan, "float32")
-    for path in paths:
-        with rasterio.open(_gunw_read.layer_path(str(path), layer)) as dataset:
-            reproject(
-                rasterio.band(dataset, 1),
-                out,
-                dst_transform=grid.transform,
-                dst_crs=grid.crs,
-                dst_nodata=np.nan,
-                init_dest_nodata=False,
-                resampling=Resampling.nearest if layer.categorical else Resampling.bilinear,
-            )
-    return out
-
-
-def test_chips_have_every_pair_named_described_and_equal_to_reproject(
-    local_adapter, world, tiles, monkeypatch
-):
-    source, inputs = local_adapter
-    opened = []
+@pytest.fixture
+def opened_products(monkeypatch) -> list[str]:
+    """The path of every product the source opens, in order."""
+    opened: list[str] = []
     original = _gunw_read.Product.__init__
 
     def counting(self, path, layers):
@@ -364,6 +343,14 @@ def test_chips_have_every_pair_named_described_and_equal_to_reproject(
         original(self, path, layers)
 
     monkeypatch.setattr(_gunw_read.Product, "__init__", counting)
+    return opened
+
+
+def test_chips_have_every_pair_named_described_and_equal_to_reproject(
+    local_adapter, world, tiles, opened_products
+):
+    source, inputs = local_adapter
+    opened = opened_products
     items = [(t, inputs[t.identifier]) for t in tiles if inputs[t.identifier]]
     outcomes = dict((t.identifier, c) for t, c in source.render_many(items, RenderContext()))
     assert len(outcomes) == len(items)
@@ -402,7 +389,7 @@ def test_chips_have_every_pair_named_described_and_equal_to_reproject(
             )
             layer = _gunw_read.LAYERS_BY_BAND[meta["layer"]]
             paths = [world.products[n] for n in members]
-            np.testing.assert_array_equal(chip.data[index], _reference(paths, layer, grid))
+            np.testing.assert_array_equal(chip.data[index], reference_warp(paths, layer, grid))
             mosaicked += len(members) > 1
     assert mosaicked  # some tiles lie across the two frames of 20200117_20200105
 
@@ -422,7 +409,7 @@ def test_a_corrupt_product_fails_only_its_tiles(local_adapter, tiles, tmp_path):
     assert [type(o).__name__ for _, o in outcomes] == ["Chip", "SourceError", "Chip"]
 
 
-def test_each_product_is_opened_once_per_batch_however_many_pairs(tmp_path, home, monkeypatch):
+def test_each_product_is_opened_once_per_batch_however_many_pairs(tmp_path, home, opened_products):
     """14 pairs over a few tiles: every product opened once for the batch, however many."""
     start = dt.date(2020, 3, 1)
     specs = [
@@ -447,17 +434,9 @@ def test_each_product_is_opened_once_per_batch_however_many_pairs(tmp_path, home
     inputs = source.plan(tiles)
     items = [(t, inputs[t.identifier]) for t in tiles]
     assert len(items) >= 2 and all(len(names) == 14 for _, names in items)
-    opened = []
-    original = _gunw_read.Product.__init__
-
-    def counting(self, path, layers):
-        opened.append(path)
-        original(self, path, layers)
-
-    monkeypatch.setattr(_gunw_read.Product, "__init__", counting)
     outcomes = list(source.render_many(items, RenderContext()))
     assert all(chip.data.shape[0] == 14 * 4 for _, chip in outcomes)
-    assert sorted(opened) == sorted(str(p.resolve()) for p in paths)
+    assert sorted(opened_products) == sorted(str(p.resolve()) for p in paths)
 
 
 def test_a_recipe_may_keep_some_layers_and_bad_params_are_one_line(local_adapter, tiles):

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import reproject
 
-from helpers.gunw_netcdf import FILL, ProductSpec, write_product
+from helpers.gunw_netcdf import FILL, ProductSpec, reference_warp, write_product
 from m3leo_tiles.errors import SourceError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.sources import _gunw_read as read
@@ -44,21 +43,6 @@ def test_gdal_reads_each_layer_georeferenced_with_its_fill_as_nodata(product_fil
             np.testing.assert_array_equal(dataset.read(1), SPEC.layers()[layer.variable])
 
 
-def _reference(path, layer, grid, resampling):
-    """An independent ``reproject`` of the layer onto the tile's grid."""
-    with rasterio.open(read.layer_path(str(path), layer)) as dataset:
-        out = np.full((grid.height, grid.width), np.nan, "float32")
-        reproject(
-            rasterio.band(dataset, 1),
-            out,
-            dst_transform=grid.transform,
-            dst_crs=grid.crs,
-            dst_nodata=np.nan,
-            resampling=resampling,
-        )
-    return out
-
-
 @pytest.mark.parametrize(
     "point",
     [(-118.0, 34.0), (-117.95, 33.95), (-117.87, 34.12)],  # inside; inside; across the edge
@@ -71,8 +55,7 @@ def test_warps_equal_reproject(product_file, point):
         for layer in read.LAYERS:
             band = np.full((grid.height, grid.width), np.nan, "float32")
             product.warp(layer, grid, band, Resampling.bilinear)
-            method = Resampling.nearest if layer.categorical else Resampling.bilinear
-            expected = _reference(product_file, layer, grid, method)
+            expected = reference_warp([product_file], layer, grid)
             np.testing.assert_array_equal(band, expected)
             if layer.variable == "connectedComponents":
                 valid = band[~np.isnan(band)]
