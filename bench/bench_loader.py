@@ -19,19 +19,28 @@ Chips of three datasets per configuration, written by the package's chip writer
 * ``mixed`` — three inputs at three resolutions, so every sample is also resampled:
   ``s1`` float32 8 bands at 20 m, ``s2`` uint16 4 bands at 10 m, ``dem`` float32 at 89.6 m.
 
-Loaders, each over every tile per pass, with a DataLoader (batch 8) at ``num_workers`` 0 and
-2, in interleaved rounds (median and range):
+Loaders, each held for every epoch as a training run holds it (``persistent_workers`` with
+workers), each over every tile per epoch with batches of 8, at ``num_workers`` 0 and 2. The
+first epoch (workers start, pages first touched) is shown apart; then rounds, each running
+the loaders in a new random order (median and range):
 
 * paper (rioxarray): ``open_rasterio`` per chip per sample (the target's baseline);
 * naive (rasterio): rasterio open + read per chip per sample;
-* dataset (chips): ``M3LEODataset`` reading the GeoTIFFs (tifffile, no GDAL open per sample);
-* dataset (pack): ``M3LEODataset`` over ``m3leo-tiles pack`` stores (a memory-map slice).
+* dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (tifffile, no GDAL open);
+* dataset (pack), ``DataLoader(dataset)``: over ``m3leo-tiles pack`` stores (a memory-map
+  slice), samples stacked by torch's default collate;
+* dataset (pack), ``.loader()``: whole batches written in place (``read_batch``), made in
+  shared memory inside workers;
+* dataset (pack), ``.loader(threads=N)``: the same, read ahead by N threads of the training
+  process instead of N worker processes (shown in the workers' section, N = 2);
+* ceiling: batches of the same shapes filled with a constant, nothing read: what allocating
+  batches and moving them between processes costs here, a bound for every loader.
 
 torch runs one CPU thread per process (``torch.set_num_threads(1)``; DataLoader workers do
 that themselves): on a shared 2-core VM torch's default of 2 spinning threads is 20x slower.
 Peak RSS is the benchmark process's (workers' own peak is reported separately).
 
-Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 3] [--tmp DIR]``.
+Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 5] [--tmp DIR]``.
 """
 
 from __future__ import annotations
@@ -39,18 +48,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import rasterio
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, get_worker_info
 
 from m3leo_tiles.chipsets import valid_mask
 from m3leo_tiles.grid.tile import Tile
@@ -60,6 +71,7 @@ from m3leo_tiles.recipes import parse_recipe
 from m3leo_tiles.sources.base import Chip
 from m3leo_tiles.stats import compute_stats, read_stats, write_stats
 from m3leo_tiles.torch import M3LEODataset
+from m3leo_tiles.torch.batches import empty_tensor
 from m3leo_tiles.torch.dataset import IGNORE_INDEX, resize
 
 CONFIGS = {  # name: {dataset: (bands, resolution m, dtype, nodata, low, high)}, target
@@ -170,13 +182,59 @@ class PaperLoader(NaiveLoader):
             return chip.values, chip.rio.nodata
 
 
-def one_pass(dataset: Dataset, workers: int) -> float:
-    loader = DataLoader(dataset, batch_size=8, num_workers=workers)
+class EmptyBatches(Dataset):
+    """The ceiling: whole batches of ``like``'s shapes filled with a constant, nothing read.
+
+    Its samples/s is what moving batches through this DataLoader setting costs on this
+    machine (allocating and filling them, and with workers sending them between processes):
+    no loader, ours or the paper's, can go faster.
+    """
+
+    def __init__(self, like: M3LEODataset) -> None:
+        self.like = like
+
+    def __len__(self) -> int:
+        return len(self.like)
+
+    def __getitem__(self, indices: list[int]) -> dict:
+        shared = get_worker_info() is not None
+        sample = self.like[0]
+        batch = {}
+        for key in ("image", "mask"):
+            if key in sample:
+                shape = (len(indices), *sample[key].shape)
+                batch[key] = empty_tensor(shape, sample[key].dtype, shared).fill_(1)
+        return batch
+
+
+def one_pass(loader: Iterable[dict]) -> float:
+    """Samples/s of one epoch over ``loader``."""
     started = time.perf_counter()
     seen = 0
     for batch in loader:
         seen += batch["image"].shape[0]
     return seen / (time.perf_counter() - started)
+
+
+def make_loader(dataset: Dataset, workers: int, how: str) -> Iterable[dict]:
+    """What a training run holds: one loader for every epoch, workers kept between them.
+
+    ``how``: ``plain`` is a ``DataLoader`` with torch's default collate; ``batched`` is
+    ``M3LEODataset.loader`` (whole batches written in place) with ``workers`` processes;
+    ``threads`` is ``M3LEODataset.loader(threads=workers)``, no worker process.
+    """
+    if how == "ceiling":
+        sampler = BatchSampler(SequentialSampler(dataset), 8, drop_last=False)
+        return DataLoader(
+            dataset, batch_size=None, sampler=sampler, num_workers=workers,
+            persistent_workers=workers > 0,
+        )  # fmt: skip
+    if how == "plain":
+        return DataLoader(dataset, 8, num_workers=workers, persistent_workers=workers > 0)
+    assert isinstance(dataset, M3LEODataset)
+    if how == "threads":
+        return dataset.loader(8, threads=workers)
+    return dataset.loader(8, num_workers=workers, persistent_workers=workers > 0)
 
 
 def bench(root: Path, config: str, tiles: int, rounds: int) -> None:
@@ -193,6 +251,9 @@ def bench(root: Path, config: str, tiles: int, rounds: int) -> None:
     assert all(spec.packed for spec in packed.inputs)
     naive = NaiveLoader(data, list(files.tile_ids), files.chip_size, inputs, target)
     paper = PaperLoader(data, list(files.tile_ids), files.chip_size, inputs, target)
+    batch = next(iter(packed.loader(8)))  # the batched path gives default_collate's batches
+    for key, value in next(iter(DataLoader(packed, batch_size=8))).items():
+        assert torch.equal(batch[key], value) if torch.is_tensor(value) else batch[key] == value
     for index in (0, len(files) - 1):  # the four loaders give the same samples
         expected = naive[index]
         assert torch.equal(paper[index]["image"], expected["image"])
@@ -208,30 +269,45 @@ def bench(root: Path, config: str, tiles: int, rounds: int) -> None:
     )
     print(f"\n## {config}: {described}" + (f"; target {target}" if target else ""))
     print(f"{len(files)} tiles · image {shape} · chips {size_mb:.0f} MB (made in {chips_s:.0f} s)")
-    loaders = {"paper (rioxarray per sample)": paper, "naive (rasterio open per sample)": naive,
-               "dataset (chips)": files, "dataset (pack)": packed}  # fmt: skip
+    loaders = {  # name: (dataset, how it is loaded)
+        "paper (rioxarray per sample)": (paper, "plain"),
+        "naive (rasterio open per sample)": (naive, "plain"),
+        "dataset (chips), .loader()": (files, "batched"),
+        "dataset (pack), DataLoader(dataset)": (packed, "plain"),
+        "dataset (pack), .loader()": (packed, "batched"),
+        "dataset (pack), .loader(threads=N)": (packed, "threads"),
+        "ceiling: fill each batch, read nothing": (EmptyBatches(packed), "ceiling"),
+    }
     for workers in (0, 2):
-        rates: dict[str, list[float]] = {name: [] for name in loaders}
-        for _ in range(rounds):
-            for name, dataset in loaders.items():
-                rates[name].append(one_pass(dataset, workers))
+        held = {
+            name: make_loader(d, workers, how)
+            for name, (d, how) in loaders.items()
+            if how != "threads" or workers
+        }
+        first = {name: one_pass(loader) for name, loader in held.items()}  # workers start
+        rates: dict[str, list[float]] = {name: [] for name in held}
+        shuffler = random.Random(workers)  # each round in another order: no loader always
+        for _ in range(rounds):  # runs just after the one whose memory the kernel reclaims
+            for name in shuffler.sample(list(held), len(held)):
+                rates[name].append(one_pass(held[name]))
+        del held
         base = statistics.median(rates["paper (rioxarray per sample)"])
         strict = statistics.median(rates["naive (rasterio open per sample)"])
         print(f"\nnum_workers={workers}")
-        print(f"{'loader':36s} {'samples/s median':>17s} {'range':>15s} {'× paper':>8s} "
-              f"{'× rasterio':>10s}")  # fmt: skip
+        print(f"{'loader':40s} {'samples/s median':>17s} {'range':>15s} {'× paper':>8s} "
+              f"{'× rasterio':>10s} {'1st epoch':>10s}")  # fmt: skip
         for name, values in rates.items():
             median = statistics.median(values)
             print(
-                f"{name:36s} {median:17.1f} {min(values):7.1f}–{max(values):<7.1f} "
-                f"{median / base:8.2f} {median / strict:10.2f}"
+                f"{name:40s} {median:17.1f} {min(values):7.1f}–{max(values):<7.1f} "
+                f"{median / base:8.2f} {median / strict:10.2f} {first[name]:10.1f}"
             )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=48)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
     parser.add_argument("--tmp", default=None, help="folder for the chips")
     args = parser.parse_args()

@@ -13,11 +13,11 @@ import rasterio
 import torch
 from torch.utils.data import DataLoader
 
-from helpers.chip_tree import TILES, WORLDCOVER, ChipTree, make_chip_tree
+from helpers.chip_tree import TILES, WORLDCOVER, ChipTree, make_chip_tree, write_train_stats
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.pack import pack
-from m3leo_tiles.stats import compute_stats, write_stats
+from m3leo_tiles.stats import compute_stats
 from m3leo_tiles.torch import IGNORE_INDEX, M3LEODataset, PairRule
 from m3leo_tiles.torch.dataset import NoChipsError
 
@@ -25,10 +25,11 @@ from m3leo_tiles.torch.dataset import NoChipsError
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> ChipTree:
     tree = make_chip_tree(tmp_path_factory.mktemp("dataset-tree"))
-    for name in ("s2x", "s1x", "agb-2020", "gunw"):
-        folder = tree.folder(name)
-        write_stats(compute_stats(folder, "train", grids_dir=tree.grids_dir), folder)
+    write_train_stats(tree, STATS_OF)
     return tree
+
+
+STATS_OF = ("s2x", "s1x", "agb-2020", "gunw")
 
 
 def dataset(tree: ChipTree, **options) -> M3LEODataset:

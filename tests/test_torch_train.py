@@ -74,7 +74,9 @@ def test_resume_equals_an_uninterrupted_run(tree: ChipTree, tmp_path: Path) -> N
     parts = tmp_path / "parts"
     assert train(config(tree, parts, **options), progress=False, log=quiet, stop_after=1) == {}
     assert [r["epoch"] for r in rows(parts / "metrics.csv")] == ["1"]
-    train(config(tree, parts, **options), resume=True, progress=False, log=quiet)
+    # where a run reads its batches may change on resume: here threads read them ahead
+    resumed = config(tree, parts, **options, reader_threads=2)
+    train(resumed, resume=True, progress=False, log=quiet)
     a = torch.load(whole / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(parts / "checkpoints" / "last.pt", weights_only=False)
     assert a["model"].keys() == b["model"].keys()

@@ -199,3 +199,12 @@ def make_chip_tree(base: Path) -> ChipTree:
     _write_dataset(tree, agb_recipe, agb, skip={11})
     _write_gunw(tree)
     return tree
+
+
+def write_train_stats(tree: ChipTree, names: tuple[str, ...]) -> None:
+    """``m3leo-tiles stats`` of the train split for ``names`` (what ``normalize=True`` reads)."""
+    from m3leo_tiles.stats import compute_stats, write_stats
+
+    for name in names:
+        folder = tree.folder(name)
+        write_stats(compute_stats(folder, "train", grids_dir=tree.grids_dir), folder)

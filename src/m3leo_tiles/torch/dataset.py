@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from m3leo_tiles.chipsets import (
     ChipInfo,
@@ -50,6 +50,7 @@ from m3leo_tiles.enums import Split
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.pack import current_pack, open_pack
 from m3leo_tiles.stats import DatasetStats, read_stats
+from m3leo_tiles.torch.batches import empty_tensor, make_loader
 
 
 class NoChipsError(ConfigError):
@@ -499,15 +500,21 @@ class M3LEODataset(Dataset):
             if spec.pairs is not None and identifier in spec.ids
         }
 
-    def _target(self, identifier: str) -> dict[str, torch.Tensor]:
+    def _target_into(self, identifier: str, slots: dict[str, torch.Tensor]) -> None:
         assert self.target is not None
         raw = self._raw(self.target, identifier)[list(self.target.band_index)]
+        size = (self.chip_size, self.chip_size)
         if self.categorical:
             assert self._lookup is not None
             values = raw[0]
+            native = values.shape == size
+            out = slots["mask"].numpy()
             if values.dtype.kind == "u" and values.dtype.itemsize <= 2:
                 # one gather through a table over every value the dtype can hold
                 table = self._full_lookup(values.dtype)
+                if native:
+                    np.take(table, values, out=out)
+                    return
                 index = table[values]
             else:
                 values = values.astype(np.int64)
@@ -518,14 +525,14 @@ class M3LEODataset(Dataset):
                 if invalid is not None:
                     index[invalid] = IGNORE_INDEX
             mask = torch.from_numpy(index)
-            if mask.shape != (self.chip_size, self.chip_size):
+            if not native:
                 mask = resize(mask[None], self.chip_size, categorical=True)[0].long()
-            return {"mask": mask}
+            slots["mask"].copy_(mask)
+            return
         valid = valid_mask(raw, self.target.nodata)
         values = raw.astype(np.float32)
         values[~valid] = np.nan
-        target = resize(torch.from_numpy(values), self.chip_size, categorical=True)
-        return {"target": target.float()}
+        slots["target"].copy_(resize(torch.from_numpy(values), self.chip_size, categorical=True))
 
     def _full_lookup(self, dtype: np.dtype) -> np.ndarray:
         """Class index of every value of an unsigned 8/16-bit dtype (nodata: ignored)."""
@@ -542,14 +549,30 @@ class M3LEODataset(Dataset):
             self._maps[key] = table
         return table
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        identifier = self.tile_ids[index]
-        size = self.chip_size
-        image = torch.empty((len(self.channel_names), size, size), dtype=torch.float32)
-        filled = np.ones(len(self.channel_names), dtype=bool)
-        missing = []
+    def _buffers(self, count: int, shared: bool) -> dict[str, torch.Tensor]:
+        """Empty tensors for ``count`` samples, in the order of a sample's keys."""
+        size, channels = self.chip_size, len(self.channel_names)
+        buffers = {
+            "image": empty_tensor((count, channels, size, size), torch.float32, shared),
+            "bounds": empty_tensor((count, 4), torch.float64, shared),
+            "missing": empty_tensor((count, len(self.inputs)), torch.bool, shared),
+            "filled": empty_tensor((count, channels), torch.bool, shared),
+        }
+        if self.target is not None and self.categorical:
+            buffers["mask"] = empty_tensor((count, size, size), torch.int64, shared)
+        elif self.target is not None:
+            shape = (count, len(self.target.bands), size, size)
+            buffers["target"] = empty_tensor(shape, torch.float32, shared)
+        return buffers
+
+    def _read_into(self, identifier: str, slots: dict[str, torch.Tensor]) -> None:
+        """Every tensor of one sample, written into ``slots`` (views of one batch row)."""
+        image = slots["image"]
+        filled = slots["filled"].numpy()
+        filled[:] = True
+        missing = slots["missing"].numpy()
         offset = 0
-        for spec in self.inputs:
+        for position, spec in enumerate(self.inputs):
             channels = slice(offset, offset + spec.channels)
             offset += spec.channels
             present = identifier in spec.ids
@@ -557,21 +580,49 @@ class M3LEODataset(Dataset):
                 present = self._fill_input(spec, identifier, image[channels], filled[channels])
             if not present:
                 image[channels] = 0.0
-            missing.append(not present)
-        tile = self._tiles[identifier]
-        sample: dict[str, Any] = {
-            "image": image,
-            "tile_id": identifier,
-            "crs": tile.crs,
-            "bounds": torch.tensor(_bounds(tile), dtype=torch.float64),
-            "missing": torch.tensor(missing, dtype=torch.bool),
-            "filled": torch.from_numpy(filled),
-        }
+            missing[position] = not present
+        slots["bounds"].numpy()[:] = _bounds(self._tiles[identifier])
         if self.target is not None:
-            sample.update(self._target(identifier))
+            self._target_into(identifier, slots)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        identifier = self.tile_ids[index]
+        slots = {key: batch[0] for key, batch in self._buffers(1, shared=False).items()}
+        self._read_into(identifier, slots)
+        sample: dict[str, Any] = {
+            "image": slots.pop("image"),
+            "tile_id": identifier,
+            "crs": self._tiles[identifier].crs,
+            **slots,
+        }
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
+
+    def read_batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Samples ``indices`` as one batch: what ``default_collate`` makes of them.
+
+        Each sample is written straight into its row of one tensor per key, so a batch is
+        allocated once and never copied. Inside a DataLoader worker those tensors live in
+        shared memory from the start: a sample of the paper's task is 8 MB, and torch's
+        default collate would stack it into a second, shared, copy (that copy and its page
+        faults cost more than reading a packed sample). With ``transforms`` the samples are
+        made one by one and stacked, since a transform may change their shapes.
+        """
+        if self.transforms is not None:
+            return default_collate([self[i] for i in indices])
+        ids = [self.tile_ids[i] for i in indices]
+        buffers = self._buffers(len(ids), shared=get_worker_info() is not None)
+        for row, identifier in enumerate(ids):
+            self._read_into(identifier, {key: batch[row] for key, batch in buffers.items()})
+        return {
+            "image": buffers.pop("image"),
+            "tile_id": ids,
+            "crs": [self._tiles[i].crs for i in ids],
+            **buffers,
+        }
+
+    loader = make_loader  # batches whole, by worker processes or reader threads
 
     @property
     def num_classes(self) -> int:

@@ -65,6 +65,7 @@ class TrainConfig:
     width: int = 32
     chip_size: int | None = None
     workers: int = 0
+    reader_threads: int = 0  # batches read ahead by threads of the training process
     threads: int | None = None  # torch's CPU threads (None: torch's default)
     normalize: bool = True
     predictions: int = 4
@@ -256,17 +257,14 @@ def _seed_everything(seed: int) -> None:
 
 def _loader(dataset: Any, config: TrainConfig, shuffle: bool, epoch: int = 0) -> Any:
     import torch
-    from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=shuffle,
+    return dataset.loader(
+        config.batch_size,
+        shuffle,
         num_workers=config.workers,
+        threads=config.reader_threads,
         generator=generator,
-        persistent_workers=False,
-        drop_last=False,
     )
 
 
@@ -526,6 +524,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="UNet's first width (paper: 32)")
     p.add_argument("--chip-size", type=int, default=None, help="pixels (default: finest input)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0)")
+    p.add_argument(
+        "--reader-threads",
+        type=int,
+        default=None,
+        help="read batches ahead in N threads instead of --workers (fastest with a pack)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-normalize", action="store_true", help="feed raw values")
     p.add_argument("--out", required=True, help="run folder")
@@ -540,13 +544,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "device": args.device, "seed": args.seed, "width": args.width,
         "chip_size": args.chip_size, "workers": args.workers, "root": args.root,
-        "threads": args.threads,
+        "threads": args.threads, "reader_threads": args.reader_threads,
         "grids_dir": args.grids_dir,
     }  # fmt: skip
     if args.resume and (out / CONFIG_NAME).exists():
         stored = TrainConfig.from_json((out / CONFIG_NAME).read_text(encoding="utf-8"))
         # The run is defined by its config; only more epochs and where it runs may change.
-        where = {"epochs", "device", "workers", "threads"}
+        where = {"epochs", "device", "workers", "reader_threads", "threads"}
         allowed = {k: v for k, v in given.items() if k in where}
         return replace(stored, **{k: v for k, v in allowed.items() if v is not None})
     classes: str | tuple[int, ...] | None = args.classes
