@@ -29,12 +29,14 @@ the loaders in a new random order (median and range):
 * dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (tifffile, no GDAL open);
 * dataset (pack), ``DataLoader(dataset)``: over ``m3leo-tiles pack`` stores (a memory-map
   slice), samples stacked by torch's default collate;
-* dataset (pack), ``.loader()``: whole batches written in place (``read_batch``), made in
-  shared memory inside workers;
+* dataset (pack), ``.loader()``: whole batches written in place (``read_batch``); with
+  workers, into a ring of shared slots made once, copied out by the training process;
 * dataset (pack), ``.loader(threads=N)``: the same, read ahead by N threads of the training
   process instead of N worker processes (shown in the workers' section, N = 2);
-* ceiling: batches of the same shapes filled with a constant, nothing read: what allocating
-  batches and moving them between processes costs here, a bound for every loader.
+* fresh batches, nothing read: batches of the same shapes filled with a constant, each in
+  new memory (shared memory in workers, as torch's collate makes them): what allocating
+  batches and sending them the DataLoader's way costs here, a bound for every loader that
+  does so (the paper's, ``DataLoader(dataset)``), not for the ring.
 
 torch runs one CPU thread per process (``torch.set_num_threads(1)``; DataLoader workers do
 that themselves): on a shared 2-core VM torch's default of 2 spinning threads is 20x slower.
@@ -183,11 +185,11 @@ class PaperLoader(NaiveLoader):
 
 
 class EmptyBatches(Dataset):
-    """The ceiling: whole batches of ``like``'s shapes filled with a constant, nothing read.
+    """Whole batches of ``like``'s shapes filled with a constant in new memory, nothing read.
 
-    Its samples/s is what moving batches through this DataLoader setting costs on this
-    machine (allocating and filling them, and with workers sending them between processes):
-    no loader, ours or the paper's, can go faster.
+    Its samples/s is what making fresh batches and sending them the DataLoader's way (new
+    shared memory per batch in workers) costs on this machine: no loader that does so, the
+    paper's or ``DataLoader(M3LEODataset)``, can go faster.
     """
 
     def __init__(self, like: M3LEODataset) -> None:
@@ -223,7 +225,7 @@ def make_loader(dataset: Dataset, workers: int, how: str) -> Iterable[dict]:
     ``M3LEODataset.loader`` (whole batches written in place) with ``workers`` processes;
     ``threads`` is ``M3LEODataset.loader(threads=workers)``, no worker process.
     """
-    if how == "ceiling":
+    if how == "fresh":
         sampler = BatchSampler(SequentialSampler(dataset), 8, drop_last=False)
         return DataLoader(
             dataset, batch_size=None, sampler=sampler, num_workers=workers,
@@ -276,7 +278,7 @@ def bench(root: Path, config: str, tiles: int, rounds: int) -> None:
         "dataset (pack), DataLoader(dataset)": (packed, "plain"),
         "dataset (pack), .loader()": (packed, "batched"),
         "dataset (pack), .loader(threads=N)": (packed, "threads"),
-        "ceiling: fill each batch, read nothing": (EmptyBatches(packed), "ceiling"),
+        "fresh batches, nothing read": (EmptyBatches(packed), "fresh"),
     }
     for workers in (0, 2):
         held = {

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from helpers.chip_tree import ChipTree, make_chip_tree, write_train_stats
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.pack import pack
 from m3leo_tiles.torch import M3LEODataset, PairRule
+from m3leo_tiles.torch.batches import WorkerBatches, _RingWriter
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +76,40 @@ def test_loader_gives_the_dataloaders_batches_in_its_order(tree: ChipTree, how: 
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
 
 
-def test_batches_of_workers_are_made_in_shared_memory(tree: ChipTree) -> None:
-    data = make(tree, target="esawc")
-    keys = ("image", "bounds", "missing", "filled", "mask")
-    assert not any(data.read_batch([0, 1])[k].is_shared() for k in keys)
+def test_workers_fill_a_ring_of_shared_slots_and_batches_are_copied_out(tree: ChipTree) -> None:
+    data = make(tree, target="esawc", normalize=True)
+    loader = data.loader(2, num_workers=2, prefetch_factor=1)
+    assert isinstance(loader, WorkerBatches)
+    assert len(loader.stamps) == 1 * 2 + 2  # in flight at most, plus two
+    assert all(t.is_shared() and t.shape[:2] == (4, 2) for t in loader.ring.values())
+    expected = list(DataLoader(data, batch_size=2))
+    first = next(iter(loader))  # an epoch left after one batch, then a whole one
+    assert_same_batches(first, expected[0])
+    got = list(loader)
+    assert len(got) == len(expected) == 3
+    for a, b in zip(got, expected, strict=True):
+        assert_same_batches(a, b)
+        assert not a["image"].is_shared()  # the training process's own memory
+    assert got[0]["image"].data_ptr() != got[1]["image"].data_ptr()
+    # transforms may change shapes: no ring, the batches are stacked samples
+    doubled = make(tree, transforms=double_image).loader(2, num_workers=1)
+    assert not isinstance(doubled, WorkerBatches)
+    assert torch.equal(next(iter(doubled))["image"], 2 * make(tree).read_batch([0, 1])["image"])
 
-    class Probe(Dataset):
-        def __len__(self) -> int:
-            return 1
 
-        def __getitem__(self, index: int) -> torch.Tensor:
-            batch = data.read_batch([0, 1])
-            return torch.tensor([batch[k].is_shared() for k in keys])
+def test_a_slot_rewritten_too_early_is_an_error(
+    tree: ChipTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = _RingWriter.__getitem__
 
-    (flags,) = DataLoader(Probe(), batch_size=None, num_workers=1)
-    assert flags.all()  # sent to this process as they are, not copied into shared memory
+    def writes_late(self: _RingWriter, item: tuple[int, list[int]]) -> tuple:
+        number, tile_ids, crs = original(self, item)  # then stamps another batch's number
+        self.stamps[number % len(self.stamps)] = number + 1
+        return number, tile_ids, crs
+
+    monkeypatch.setattr(_RingWriter, "__getitem__", writes_late)
+    with pytest.raises(RuntimeError, match="rewritten"):
+        next(iter(make(tree).loader(2, num_workers=1)))
 
 
 def test_reader_threads_stop_with_the_loop(tree: ChipTree) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, default_collate, get_worker_info
+from torch.utils.data import Dataset, default_collate
 
 from m3leo_tiles.chipsets import (
     ChipInfo,
@@ -549,8 +549,8 @@ class M3LEODataset(Dataset):
             self._maps[key] = table
         return table
 
-    def _buffers(self, count: int, shared: bool) -> dict[str, torch.Tensor]:
-        """Empty tensors for ``count`` samples, in the order of a sample's keys."""
+    def batch_buffers(self, count: int, shared: bool) -> dict[str, torch.Tensor]:
+        """Empty tensors for ``count`` samples (the tensor keys of a batch, in its order)."""
         size, channels = self.chip_size, len(self.channel_names)
         buffers = {
             "image": empty_tensor((count, channels, size, size), torch.float32, shared),
@@ -587,7 +587,7 @@ class M3LEODataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         identifier = self.tile_ids[index]
-        slots = {key: batch[0] for key, batch in self._buffers(1, shared=False).items()}
+        slots = {key: batch[0] for key, batch in self.batch_buffers(1, shared=False).items()}
         self._read_into(identifier, slots)
         sample: dict[str, Any] = {
             "image": slots.pop("image"),
@@ -599,20 +599,22 @@ class M3LEODataset(Dataset):
             sample = self.transforms(sample)
         return sample
 
-    def read_batch(self, indices: Sequence[int]) -> dict[str, Any]:
+    def read_batch(
+        self, indices: Sequence[int], into: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, Any]:
         """Samples ``indices`` as one batch: what ``default_collate`` makes of them.
 
-        Each sample is written straight into its row of one tensor per key, so a batch is
-        allocated once and never copied. Inside a DataLoader worker those tensors live in
-        shared memory from the start: a sample of the paper's task is 8 MB, and torch's
-        default collate would stack it into a second, shared, copy (that copy and its page
-        faults cost more than reading a packed sample). With ``transforms`` the samples are
-        made one by one and stacked, since a transform may change their shapes.
+        Each sample is written straight into its row of one tensor per key (``into``, as
+        ``batch_buffers`` makes them, or new ones), so a batch is never stacked from copies.
+        With ``transforms`` the samples are made one by one and stacked, since a transform
+        may change their shapes (``into`` cannot be used then).
         """
         if self.transforms is not None:
+            if into is not None:
+                raise ValueError("read_batch(into=...) cannot apply transforms")
             return default_collate([self[i] for i in indices])
         ids = [self.tile_ids[i] for i in indices]
-        buffers = self._buffers(len(ids), shared=get_worker_info() is not None)
+        buffers = dict(into) if into is not None else self.batch_buffers(len(ids), shared=False)
         for row, identifier in enumerate(ids):
             self._read_into(identifier, {key: batch[row] for key, batch in buffers.items()})
         return {

@@ -528,7 +528,7 @@ def parser() -> argparse.ArgumentParser:
         "--reader-threads",
         type=int,
         default=None,
-        help="read batches ahead in N threads instead of --workers (fastest with a pack)",
+        help="read batches ahead in N threads instead of --workers processes",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-normalize", action="store_true", help="feed raw values")
