@@ -47,7 +47,7 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 def test_two_epochs_write_checkpoint_metrics_and_plots(tree: ChipTree, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = train(config(tree, out), progress=False, log=quiet)
+    result = train(config(tree, out, workers=2), progress=False, log=quiet)  # through the ring
     assert (out / "checkpoints" / "last.pt").exists()
     assert (out / "checkpoints" / "best.pt").exists()
     history = rows(out / "metrics.csv")

@@ -43,16 +43,21 @@ _NUMPY_DTYPES = {
 def empty_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
     """An uninitialised tensor, either in shared memory or allocated by numpy.
 
-    Shared: a DataLoader worker sends it to the main process as a file descriptor, no copy
-    (``_new_shared`` is how torch's own collate allocates its batches). Private: numpy asks
-    the kernel for huge pages on large arrays, so filling a fresh 8 MB sample takes a few page
-    faults instead of 2,000, which halved the time of a packed sample here.
+    Shared: seen by DataLoader worker processes, and passed between processes as a file
+    descriptor (``_new_shared`` is how torch's own collate allocates its batches). Private:
+    numpy asks the kernel for huge pages on large arrays, so filling a fresh 8 MB sample takes
+    a few page faults instead of 2,000 (10.8 against 27.4 ms for a 51 MB batch here).
     """
     if shared:
-        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         storage = torch.UntypedStorage._new_shared(nbytes)
         return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
     return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[dtype]))
+
+
+def _own_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` copied into this process's own (huge-page) memory."""
+    return empty_tensor(tuple(tensor.shape), tensor.dtype, shared=False).copy_(tensor)
 
 
 class _Batches(Dataset):
@@ -154,12 +159,7 @@ class WorkerBatches:
         slots = len(self.stamps)
         for number, ids, crs in self.loader:
             slot = number % slots
-            copied = {
-                key: empty_tensor(tuple(t[slot, : len(ids)].shape), t.dtype, shared=False).copy_(
-                    t[slot, : len(ids)]
-                )
-                for key, t in self.ring.items()
-            }
+            copied = {key: _own_copy(t[slot, : len(ids)]) for key, t in self.ring.items()}
             if int(self.stamps[slot]) != number:
                 raise RuntimeError(
                     f"batch slot {slot} was rewritten while batch {number} was read from it; "
