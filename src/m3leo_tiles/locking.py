@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from m3leo_tiles import strict_json
 from m3leo_tiles.errors import LockedError
 
 LOCK_NAME = ".m3leo.lock"
@@ -89,7 +90,7 @@ class DatasetLock:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(me, handle)
+            handle.write(strict_json.dumps(me))
             handle.flush()
             os.fsync(handle.fileno())
         self._held = True

@@ -16,7 +16,6 @@ nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from m3leo_tiles import strict_json
 from m3leo_tiles.chipsets import ChipSet, parse_pair_band, read_chip_info, valid_mask
 from m3leo_tiles.errors import ConfigError
 
@@ -67,7 +67,7 @@ def read_pack_index(folder: Path) -> PackIndex | None:
     if not path.exists() or not (pack_dir(folder) / ARRAY_NAME).exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strict_json.loads(path.read_text(encoding="utf-8"))
         return PackIndex(
             ids=tuple(data["ids"]),
             bands=tuple(data["bands"]),
@@ -148,21 +148,19 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
             tuple(ids), first.bands, first.dtype, first.nodata, first.height, first.width,
             fingerprint, frozenset(with_nodata),
         )  # fmt: skip
-        (staging / INDEX_NAME).write_text(
-            json.dumps(
-                {
-                    "ids": list(index.ids),
-                    "bands": list(index.bands),
-                    "dtype": index.dtype,
-                    "nodata": index.nodata,
-                    "height": index.height,
-                    "width": index.width,
-                    "fingerprint": index.fingerprint,
-                    # chips without any nodata/NaN pixel need no mask when read
-                    "with_nodata": sorted(index.with_nodata or ()),
-                }
-            ),
-            encoding="utf-8",
+        strict_json.write(  # a NaN nodata is written null: same mask for float chips
+            staging / INDEX_NAME,
+            {
+                "ids": list(index.ids),
+                "bands": list(index.bands),
+                "dtype": index.dtype,
+                "nodata": index.nodata,
+                "height": index.height,
+                "width": index.width,
+                "fingerprint": index.fingerprint,
+                # chips without any nodata/NaN pixel need no mask when read
+                "with_nodata": sorted(index.with_nodata or ()),
+            },
         )
         if files_fingerprint(chipset.folder, ids) != fingerprint:
             raise ConfigError(f"chips of {chipset.name} changed while packing; rerun pack")

@@ -20,7 +20,6 @@ records which chips it was made from, so a stale file is recognised.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from m3leo_tiles import __version__
+from m3leo_tiles import __version__, strict_json
 from m3leo_tiles.chipsets import (
     ChipSet,
     band_key,
@@ -103,13 +102,21 @@ class DatasetStats:
         raise ConfigError(f"no statistics for band {name!r} of {self.dataset} (has: {known})")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, allow_nan=False)
+        """Strict JSON: a NaN (NaN nodata of GUNW chips, a band with no valid pixel) is null."""
+        return strict_json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> DatasetStats:
-        data: dict[str, Any] = json.loads(text)
-        data["bands"] = tuple(BandStats(**band) for band in data["bands"])
+        data: dict[str, Any] = strict_json.loads(text)
+        data["bands"] = tuple(_band_from_json(band) for band in data["bands"])
         return cls(**data)
+
+
+def _band_from_json(data: dict[str, Any]) -> BandStats:
+    """A band's statistics with the floats written as null (NaN) read back as NaN."""
+    floats = {key: strict_json.as_float(data[key]) for key in ("mean", "std", "min", "max")}
+    percentiles = {q: strict_json.as_float(v) for q, v in (data.get("percentiles") or {}).items()}
+    return BandStats(**{**data, **floats, "percentiles": percentiles})
 
 
 def _q_key(q: float) -> str:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from rasterio.enums import Resampling
 
+from m3leo_tiles import strict_json
 from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
@@ -301,7 +302,7 @@ class GunwSource(SourceAdapter):
                 collection = self._asf_search(cell)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-                temporary.write_text(json.dumps(collection), encoding="utf-8")
+                temporary.write_text(strict_json.dumps(collection), encoding="utf-8")
                 os.replace(temporary, path)
             for feature in collection.get("features", []):
                 key = str((feature.get("properties") or {}).get("fileID"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import random
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from m3leo_tiles import strict_json
 from m3leo_tiles.errors import ConfigError, M3leoError
 
 CONFIG_NAME = "config.json"
@@ -72,7 +72,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        data = json.loads(text)
+        data = strict_json.loads(text)
         for key in ("target_bands", "inputs"):
             data[key] = tuple(data.get(key) or ())
         if isinstance(data.get("classes"), list):
@@ -81,7 +81,7 @@ class TrainConfig:
         return cls(**data)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        return strict_json.dumps(asdict(self), indent=1)
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -450,9 +450,8 @@ def finish(
         **({"classes": list(data.train.classes)} if data.train.categorical else {}),
         **result,
     }  # fmt: skip
-    (out / TEST_METRICS_NAME).write_text(
-        json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8"
-    )
+    # a class absent from the split has a NaN IoU: written null (strict JSON)
+    strict_json.write(out / TEST_METRICS_NAME, result, indent=1, default=str)
     from m3leo_tiles.torch.plots import plot_curves, plot_predictions
 
     plot_curves(history, out / CURVES_NAME, metric="miou" if data.train.categorical else "rmse")
