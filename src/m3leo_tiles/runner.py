@@ -55,7 +55,12 @@ from m3leo_tiles.manifest import (
 )
 from m3leo_tiles.planning import Plan, batch_size_for, make_plan
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.sources.base import FetchOptions, SourceAdapter, get_source
+from m3leo_tiles.sources.base import (
+    FetchOptions,
+    SourceAdapter,
+    check_run_options,
+    get_source,
+)
 from m3leo_tiles.worker import Batch, Budget, reason_of, render_batch
 
 if TYPE_CHECKING:
@@ -226,6 +231,7 @@ def fetch_tiles(
     started = time.perf_counter()
     options = request.fetch_options(recipe)
     adapter = get_source(recipe.source)(recipe, options)
+    check_run_options(adapter)
     adapter.check()
     dataset_dir = _make_dataset_dir(Path(request.out), request.aoi,
                                     recipe.dataset_name(options.year))  # fmt: skip

@@ -172,6 +172,8 @@ class SourceAdapter(ABC):
     # A recipe for this source may leave out bands, dtype and nodata: ``check()`` fills them
     # from the inputs (``recipe.from_source`` lists which) and replaces ``self.recipe``.
     fills_recipe_defaults: ClassVar[bool] = False
+    # Whether ``--source`` (FetchOptions.sources: local files, mirrors) means anything here.
+    takes_sources: ClassVar[bool] = True
 
     def __init__(self, recipe: Recipe, options: FetchOptions | None = None) -> None:
         self.recipe = recipe
@@ -183,6 +185,13 @@ class SourceAdapter(ABC):
 
     def check(self) -> None:  # noqa: B027
         """Driver-side preflight (credentials, configuration); raise ConfigError to stop."""
+
+    def single_epoch(self) -> str | None:
+        """Why this recipe's data does not depend on the year (None: it does).
+
+        A source says it from its recipe (no ``{year}`` in the inputs, a single image, no date
+        window); ``check_run_options`` then refuses ``--year`` with one wording for all."""
+        return None
 
     def option(self, name: str) -> Any:
         """A declared option's value: given at run time, else its environment variable, else
@@ -309,6 +318,35 @@ def _local_file(item: str) -> str | None:
         if not text.startswith("/vsi") and "://" not in text and os.path.isfile(text):
             return text
     return None
+
+
+def check_run_options(adapter: SourceAdapter) -> None:
+    """Refuse run-time options that the recipe's source would ignore, before any work.
+
+    An ignored option is worse than a refused one: ``--ee-concurrency`` on a raster recipe or
+    ``--year`` on a single image does nothing, and the user believes it did (a ``srtm-2020``
+    folder holds the same image as ``srtm``). One rule for every source and for the CLI and
+    the Python API alike: the source must declare the option (``cli_options``), take
+    ``--source``, and depend on the year for ``--year``."""
+    recipe, options = adapter.recipe, adapter.options
+    where = f"recipe {recipe.name} (source {adapter.name})"
+    declared = {o.name for o in adapter.cli_options}
+    for name, value in options.extra.items():
+        if value is None or name in declared:
+            continue
+        owners = [n for n, a in available_sources().items() if name in {o.name for o in
+                  a.cli_options}]  # fmt: skip
+        has = f"an option of source {', '.join(owners)}" if owners else "an option of no source"
+        raise ConfigError(f"--{name} does not apply to {where}; it is {has}")
+    if options.sources and not adapter.takes_sources:
+        raise ConfigError(f"--source does not apply to {where}: it reads no files")
+    reason = adapter.single_epoch() if options.year is not None else None
+    if reason is not None:
+        raise ConfigError(
+            f"recipe {recipe.name!r} does not depend on the year ({reason}), so --year "
+            f"{options.year} would only make a second copy of the same dataset "
+            f"({recipe.dataset_name(options.year)}); leave out --year"
+        )
 
 
 def refuse_unknown_params(params: Mapping[str, Any], allowed: Sequence[str], where: str,

@@ -170,6 +170,7 @@ class _Direct:
 @register
 class EarthEngineSource(SourceAdapter):
     name = "earthengine"
+    takes_sources = False  # the images are Earth Engine's, never local files
     description = "Google Earth Engine: server-side composites fetched on the tile's grid"
     retry_policy = RetryPolicy(attempts=6, base_delay_s=2.0, max_delay_s=60.0, jitter=0.5)
     cli_options = (
@@ -250,6 +251,13 @@ class EarthEngineSource(SourceAdapter):
         self.concurrency()
         self.settings = {"url": self._url(), "project": self.option("project")}
         self._initialize()
+
+    def single_epoch(self) -> str | None:
+        if self.params.windows:
+            return None
+        if self.params.image:
+            return f"the single image {self.params.image}"
+        return f"a {self.params.reducer} of all of {self.params.collection}, no date windows"
 
     def concurrency(self) -> int:
         value = self.option("ee-concurrency")

@@ -453,18 +453,18 @@ class RasterSource(SourceAdapter):
 
     # --- what can be checked before any work ------------------------------------------------
 
+    def single_epoch(self) -> str | None:
+        recipe = self.recipe
+        specs = [s for ss in self._spec_lists(recipe.params, recipe.name) for s in ss]
+        if recipe.default_year is None and not any("{year}" in s for s in specs):
+            return "no {year} in its inputs, no default_year"
+        return None
+
     def _check_year(self) -> None:
         """A year the recipe cannot have is refused now, not after every tile failed."""
         year, recipe = self.options.year, self.recipe
         if year is None:
             return
-        specs = [s for ss in self._spec_lists(recipe.params, recipe.name) for s in ss]
-        if recipe.default_year is None and not any("{year}" in s for s in specs):
-            raise ConfigError(
-                f"recipe {recipe.name!r} does not depend on the year (no {{year}} in its inputs, "
-                f"no default_year), so --year {year} would only make a second copy of the same "
-                f"dataset ({recipe.dataset_name(year)}); leave out --year"
-            )
         years = recipe.params.get("years")
         if years and year not in years:
             raise ConfigError(
