@@ -158,9 +158,14 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.slow
-def test_ctrl_c_then_resume_from_the_command_line(tree: ChipTree, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def test_resume_without_a_run_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "nothing"
+    line = one_line_error(capsys, ["--out", str(out), "--resume"])
+    assert f"no run to resume in {out}" in line and "--task" not in line
+
+
+def stop_a_long_run(tree: ChipTree, out: Path, signum: int) -> tuple[int, str]:
+    """Start a 500-epoch run, send ``signum`` once its first checkpoint exists: (code, stderr)."""
     command = [
         TRAIN, "--task", "esawc", "--inputs", "s2x,s1x", "--root", tree.root,
         "--grid", tree.grid, "--grids-dir", tree.grids_dir, "--width", "4",
@@ -171,9 +176,25 @@ def test_ctrl_c_then_resume_from_the_command_line(tree: ChipTree, tmp_path: Path
     while not (out / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         assert running.poll() is None, running.communicate()
         time.sleep(0.2)
-    running.send_signal(signal.SIGINT)
+    running.send_signal(signum)
     _, stderr = running.communicate(timeout=60)
-    assert running.returncode == 130, stderr
+    return running.returncode, stderr
+
+
+@pytest.mark.slow
+def test_sigterm_says_how_to_resume_and_exits_143(tree: ChipTree, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stderr = stop_a_long_run(tree, out, signal.SIGTERM)
+    assert code == 143, stderr
+    assert "Traceback" not in stderr and stderr.startswith("terminated (SIGTERM)")
+    assert f"m3leo-train --out {out} --resume" in stderr and stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_from_the_command_line(tree: ChipTree, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stderr = stop_a_long_run(tree, out, signal.SIGINT)
+    assert code == 130, stderr
     assert "Traceback" not in stderr and f"m3leo-train --out {out} --resume" in stderr
     # the last checkpoint says how far it got (metrics.csv follows it, and may lag by a row
     # when the signal lands between the two writes: resuming rewrites it from the checkpoint)

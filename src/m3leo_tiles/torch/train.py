@@ -546,7 +546,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "threads": args.threads, "reader_threads": args.reader_threads,
         "grids_dir": args.grids_dir,
     }  # fmt: skip
-    if args.resume and (out / CONFIG_NAME).exists():
+    if args.resume:
+        if not (out / CONFIG_NAME).exists():
+            raise ConfigError(
+                f"no run to resume in {out} (no {CONFIG_NAME}); start one without --resume"
+            )
         stored = TrainConfig.from_json((out / CONFIG_NAME).read_text(encoding="utf-8"))
         # The run is defined by its config; only more epochs and where it runs may change.
         where = {"epochs", "device", "workers", "reader_threads", "threads"}
@@ -575,20 +579,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # SIGTERM (a batch scheduler's time limit) stops a run as Ctrl-C does: said, exit 143
+    from m3leo_tiles.runner import Terminated, _sigterm_as_interrupt
+
     args = parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        result = train(config, resume=args.resume, progress=not args.quiet)
+        with _sigterm_as_interrupt():
+            result = train(config, resume=args.resume, progress=not args.quiet)
     except M3leoError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        terminated = isinstance(error, Terminated)
         print(
-            f"interrupted; finished epochs are kept in {args.out}/checkpoints/last.pt; "
-            f"resume with: m3leo-train --out {args.out} --resume",
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; finished epochs are "
+            f"kept in {args.out}/checkpoints/last.pt; resume with: "
+            f"m3leo-train --out {args.out} --resume",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.exit(143 if terminated else 130)
     metric = "miou" if "miou" in result else "rmse"
     print(
         f"{result['split']} {metric} {result[metric]:.4f} over {result['tiles']} tiles → "
