@@ -142,6 +142,17 @@ def test_normalize_without_stats_says_what_to_run(tree: ChipTree, tmp_path: Path
         M3LEODataset(root, tree.grid, ["esawc"], normalize=True, grids_dir=tree.grids_dir)
 
 
+def test_categorical_target_without_stats_computes_them(tree: ChipTree, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tree.folder("s2x"), root / "tst" / "s2x")
+    shutil.copytree(tree.folder("esawc"), root / "tst" / "classes")  # no preset for this name
+    (root / "tst" / "classes" / "stats-train.json").unlink(missing_ok=True)
+    data = M3LEODataset(root, tree.grid, ["s2x"], target="classes", target_type="categorical",
+                        grids_dir=tree.grids_dir)  # fmt: skip
+    assert data.classes == tuple(WORLDCOVER)  # as m3leo-train: computed, nodata 0 left out
+    assert (root / "tst" / "classes" / "stats-train.json").exists()
+
+
 def test_two_workers_give_the_same_batches(tree: ChipTree) -> None:
     data = dataset(tree, target="esawc", normalize=True)
     single = list(DataLoader(data, batch_size=4, num_workers=0))

@@ -297,6 +297,29 @@ def stats_command(
     return stats, write_stats(stats, folder)
 
 
+def ensure_train_stats(
+    folder: Path, grid: str | Path, grids_dir: Path, log: Callable[[str], None]
+) -> DatasetStats:
+    """The train statistics of a dataset, computed and written when missing or stale.
+
+    m3leo-train and the Dataset need them (normalisation, class values) and compute them
+    rather than stop and send the user to ``m3leo-tiles stats`` first."""
+    chipset = ChipSet.open(Path(folder))
+    grid_file = grid_path_for(grid, chipset.aoi, Path(grids_dir))
+    ids = ids_of_split(chipset.ids, load_splits(grid_file), "train")
+    try:
+        stats = read_stats(folder, "train")
+        if stats.ids_hash == ids_fingerprint(ids):
+            return stats
+        reason = "stale"
+    except ConfigError:
+        reason = "missing"
+    log(f"statistics of {chipset.name} {reason}: computing them (m3leo-tiles stats)")
+    stats = compute_stats(folder, "train", grid=grid_file, grids_dir=Path(grids_dir))
+    write_stats(stats, folder)
+    return stats
+
+
 def format_stats(stats: DatasetStats) -> str:
     """A table: one line per band."""
     lines = [f"{'band':<20} {'count':>12} {'mean':>12} {'std':>12} {'min':>12} {'max':>12}"]

@@ -22,6 +22,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -49,13 +50,15 @@ from m3leo_tiles.chipsets import (
 from m3leo_tiles.enums import Split
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.pack import current_pack, open_pack
-from m3leo_tiles.stats import DatasetStats, read_stats
+from m3leo_tiles.stats import DatasetStats, ensure_train_stats, read_stats
 from m3leo_tiles.torch.batches import empty_tensor, make_loader
 
 
 class NoChipsError(ConfigError):
     """The split has no tile with a chip of the target (or of any input)."""
 
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 """Class index of target pixels without a class (nodata): torch's CrossEntropyLoss default."""
@@ -228,6 +231,7 @@ class M3LEODataset(Dataset):
         if not grid_file.exists():
             raise ConfigError(f"grid {grid_file} not found; make it with `m3leo-tiles grid`")
         the_grid = read_grid(grid_file)
+        self._grid_file, self._grids_dir = grid_file, Path(grids_dir)
         self.aoi = the_grid.aoi
         self.split = split
         self.normalize = normalize
@@ -363,10 +367,14 @@ class M3LEODataset(Dataset):
         if target_type not in {"categorical", "continuous"}:
             raise ConfigError(f"target type must be categorical or continuous: {target_type!r}")
         self.categorical = target_type == "categorical"
+
+        def train_stats() -> DatasetStats:
+            return ensure_train_stats(chipset.folder, self._grid_file, self._grids_dir, log.info)
+
         if self.categorical:
             if len(selected) != 1:
                 raise ConfigError("a categorical target has one band; choose it with target_bands")
-            self.classes = _class_values(classes, chipset, info)
+            self.classes = _class_values(classes, chipset, info, train_stats)
             self._lookup = _lookup_table(self.classes)
         return _Input(
             chipset.name, chipset.folder, chipset.ids, selected,
@@ -666,8 +674,13 @@ def _moments(
 
 
 def _class_values(
-    classes: Sequence[int] | str | None, chipset: ChipSet, info: ChipInfo
+    classes: Sequence[int] | str | None,
+    chipset: ChipSet,
+    info: ChipInfo,
+    train_stats: Callable[[], DatasetStats],
 ) -> tuple[int, ...]:
+    """Class values in index order: given, a preset, or those the train statistics recorded
+    (``train_stats`` computes them when missing, as m3leo-train does)."""
     if isinstance(classes, str):
         if classes not in CLASS_PRESETS:
             raise ConfigError(
@@ -677,14 +690,7 @@ def _class_values(
     if classes is not None:
         values = tuple(int(c) for c in classes)
     else:
-        try:
-            stats = read_stats(chipset.folder, "train")
-        except ConfigError:
-            raise ConfigError(
-                f"categorical target {chipset.name} needs its classes: pass classes=[...] or "
-                f"run `m3leo-tiles stats {chipset.folder}` (its class values are recorded)"
-            ) from None
-        band = stats.band(info.bands[0])
+        band = train_stats().band(info.bands[0])
         if band.values is None:
             raise ConfigError(
                 f"target {chipset.name} has more than 256 values; it is not categorical"

@@ -87,24 +87,6 @@ class TrainConfig:
 # --- data ----------------------------------------------------------------------------------
 
 
-def _ensure_stats(folder: Path, grid: str, grids_dir: str, log: Callable[[str], None]) -> None:
-    """Compute the train statistics of a dataset when they are missing or stale."""
-    from m3leo_tiles.chipsets import ChipSet, grid_path_for, ids_of_split, load_splits
-    from m3leo_tiles.stats import compute_stats, ids_fingerprint, read_stats, write_stats
-
-    chipset = ChipSet.open(folder)
-    grid_file = grid_path_for(grid, chipset.aoi, Path(grids_dir))
-    ids = ids_of_split(chipset.ids, load_splits(grid_file), "train")
-    try:
-        if read_stats(folder, "train").ids_hash == ids_fingerprint(ids):
-            return
-        reason = "stale"
-    except ConfigError:
-        reason = "missing"
-    log(f"statistics of {chipset.name} {reason}: computing them (m3leo-tiles stats)")
-    write_stats(compute_stats(folder, "train", grid=grid_file, grids_dir=Path(grids_dir)), folder)
-
-
 @dataclass
 class Data:
     train: Any
@@ -117,7 +99,7 @@ class Data:
 def build_data(config: TrainConfig, log: Callable[[str], None]) -> Data:
     from m3leo_tiles.chipsets import find_dataset
     from m3leo_tiles.grid import read_grid
-    from m3leo_tiles.stats import read_stats
+    from m3leo_tiles.stats import ensure_train_stats, read_stats
     from m3leo_tiles.torch.dataset import M3LEODataset, NoChipsError
     from m3leo_tiles.torch.tasks import make_task
 
@@ -140,7 +122,7 @@ def build_data(config: TrainConfig, log: Callable[[str], None]) -> Data:
     if not task.categorical or task.classes is None:
         needs_stats.append(folders[task.target])
     for folder in dict.fromkeys(needs_stats):
-        _ensure_stats(folder, str(grid_file), config.grids_dir, log)
+        ensure_train_stats(folder, grid_file, Path(config.grids_dir), log)
 
     def make(split: str) -> Any:
         return M3LEODataset(
