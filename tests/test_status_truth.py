@@ -94,3 +94,21 @@ def test_no_output_folder_says_what_it_looked_for(
     monkeypatch.chdir(tmp_path)
     code, _, err = call_cli(capsys, "status")
     assert_one_error_line(code, err, f"data (in {tmp_path})", "manifest.csv")
+
+
+def test_a_chip_of_another_size_than_recorded_is_not_counted_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data" / "mine" / "sized"
+    folder.mkdir(parents=True)
+    rows = {t.identifier: ManifestRow(t.identifier, TileStatus.OK, bytes=4) for t in TILES[:3]}
+    write_manifest(folder / MANIFEST_NAME, rows)
+    for tile in TILES[:3]:
+        (folder / f"{tile.identifier}.tif").write_bytes(b"abcd")
+    (folder / f"{TILES[1].identifier}.tif").write_bytes(b"ab")  # truncated after the run
+    (found,) = status(tmp_path / "data")  # the size check fetch makes, no chip read
+    assert (found.ok, found.failed, found.damaged) == (2, 1, 1)
+    code, table, _ = call_cli(capsys, "status", tmp_path / "data")
+    assert code == 0
+    line = table.splitlines()[1]
+    assert line.split()[2:6] == ["2", "0", "0", "1"] and "1 damaged chips" in line

@@ -103,6 +103,17 @@ def _adopt(path: Path, identifier: str, recipe_hash: str, inputs: tuple[str, ...
                        written.size, written.crc32, input_id)  # fmt: skip
 
 
+def size_problem(row: ManifestRow, size: int | None) -> str | None:
+    """What a cheap look (no read) finds wrong with the chip of an ``ok`` row whose file has
+    ``size`` bytes (None: no file): the check fetch makes before skipping a tile and status
+    makes before counting it ok. None when it looks whole (or no size was recorded)."""
+    if size is None:
+        return "its chip is missing"
+    if row.bytes is not None and row.bytes != size:
+        return f"{size} bytes, recorded {row.bytes}"
+    return None
+
+
 def make_plan(
     adapter: SourceAdapter,
     tiles: Sequence[GridTile],
@@ -145,8 +156,9 @@ def make_plan(
             if not _same_inputs(row, inputs, input_id):
                 changed += 1
             elif row.status is TileStatus.OK and name in sizes:
-                if row.bytes is not None and row.bytes != sizes[name]:
-                    damaged.append((identifier, f"{sizes[name]} bytes, recorded {row.bytes}"))
+                problem = size_problem(row, sizes[name])
+                if problem is not None:
+                    damaged.append((identifier, problem))
                 elif row.bytes is None:  # an old manifest: read it once, then record it
                     problem = chip_problem(dataset_dir / name)
                     if problem is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from m3leo_tiles.enums import TileStatus
 from m3leo_tiles.manifest import MANIFEST_NAME, ManifestRow, read_manifest
+from m3leo_tiles.planning import size_problem
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,18 @@ class DatasetStatus:
     run: str = ""  # "running (pid ... on ... since ...)", "stale lock ...", or "" when idle
     chips: int = 0  # *.tif files in the folder
     manifest: bool = True  # False: chips found but no manifest.csv (made elsewhere, or lost)
+    damaged: int = 0  # recorded ok, but the chip is missing or not of the recorded size
 
     @property
     def note(self) -> str:
         """What the table's last column says about this folder."""
         if self.run:
             return self.run
+        if self.damaged:
+            return (
+                f"{self.damaged} damaged chips (missing or not the size manifest.csv records), "
+                "counted failed; rerun fetch to make them again"
+            )
         if not self.manifest:
             return f"{self.chips} chips but no manifest.csv; rerun fetch to adopt them"
         return "finished"
@@ -84,14 +91,17 @@ def _grid_ids(
     return cache[aoi]
 
 
-def _folder_size(folder: Path) -> tuple[int, int]:
-    """(bytes of every file, number of chips)."""
-    total = chips = 0
+def _folder_size(folder: Path) -> tuple[int, dict[str, int]]:
+    """(bytes of every file, the size of each chip by tile id)."""
+    total = 0
+    chips: dict[str, int] = {}
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
-                chips += entry.name.endswith(".tif") and not entry.name.startswith(".")
+                size = entry.stat(follow_symlinks=False).st_size
+                total += size
+                if entry.name.endswith(".tif") and not entry.name.startswith("."):
+                    chips[entry.name.removesuffix(".tif")] = size
     return total, chips
 
 
@@ -103,21 +113,27 @@ def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> D
     if grid_ids is not None:
         missing = len(grid_ids - rows.keys())
     size, chips = _folder_size(folder)
+    damaged = sum(  # the size check fetch makes before skipping a tile: no chip is read
+        size_problem(row, chips.get(identifier)) is not None
+        for identifier, row in rows.items()
+        if row.status is TileStatus.OK
+    )
     return DatasetStatus(
         aoi=aoi,
         dataset=folder.name,
         folder=folder,
-        ok=counts[TileStatus.OK],
+        ok=counts[TileStatus.OK] - damaged,
         empty=counts[TileStatus.EMPTY],
         no_source=counts[TileStatus.NO_SOURCE],
-        failed=counts[TileStatus.FAILED],
+        failed=counts[TileStatus.FAILED] + damaged,
         missing=missing,
         grid_tiles=len(grid_ids) if grid_ids is not None else None,
         size_bytes=size,
         last_run=manifest.stat().st_mtime if manifest.exists() else None,
         run=run_state(folder),
-        chips=chips,
+        chips=len(chips),
         manifest=manifest.exists(),
+        damaged=damaged,
     )
 
 
