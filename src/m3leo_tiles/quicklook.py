@@ -44,8 +44,11 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
     low, high = np.percentile(values, [2, 98])
     if high <= low:
         return np.where(valid, 128, 0).astype(np.uint8)
-    scaled = np.clip((band.astype("float64") - low) / (high - low), 0, 1) * 255
-    return scaled.astype(np.uint8)
+    out = np.zeros(band.shape, dtype=np.uint8)  # only valid pixels: NaN (GUNW) cannot be cast
+    out[valid] = (np.clip((values.astype("float64") - low) / (high - low), 0, 1) * 255).astype(
+        np.uint8
+    )
+    return out
 
 
 def _to_rgb(stack: np.ndarray, nodata: float | None) -> np.ndarray:

@@ -103,3 +103,12 @@ def test_m3leo_train_on_gunw_as_target_and_as_input(
     assert strict(out / "test_metrics.json")["tiles"] >= 1
     for dataset in (target, inputs):  # statistics computed by m3leo-train, strict JSON too
         strict(fetched / "data" / "demo" / dataset / "stats-train.json")
+
+
+def test_quicklook_of_gunw_chips_prints_no_warning(fetched: Path) -> None:
+    done = run_cli(
+        ["quicklook", "data/demo/gunw-2020", "--out", "gunw.png"],
+        cwd=fetched, env=cli_env(PYTHONWARNINGS="error::RuntimeWarning"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and (fetched / "gunw.png").stat().st_size > 0
