@@ -332,3 +332,19 @@ def test_script_from_stdin_is_a_config_error(tmp_path: Path) -> None:
     assert done.returncode != 0
     last = done.stderr.splitlines()[-1]
     assert last.startswith("m3leo_tiles.errors.ConfigError") and "<stdin>" in last
+
+
+def test_a_run_stopped_by_a_configuration_error_writes_the_reason_to_fetch_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = get_source("fake-synthetic")
+
+    def refused(self, tiles):  # e.g. a search service refusing the query, after the log opened
+        raise ConfigError("the search service refused the query: bad polygon")
+
+    monkeypatch.setattr(adapter, "plan", refused)
+    with pytest.raises(ConfigError, match="bad polygon"):
+        fetch_tiles(recipe(), TILES[:2], aoi="testaoi", out=tmp_path / "out", progress=False)
+    log = (tmp_path / "out" / "testaoi" / "fake" / "fetch.log").read_text()
+    assert "ERROR stopped: the search service refused the query: bad polygon" in log
+    assert log.index("stopped:") < log.index("summary: ")

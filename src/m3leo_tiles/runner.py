@@ -43,7 +43,7 @@ from m3leo_tiles.cluster import (
     request_budget,
 )
 from m3leo_tiles.enums import Split, TileStatus
-from m3leo_tiles.errors import ConfigError, DiskFullError, SystematicFailure
+from m3leo_tiles.errors import ConfigError, DiskFullError, M3leoError, SystematicFailure
 from m3leo_tiles.locking import DatasetLock
 from m3leo_tiles.manifest import (
     MANIFEST_NAME,
@@ -298,8 +298,9 @@ def fetch_tiles(
             )
             log.warning(message, extra={"per_tile": True})  # fetch.log; the CLI says it once
             raise type(error)(message) from None
-        except SystematicFailure as error:
-            log.error("%s", error, extra={"per_tile": True})
+        except M3leoError as error:  # a configuration error, early stop, full disk: the
+            # reason goes to fetch.log too (the CLI prints it once), not only "0 ok"
+            log.error("stopped: %s", error, extra={"per_tile": True})
             raise
         finally:
             writer.close()

@@ -318,6 +318,39 @@ def test_an_unreachable_endpoint_is_a_config_error(emulator, monkeypatch) -> Non
         EarthEngineSource(load_recipe("srtm"), FetchOptions()).check()
 
 
+def test_an_unreachable_default_endpoint_does_not_blame_an_ee_url_never_given(
+    emulator, monkeypatch
+) -> None:
+    import ee
+    import requests
+
+    def no_network(**_: object) -> None:  # what the client raises offline; nothing is sent
+        raise requests.ConnectionError(
+            "HTTPSConnectionPool(host='earthengine.googleapis.com', port=443): Max retries"
+        )
+
+    monkeypatch.delenv("M3LEO_EE_URL")
+    monkeypatch.setattr(ee, "Initialize", no_network)
+    with pytest.raises(ConfigError) as raised:
+        EarthEngineSource(load_recipe("srtm"), FetchOptions()).check()
+    text = str(raised.value)
+    assert text.startswith("cannot reach Earth Engine at earthengine.googleapis.com")
+    assert text.endswith("check your network, or set --ee-url/M3LEO_EE_URL for a mirror")
+    assert "check --ee-url" not in text
+
+
+def test_a_service_failing_every_request_is_not_called_a_timeout(emulator, monkeypatch) -> None:
+    import m3leo_tiles.sources.earthengine as module
+
+    emulator.errors = [(500, "INTERNAL", "Internal error encountered.")] * 20
+    monkeypatch.setattr(module, "INIT_TIMEOUT_S", 3.0)  # the first retries wait 2-3 s
+    with pytest.raises(ConfigError) as raised:
+        EarthEngineSource(load_recipe("srtm"), FetchOptions()).check()
+    text = str(raised.value)
+    assert f"at {emulator.url} answered HTTP 500 to every request for 3 s" in text
+    assert "did not answer" not in text and "--ee-url" not in text
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -71,6 +71,7 @@ from m3leo_tiles.sources.base import (
 T = TypeVar("T")
 
 URL_ENV = "M3LEO_EE_URL"
+DEFAULT_HOST = "earthengine.googleapis.com"  # the client's endpoint when no --ee-url is given
 API_KEY_ENV = "M3LEO_EE_API_KEY"
 PROJECT_ENV = "EE_PROJECT"
 CONCURRENCY_ENV = "M3LEO_EE_CONCURRENCY"
@@ -127,6 +128,29 @@ def _bounded(call: Callable[[], None], timeout_s: float) -> BaseException | type
     thread.start()
     thread.join(timeout_s)
     return outcome.get("error", TimeoutError)
+
+
+def _check(url_given: bool) -> str:
+    """What to check when Earth Engine cannot be reached: the endpoint the user gave, or (on
+    the default one) the network, with the way to name a mirror."""
+    if url_given:
+        return f"check --ee-url ({URL_ENV})"
+    return f"check your network, or set --ee-url/{URL_ENV} for a mirror"
+
+
+def _no_answer(where: str, url_given: bool, last: BaseException | None) -> ConfigError:
+    """No successful answer within the preflight's time: said as what happened, a service
+    failing every request (HTTP 500...) or one that never answered."""
+    status = http_status(last) if last is not None else None
+    if status is None:  # nothing, or only timeouts and dropped connections
+        return ConfigError(
+            f"Earth Engine at {where} did not answer within {INIT_TIMEOUT_S:.0f} s; "
+            f"{_check(url_given)}"
+        )
+    return ConfigError(
+        f"Earth Engine at {where} answered HTTP {status} to every request for "
+        f"{INIT_TIMEOUT_S:.0f} s (retried): the service is failing; try again later"
+    )
 
 
 def http_status(error: BaseException) -> int | None:
@@ -339,7 +363,12 @@ class EarthEngineSource(SourceAdapter):
                     f"{PROJECT_ENV} (a project registered for Earth Engine)"
                 )
             ee.data.setMaxRetries(0)  # our retry policy decides, with waits the client lacks
-            where = url or "earthengine.googleapis.com"
+            where = url or DEFAULT_HOST
+            retried: list[BaseException] = []  # what the service answered while retried
+
+            def transient(error: BaseException) -> bool:
+                retried.append(error)
+                return self.is_transient(error)
 
             def connect() -> None:
                 ee.Initialize(
@@ -349,16 +378,13 @@ class EarthEngineSource(SourceAdapter):
                 # project's registration is checked only by computations: one tiny one,
                 # retried like any request when the quota is busy.
                 self.retry_policy.run(lambda: ee.data.computeValue(ee.Number(1)),
-                                      is_transient=self.is_transient)  # fmt: skip
+                                      is_transient=transient)  # fmt: skip
 
             error = _bounded(connect, INIT_TIMEOUT_S)
             if error is TimeoutError:
-                raise ConfigError(
-                    f"Earth Engine at {where} did not answer within {INIT_TIMEOUT_S:.0f} s; "
-                    "check the network or --ee-url"
-                )
+                raise _no_answer(where, self._url_given(), retried[-1] if retried else None)
             if error is not None:
-                raise self._init_error(ee, error, where) from None
+                raise self._init_error(ee, error, where, self._url_given()) from None
             ee.data.setDeadline(int(DEADLINE_S * 1000))
             self._widen_connection_pool()
             _INITIALISED["done"] = identity
@@ -380,8 +406,12 @@ class EarthEngineSource(SourceAdapter):
             session.mount("https://", adapter)
             session.mount("http://", adapter)
 
+    def _url_given(self) -> bool:
+        """Whether the user chose the endpoint (--ee-url or its variable), not our default."""
+        return bool(self.option("ee-url"))
+
     @staticmethod
-    def _init_error(ee: Any, error: BaseException, where: str) -> Exception:
+    def _init_error(ee: Any, error: BaseException, where: str, url_given: bool) -> Exception:
         status = http_status(error)
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if status in (401, 403) or (
@@ -395,7 +425,7 @@ class EarthEngineSource(SourceAdapter):
             return CredentialsError(f"Earth Engine refused the credentials ({text}): {AUTH_HINT}")
         if isinstance(error, ee.EEException):
             return ConfigError(f"Earth Engine at {where} could not be initialised: {text}")
-        return ConfigError(f"cannot reach Earth Engine at {where} ({text}); check --ee-url")
+        return ConfigError(f"cannot reach Earth Engine at {where} ({text}); {_check(url_given)}")
 
     # --- planning (driver) ---------------------------------------------------------------
 
