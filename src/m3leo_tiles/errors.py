@@ -50,7 +50,16 @@ class SystematicFailure(M3leoError):
     (a wrong year, a recipe that does not fit its files, no network). Fatal, exit 2."""
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (library errors can run to pages), or its type."""
+def first_line(error: BaseException, about: str | None = None) -> str:
+    """The first line of an error's message (library errors can run to pages), or its type.
+
+    ``about`` is the path the caller's own message already names: GDAL starts its messages
+    with it (``PATH: No such file or directory``, ``'PATH' not recognized as ...``), and it is
+    dropped so that the message does not name the file twice."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    text = lines[0] if lines else type(error).__name__
+    if about:
+        for prefix in (f"{about}: ", f"'{about}' ", f"{about} "):
+            if text.startswith(prefix) and len(text) > len(prefix):
+                return text[len(prefix) :]
+    return text

@@ -49,7 +49,7 @@ import numpy as np
 from rasterio.enums import Resampling
 
 from m3leo_tiles import strict_json
-from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
+from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError, first_line
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
 from m3leo_tiles.sources._gunw_catalog import GunwProduct
@@ -330,7 +330,7 @@ class GunwSource(SourceAdapter):
             )
             results.raise_if_incomplete()
         except (asf_search.exceptions.ASFError, requests.RequestException, ValueError) as error:
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            first = first_line(error) if str(error).strip() else ""  # whole: never cut short
             raise ConfigError(
                 f"the ASF search at {self.hosts.cmr} failed ({type(error).__name__}"
                 f"{': ' + first if first else ''}); try again, or give --search-results FILE"

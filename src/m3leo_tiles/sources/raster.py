@@ -834,7 +834,7 @@ class RasterSource(SourceAdapter):
             try:  # named by its URL in the chip's inputs; the VRT reads the dataset's file
                 return path.removeprefix("/vsicurl/"), open_dataset(local, keep)
             except RasterioIOError as error:
-                raise SourceError(f"cannot open {local}: {first_line(error)}") from None
+                raise SourceError(f"cannot open {local}: {first_line(error, str(local))}") from None
         try:
             return path, open_dataset(path, keep)
         except RasterioIOError as error:
@@ -842,7 +842,7 @@ class RasterSource(SourceAdapter):
                 return None
             if is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
                 raise TransientSourceError(_network_reason(path, error)) from None
-            raise SourceError(f"cannot open input {path}: {first_line(error)}") from None
+            raise SourceError(f"cannot open input {path}: {first_line(error, path)}") from None
 
     def render_many(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
@@ -931,7 +931,7 @@ def _file_info(path: str) -> _FileInfo:
             return _FileInfo(dataset.count, dataset.dtypes[0], dataset.nodata,
                              tuple(dataset.descriptions))  # fmt: skip
     except RasterioIOError as error:
-        raise ConfigError(f"cannot open source {path}: {first_line(error)}") from None
+        raise ConfigError(f"cannot open source {path}: {first_line(error, path)}") from None
 
 
 def _fits(nodata: float | None, dtype: str) -> bool:
