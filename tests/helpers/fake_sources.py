@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from m3leo_tiles.errors import SourceError, TransientSourceError
-from m3leo_tiles.sources.base import Chip, SourceAdapter, TileInputs, register
+from m3leo_tiles.sources.base import Chip, SourceAdapter, SourceOption, TileInputs, register
 
 
 @register
@@ -101,6 +101,8 @@ class FakeHttp(SourceAdapter):
 
     name = "fake-http"
     description = "test only: one HTTP request per chip"
+    # a run-time option it declares (and ignores): options must never change a recipe's hash
+    cli_options = (SourceOption("anything", "test only: a declared run-time option"),)
 
     def concurrency(self) -> int | None:
         budget = self.recipe.params.get("budget")
