@@ -84,6 +84,30 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _lock_of(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+def drop_cached(target: Path, seen: os.stat_result, lock_timeout_s: float = 3600.0) -> bool:
+    """Remove a cached file found damaged (it cannot be read), so that the next
+    ``cached_download`` fetches it again; True when it was removed.
+
+    Done under the file's lock, and only if the file is still the one found damaged (``seen``:
+    its ``stat`` then): another worker may already have replaced it with a good copy, which
+    must stay. Readers that still have the old file open keep reading it (POSIX unlink).
+    """
+    with file_lock(_lock_of(target), lock_timeout_s):
+        try:
+            now = target.stat()
+        except FileNotFoundError:
+            return False
+        if (now.st_ino, now.st_mtime_ns, now.st_size) != (seen.st_ino, seen.st_mtime_ns,
+                                                          seen.st_size):  # fmt: skip
+            return False
+        target.unlink()
+        return True
+
+
 def _check(path: Path, expected_size: int | None, sha256: str | None,
            validate: Callable[[Path], None] | None) -> str | None:  # fmt: skip
     """Why ``path`` is not the whole file we want, or None when it is."""
@@ -168,8 +192,7 @@ def cached_download(
         import requests
 
         session = requests.Session()
-    lock = target.with_name(f".{target.name}.lock")
-    with file_lock(lock, lock_timeout_s):
+    with file_lock(_lock_of(target), lock_timeout_s):
         if target.exists():  # another worker may have finished it while we waited
             if _check(target, expected_size, sha256, validate) is None:
                 return target

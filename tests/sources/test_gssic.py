@@ -24,6 +24,7 @@ from rasterio.merge import merge
 from rasterio.warp import Resampling, reproject
 
 from helpers.gssic_tiles import cell_name, tile_key, write_mirror
+from m3leo_tiles.errors import SourceError
 from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
 from m3leo_tiles.recipes import load_recipe, parse_recipe
 from m3leo_tiles.sources.base import FetchOptions, get_source
@@ -438,3 +439,53 @@ def test_one_multiband_warp_where_clean_equals_per_band_warps(
         chip = source.render(tile, plan[tile.identifier])
         np.testing.assert_array_equal(chip.data, expected_chip(mirror, tile), tile.identifier)
     assert 0 < sum(verdicts) < len(verdicts)  # both ways were taken
+
+
+# --- a damaged download cache heals (issue 17, item 4) ------------------------------------
+
+
+def _render_batch(source, tile: Tile):
+    from m3leo_tiles.sources.base import RenderContext
+
+    inputs = source.plan([tile])[tile.identifier]
+    [(_, outcome)] = list(source.render_many([(tile, inputs)], RenderContext()))
+    return outcome
+
+
+def test_a_cached_cell_cut_short_is_downloaded_again_once(tmp_path: Path, mirror: Path) -> None:
+    from helpers.loopback import serve_files_in_process
+    from m3leo_tiles.sources._gdal import forget_datasets_using
+
+    key = "/" + tile_key("N34W118", "winter", "vv", "COH12")
+    cache = tmp_path / "cache"
+    with serve_files_in_process(mirror) as server:
+        options = {"sources": (server.url,), "cache_dir": str(cache)}
+        first = _render_batch(source_for(small_recipe(tmp_path), **options), INSIDE)
+        [cached] = cache.rglob(Path(key).name)
+        os.truncate(cached, cached.stat().st_size // 2)  # cut after the download
+        forget_datasets_using(str(cache))  # a rerun is a new process: nothing left open
+        again = _render_batch(source_for(small_recipe(tmp_path), **options), INSIDE)
+        tries = [p for p in server.paths() if p == key]
+    assert len(tries) == 2  # the first download, then one more for the damaged copy
+    expected = expected_chip(mirror, INSIDE)
+    np.testing.assert_array_equal(first.data, expected)
+    np.testing.assert_array_equal(again.data, expected)
+    assert cached.read_bytes() == (mirror / key.lstrip("/")).read_bytes()
+
+
+def test_a_cell_served_damaged_fails_its_tile_naming_the_file(tmp_path: Path) -> None:
+    from helpers.loopback import serve_files_in_process
+
+    root = tmp_path / "bad-mirror"
+    write_mirror(root, sorted(cells_of(INSIDE)), ["winter"], ["vv"], METRICS)
+    key = tile_key("N34W118", "winter", "vv", "COH12")
+    bad = root / key
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the server's copy is cut
+    with serve_files_in_process(root) as server:
+        source = source_for(small_recipe(tmp_path), sources=(server.url,),
+                            cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        outcome = _render_batch(source, INSIDE)
+        tries = [p for p in server.paths() if p == "/" + key]
+    assert isinstance(outcome, SourceError), outcome
+    assert f"cannot read cached {Path(key).name}" in str(outcome)
+    assert len(tries) == 2  # downloaded, found damaged, downloaded once more: no loop

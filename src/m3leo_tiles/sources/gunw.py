@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from rasterio.enums import Resampling
 
-from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
+from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError, first_line
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
 from m3leo_tiles.sources._gunw_catalog import GunwProduct
@@ -73,6 +74,8 @@ DATASET = "ARIA S1 GUNW"  # asf_search.DATASET.ARIA_S1_GUNW
 SEARCH_FOLDER = "gunw-searches"
 CHUNK_BYTES = 256 << 20  # chips held at once while products are warped into them
 PRODUCT_SUFFIX = ".nc"
+
+log = logging.getLogger("m3leo_tiles.fetch")
 
 
 @dataclass(frozen=True)
@@ -425,7 +428,6 @@ class GunwSource(SourceAdapter):
         Products are visited in (pair, name) order, so where adjacent frames of one pair
         overlap, each band is painted in the same order as a per-tile loop would paint it.
         """
-        layers = self.layers
         resampling = Resampling[self.recipe.resampling.value]
         layouts: dict[str, _Layout] = {}
         errors: dict[str, Exception] = {}
@@ -443,23 +445,10 @@ class GunwSource(SourceAdapter):
             waiting = [t for t in users[name] if t.identifier not in errors]
             if not waiting:
                 continue
-            try:
-                product = _gunw_read.Product(paths[name], layers)
-            except SourceError as error:
-                for tile in waiting:
-                    errors[tile.identifier] = error
-                continue
-            try:  # opened for this pass only: its cached blocks go when it closes
-                for tile in waiting:
-                    layout = layouts[tile.identifier]
-                    first = layout.first_band[self.catalog[name].pair]
-                    try:
-                        for k, layer in enumerate(layers):
-                            product.warp(layer, layout.grid, layout.data[first + k], resampling)
-                    except SourceError as error:
-                        errors[tile.identifier] = error
-            finally:
-                product.close()
+            failed = self._paint(name, paths[name], waiting, layouts, resampling)
+            if failed and name not in self.local:
+                failed = self._heal(name, waiting, layouts, resampling, failed)
+            errors.update(failed)
         outcomes: list[tuple[GridTile, Chip | Exception]] = []
         for tile, inputs in items:
             error = errors.get(tile.identifier)
@@ -479,6 +468,70 @@ class GunwSource(SourceAdapter):
             )
             outcomes.append((tile, chip))
         return outcomes
+
+    def _paint(self, name: str, path: str, tiles: Sequence[GridTile],
+               layouts: Mapping[str, _Layout], resampling: Resampling
+               ) -> dict[str, Exception]:  # fmt: skip
+        """Warp product ``name`` into the chips of ``tiles``; the errors of those it failed."""
+        layers = self.layers
+        try:
+            product = _gunw_read.Product(path, layers)
+        except SourceError as error:
+            return {tile.identifier: error for tile in tiles}
+        errors: dict[str, Exception] = {}
+        try:  # opened for this pass only: its cached blocks go when it closes
+            for tile in tiles:
+                layout = layouts[tile.identifier]
+                first = layout.first_band[self.catalog[name].pair]
+                try:
+                    for k, layer in enumerate(layers):
+                        product.warp(layer, layout.grid, layout.data[first + k], resampling)
+                except SourceError as error:
+                    errors[tile.identifier] = error
+        finally:
+            product.close()
+        return errors
+
+    def _heal(self, name: str, tiles: Sequence[GridTile], layouts: Mapping[str, _Layout],
+              resampling: Resampling, failed: dict[str, Exception]
+              ) -> dict[str, Exception]:  # fmt: skip
+        """A cached product that could not be read: if it is damaged (size or MD5 against the
+        search), drop it, download it once more and paint its tiles again (painting a product
+        twice gives the same pixels); a second failure names the file."""
+        from m3leo_tiles.download import drop_cached
+
+        path = self.cache_dir() / name
+        try:
+            seen = path.stat()
+        except FileNotFoundError:
+            return failed
+        problem = self._damage(self._product(name), path)
+        if problem is None:
+            return failed
+        log.warning("cached %s is damaged (%s): downloading it again", name, problem)
+        drop_cached(path, seen)
+        try:
+            fresh = self._product_path(name, None)
+        except Exception as error:
+            return {tile.identifier: error for tile in tiles}
+        again = self._paint(name, fresh, tiles, layouts, resampling)
+        return {
+            ident: SourceError(f"cannot read cached {name} (downloaded again): {first_line(error)}")
+            for ident, error in again.items()
+        }
+
+    @staticmethod
+    def _damage(product: GunwProduct, path: Path) -> str | None:
+        """Why a cached product is not the file the search describes, or None."""
+        size = path.stat().st_size
+        if product.size is not None and size != product.size:
+            return f"{size} bytes, the search says {product.size}"
+        if product.md5:
+            try:
+                _gunw_catalog.check_md5(path, expected=product.md5)
+            except ValueError as error:
+                return str(error)
+        return None
 
     def _layout(self, tile: GridTile, inputs: tuple[str, ...]) -> _Layout:
         """The tile's bands: four per pair in date order, their names and metadata."""
