@@ -194,17 +194,42 @@ def _make_dataset_dir(out: Path, aoi: str, dataset: str) -> Path:
         if problem is not None:
             raise ConfigError(f"{what} {value!r} {problem}; it names a folder ({ALLOWED})")
     dataset_dir = out / aoi / dataset
+    problem = writable_problem(dataset_dir)
+    if problem is not None:
+        raise ConfigError(
+            f"cannot write to output folder {dataset_dir} ({problem}); choose another with --out"
+        )
+    return dataset_dir
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why files cannot be made in ``folder`` (made if missing), or None: a probe file."""
     try:
-        dataset_dir.mkdir(parents=True, exist_ok=True)
-        probe = dataset_dir / f".write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise ConfigError(
-            f"cannot write to output folder {dataset_dir} ({error.strerror or error}); "
-            "choose another with --out"
-        ) from None
-    return dataset_dir
+        return str(error.strerror or error)
+    return None
+
+
+def _check_cache(adapter: SourceAdapter, plan: Plan, cache: Path) -> None:
+    """Refuse, before any work, a download cache that cannot be written when the plan needs a
+    file that is not in it yet; a read-only cache holding every needed file is fine."""
+    if not plan.to_render or not adapter.downloads():
+        return
+    problem = writable_problem(cache)
+    if problem is None:
+        return
+    if adapter.all_downloaded(inputs for group in plan.groups for _, inputs in group):
+        log.info("download cache %s is read-only (%s); every file needed is in it", cache,
+                 problem)  # fmt: skip
+        return
+    raise ConfigError(
+        f"cannot write to the download cache {cache} ({problem}) and files must be downloaded "
+        "into it; choose another with --cache"
+    )
 
 
 def fetch_tiles(
@@ -264,6 +289,7 @@ def fetch_tiles(
         skipped = 0
         try:
             plan = make_plan(adapter, tiles, dataset_dir, previous, overwrite=request.overwrite)
+            _check_cache(adapter, plan, Path(options.cache_dir or "."))
             skipped = plan.skipped + len(plan.adopted)
             writer.write(plan.refreshed + plan.adopted + plan.no_source)
             _report_redone(plan)

@@ -23,7 +23,9 @@ from affine import Affine
 from rasterio.merge import merge
 from rasterio.warp import Resampling, reproject
 
-from helpers.gssic_tiles import cell_name, tile_key, write_mirror
+from helpers.gssic_tiles import SMALL_BANDS as BANDS
+from helpers.gssic_tiles import SMALL_METRICS as METRICS
+from helpers.gssic_tiles import cell_name, small_recipe, tile_key, write_mirror
 from m3leo_tiles.errors import SourceError
 from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
 from m3leo_tiles.recipes import load_recipe, parse_recipe
@@ -31,25 +33,12 @@ from m3leo_tiles.sources.base import FetchOptions, get_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPE = REPO_ROOT / "recipes" / "gssic.yaml"
-METRICS = ("COH12", "AMP")
-BANDS = ("winter_vv_coh12", "winter_vv_amp")
 
 INSIDE = Tile.from_point(-117.5, 33.5)  # inside cell N34W118
 CORNER = Tile.from_point(-118.0, 34.0)  # across 118°W and 34°N: four cells
 SEAM = Tile.from_point(-120.0, 33.5, zone=10)  # zone 10 tile reaching over the 120°W seam
 SOUTH = Tile.from_point(-60.0, -10.5)  # southern hemisphere, across 60°W
 CASES = {"inside": INSIDE, "corner": CORNER, "utm-seam": SEAM, "south": SOUTH}
-
-
-def small_recipe(tmp_path: Path, **params):
-    """The shipped gssic recipe with its axes cut to winter × vv × (COH12, AMP)."""
-    data = yaml.safe_load(RECIPE.read_text())
-    grid = data["params"]["layer_grids"][0]
-    grid["axes"] = {"season": ["winter"], "pol": ["vv"], "metric": list(METRICS)}
-    data["params"].update(params)
-    data["bands"] = list(BANDS)
-    data["name"] = "gssic-small"
-    return parse_recipe(data, "test", tmp_path / "gssic-small.yaml")
 
 
 def source_for(recipe, **options):

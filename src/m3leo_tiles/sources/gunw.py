@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +279,13 @@ class GunwSource(SourceAdapter):
             )
         _earthdata.login(_earthdata.new_session(hosts), credentials)
 
+    def downloads(self) -> bool:
+        return True
+
+    def all_downloaded(self, planned: Iterable[tuple[str, ...]]) -> bool:
+        names = {name for inputs in planned for name in inputs}
+        return all(name in self.local or self._cached(self._product(name)) for name in names)
+
     def _cached(self, product: GunwProduct) -> bool:
         path = self.cache_dir() / product.file_name
         try:
@@ -302,10 +309,7 @@ class GunwSource(SourceAdapter):
                 collection = json.loads(path.read_text(encoding="utf-8"))
             else:
                 collection = self._asf_search(cell)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-                temporary.write_text(json.dumps(collection), encoding="utf-8")
-                os.replace(temporary, path)
+                _save_search(path, collection)
             for feature in collection.get("features", []):
                 key = str((feature.get("properties") or {}).get("fileID"))
                 features.setdefault(key, feature)
@@ -588,6 +592,20 @@ class GunwSource(SourceAdapter):
             return str(download())
         with context.slot():
             return str(download())
+
+
+def _save_search(path: Path, collection: Mapping[str, Any]) -> None:
+    """Keep one cell's search answer in the cache (atomically) for the next runs."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(collection), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to the download cache {path.parent} ({error.strerror or error}); "
+            "choose another with --cache"
+        ) from None
 
 
 def _band_prefixes(pairs: Sequence[tuple[dt.date, dt.date, str, int]]) -> dict[tuple, str]:

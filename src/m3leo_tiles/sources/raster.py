@@ -73,7 +73,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -930,6 +930,14 @@ class RasterSource(SourceAdapter):
 
     def _downloads(self) -> bool:
         return self.recipe.params.get("remote") == "download" and bool(self.options.cache_dir)
+
+    def downloads(self) -> bool:
+        return self._downloads() and bool(self.concurrency())
+
+    def all_downloaded(self, planned: Iterable[tuple[str, ...]]) -> bool:
+        remote = {path for inputs in planned for item in inputs
+                  if is_remote(path := self._split(item)[1])}  # fmt: skip
+        return all(self._cache_path(path).is_file() for path in remote)
 
     def _download(self, path: str, templated: bool) -> str | None:
         """A remote file copied whole into ``<cache>/<host>/<path>`` (atomic, locked per file,
