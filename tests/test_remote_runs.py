@@ -81,3 +81,82 @@ def test_a_read_only_cache_holding_every_file_still_works(cluster, tmp_path, mir
     assert again.ok == len(TILES) and again.exit_code == 0
     rows = read_manifest(tmp_path / "out" / "t" / "gssic-small" / MANIFEST_NAME)
     assert {row.status for row in rows.values()} == {TileStatus.OK}
+
+
+# --- item 5: wrong inputs are not a finished, empty dataset ----------------------------------
+
+
+def test_an_empty_mirror_folder_is_refused_naming_the_layout(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError) as refused:
+        fetch_tiles(small_recipe(tmp_path), TILES, aoi="t", out=tmp_path / "out",
+                    sources=(str(empty),), progress=False)  # fmt: skip
+    message = str(refused.value)
+    assert f"not one file of the product is in {empty}" in message
+    assert f"{empty}/data/tiles/{{NS}}{{lat:02d}}{{EW}}{{lon:03d}}/" in message
+    assert not (tmp_path / "out" / "t" / "gssic-small" / MANIFEST_NAME).exists()
+
+
+def _gunw_run(tmp_path: Path, specs, year: int = 2020, **extra):
+    """A gunw run from a saved search of ``specs`` (no product needs reading: none is kept)."""
+    from helpers.gunw_world import write_saved_search
+    from m3leo_tiles.recipes import load_recipe
+
+    paths = []
+    for spec in specs:
+        path = tmp_path / "products" / spec.file_name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"never read")
+        paths.append(path)
+    search = write_saved_search(specs, paths, tmp_path / "search.geojson")
+    return fetch_tiles(load_recipe("gunw"), TILES, aoi="t", out=tmp_path / "out", year=year,
+                       options={"search-results": str(search)}, progress=False,
+                       cache=tmp_path / "cache", **extra)  # fmt: skip
+
+
+def _said(report, *needles: str) -> None:
+    """The run is not a normal success, and the terminal's line and fetch.log say why."""
+    assert report.exit_code == 1 and report.ok == 0
+    assert report.nothing.startswith("nothing fetched: not one of the 2 tiles has data")
+    logged = (report.dataset_dir / "fetch.log").read_text()
+    assert report.nothing in logged
+    for needle in needles:
+        assert needle in report.nothing, report.nothing
+
+
+def test_a_saved_search_without_products_says_nothing_was_fetched(tmp_path: Path) -> None:
+    _said(_gunw_run(tmp_path, []), "the search found 0 GUNW products for 2020")
+
+
+def test_a_year_without_products_says_what_the_search_found(tmp_path: Path) -> None:
+    from helpers.gunw_world import demo_specs
+
+    specs = demo_specs()
+    _said(_gunw_run(tmp_path, specs, year=2019),
+          f"the search found {len(specs)} GUNW products for 2019",
+          f"excluded {len(specs)} for reference date not in 2019")  # fmt: skip
+
+
+def test_a_search_whose_only_product_is_excluded_by_the_baseline_says_so(tmp_path) -> None:
+    import datetime as dt
+
+    from helpers.gunw_world import _spec
+
+    long_pair = _spec(dt.date(2020, 12, 30), dt.date(2019, 12, 30))  # 366 days
+    _said(_gunw_run(tmp_path, [long_pair]), "the search found 1 GUNW product for 2020",
+          "excluded 1 for temporal baseline of 72 days or more", "0 kept")  # fmt: skip
+
+
+@pytest.mark.parametrize("year", [1999, 2013, 3000])
+def test_years_gunw_cannot_have_are_refused_up_front(tmp_path: Path, year: int) -> None:
+    with pytest.raises(ConfigError, match=rf"--year {year}: GUNW products exist from 2014"):
+        _gunw_run(tmp_path, [], year=year)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gunw_product_folder_without_products_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=rf"--source {empty}: the folder holds no GUNW product"):
+        _gunw_run(tmp_path, [], sources=(str(empty),))

@@ -113,12 +113,13 @@ class FetchReport:
     skipped: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    nothing: str = ""  # why the run made no chip at all: not a normal success (exit 1)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.nothing else 0
 
     @property
     def processed(self) -> int:
@@ -287,6 +288,7 @@ def fetch_tiles(
         writer = ManifestWriter(manifest_path)
         interrupted = False
         skipped = 0
+        nothing = ""
         try:
             plan = make_plan(adapter, tiles, dataset_dir, previous, overwrite=request.overwrite)
             _check_cache(adapter, plan, Path(options.cache_dir or "."))
@@ -301,6 +303,8 @@ def fetch_tiles(
                 len(plan.no_source),
                 plan.to_render,
             )
+            if adapter.plan_summary():
+                log.info("plan: %s", adapter.plan_summary())
             if plan.to_render:  # a rerun with nothing left to do starts no cluster
                 with quiet_dask_logs(), dask_client(request.workers, request.scheduler) as client:
                     try:
@@ -309,6 +313,7 @@ def fetch_tiles(
                     except KeyboardInterrupt:
                         interrupted = True
                         raise
+            nothing = _nothing_found(adapter, tiles, previous, plan, counts)
         except KeyboardInterrupt as error:
             done = sum(counts.values())
             what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
@@ -335,9 +340,32 @@ def fetch_tiles(
                 skipped=skipped,
                 seconds=time.perf_counter() - started,
                 interrupted=interrupted,
+                nothing=nothing,
             )
             log.info("summary: %s", report.summary())
     return report
+
+
+def _nothing_found(adapter: SourceAdapter, tiles: Sequence[GridTile],
+                   previous: Mapping[str, ManifestRow], plan: Plan,
+                   counts: Counter[TileStatus]) -> str:  # fmt: skip
+    """Why a run left its dataset without one chip (every tile empty or without a source), or
+    "" when it did not: wrong inputs (an empty mirror, a year without products) must not look
+    like a finished dataset. Said on the terminal and in fetch.log, with the plan's counts."""
+    if not tiles or counts[TileStatus.OK] or counts[TileStatus.FAILED] or plan.adopted:
+        return ""
+    recipe_hash = adapter.recipe.recipe_hash
+    for tile in tiles:
+        row = previous.get(tile.identifier)
+        if row is not None and row.status is TileStatus.OK and row.recipe_hash == recipe_hash:
+            return ""
+    found = adapter.plan_summary()
+    message = (
+        f"nothing fetched: not one of the {len(tiles)} tiles has data (all empty or without "
+        f"a source){'; ' + found if found else ''}; check --source, --year and the recipe"
+    )
+    log.warning("%s", message, extra={"per_tile": True})  # fetch.log; the CLI says it once
+    return message
 
 
 class Terminated(KeyboardInterrupt):

@@ -203,6 +203,11 @@ class SourceAdapter(ABC):
         is CPU-bound and each worker renders one tile at a time (no budget, no threads)."""
         return None
 
+    def plan_summary(self) -> str:
+        """What planning found, in words, after ``plan`` (a search's counts): fetch.log says
+        it, and a run that finds nothing at all says why. Empty when there is nothing to add."""
+        return ""
+
     def downloads(self) -> bool:
         """Whether this source copies files into the run's ``--cache`` (checked writable
         before any work, unless every file the plan needs is there already)."""

@@ -40,6 +40,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ DATASET = "ARIA S1 GUNW"  # asf_search.DATASET.ARIA_S1_GUNW
 SEARCH_FOLDER = "gunw-searches"
 CHUNK_BYTES = 256 << 20  # chips held at once while products are warped into them
 PRODUCT_SUFFIX = ".nc"
+FIRST_YEAR = 2014  # Sentinel-1A's first data (April 2014): no GUNW product is older
 
 log = logging.getLogger("m3leo_tiles.fetch")
 
@@ -170,6 +172,7 @@ class GunwSource(SourceAdapter):
         super().__init__(recipe, options)
         self.catalog: dict[str, GunwProduct] = {}  # file name -> product, filled by plan()
         self.local: dict[str, str] = {}  # file name -> path of a product found on disk
+        self.found = ""  # what the search found and each rule excluded, filled by plan()
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -224,6 +227,12 @@ class GunwSource(SourceAdapter):
         recipe = self.recipe
         if self.year is None:
             raise ConfigError(f"recipe {recipe.name!r} makes one dataset per year; give --year")
+        this_year = dt.datetime.now(dt.UTC).year
+        if not FIRST_YEAR <= self.year <= this_year:
+            raise ConfigError(
+                f"--year {self.year}: GUNW products exist from {FIRST_YEAR} (Sentinel-1A's first "
+                f"data) to {this_year}; choose a year between them"
+            )
         if recipe.dtype not in ("float32", "float64") or recipe.scale != 1.0:
             raise ConfigError(f"recipe {recipe.name!r}: gunw chips are float32/float64, scale 1")
         if recipe.nodata is not None and not np.isnan(recipe.nodata):
@@ -242,9 +251,16 @@ class GunwSource(SourceAdapter):
         for item in self.options.sources:
             path = Path(item).expanduser()
             if path.is_dir():
-                for entry in sorted(path.iterdir()):
-                    if entry.name.endswith(PRODUCT_SUFFIX) and entry.is_file():
-                        found.setdefault(entry.name, str(entry.resolve()))
+                products = [e for e in sorted(path.iterdir())
+                            if e.name.endswith(PRODUCT_SUFFIX) and e.is_file()]  # fmt: skip
+                if not products:
+                    raise ConfigError(
+                        f"--source {item}: the folder holds no GUNW product (looked for "
+                        f"S1-GUNW-*{PRODUCT_SUFFIX} files in it); give the folder the products "
+                        "were downloaded to"
+                    )
+                for entry in products:
+                    found.setdefault(entry.name, str(entry.resolve()))
             elif path.is_file():
                 found.setdefault(path.name, str(path.resolve()))
             else:
@@ -255,9 +271,12 @@ class GunwSource(SourceAdapter):
 
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         products = self.search(tiles)
-        selected = _gunw_catalog.select_pairs(products, self.year, self.max_baseline_days)
+        excluded: Counter[str] = Counter()
+        selected = _gunw_catalog.select_pairs(products, self.year, self.max_baseline_days,
+                                              excluded)  # fmt: skip
         inputs = _gunw_catalog.assign(selected, tiles)
         used = {name for names in inputs.values() for name in names}
+        self.found = _found(len(products), excluded, len(selected), len(used), self.year)
         self.catalog = {p.file_name: p for p in selected if p.file_name in used}
         sources = self._index_sources()
         self.local = {name: sources[name] for name in self.catalog if name in sources}
@@ -267,6 +286,9 @@ class GunwSource(SourceAdapter):
         if missing:
             self._check_credentials(len(missing))
         return inputs
+
+    def plan_summary(self) -> str:
+        return self.found
 
     def _check_credentials(self, count: int) -> None:
         hosts = self.hosts
@@ -592,6 +614,16 @@ class GunwSource(SourceAdapter):
             return str(download())
         with context.slot():
             return str(download())
+
+
+def _found(count: int, excluded: Counter[str], selected: int, used: int, year: int | None
+           ) -> str:  # fmt: skip
+    """What the search gave, in words: a run that finds nothing says why (fetch.log)."""
+    rules = ", ".join(f"{n} for {why}" for why, n in excluded.most_common())
+    return (
+        f"the search found {count} GUNW product{'s' if count != 1 else ''} for {year}"
+        f"{'; excluded ' + rules if rules else ''}; {selected} kept, {used} over the tiles"
+    )
 
 
 def _save_search(path: Path, collection: Mapping[str, Any]) -> None:

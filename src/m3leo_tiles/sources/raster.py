@@ -449,6 +449,7 @@ class RasterSource(SourceAdapter):
                     f"the mirror folder {folder} does not exist; give --source a folder laid "
                     "out like the product (or its URL)"
                 )
+        self._check_some_cell(layers)
         samples = self._samples(layers)
         if self.recipe.from_source:
             self.recipe = self._with_defaults(layers, samples)
@@ -481,6 +482,23 @@ class RasterSource(SourceAdapter):
             raise ConfigError(
                 f"recipe {recipe.name!r} has the years {_year_list(years)}; "
                 f"--year {year} is not one of them"
+            )
+
+    def _check_some_cell(self, layers: list[Layer]) -> None:
+        """A local folder of a tiled product in which not one cell file exists is a wrong
+        ``--source`` (an empty folder, one level off), not a dataset of empty tiles: refused
+        now. One lazy glob per layer, stopped at the first file found."""
+        templates = [path for layer in layers for spec in layer.specs
+                     if TEMPLATE_FIELDS.search(path := _gdal_path(spec, self.recipe.folder))
+                     and not path.startswith(("/vsi", "zip://", "tar://"))]  # fmt: skip
+        for template in templates:
+            if next(glob.iglob(TEMPLATE_FIELDS.sub("*", glob.escape(template))), None):
+                return
+        if templates:
+            where = self.root() or os.path.dirname(templates[0].split("{")[0])
+            raise ConfigError(
+                f"not one file of the product is in {where} (looked for files laid out as "
+                f"{templates[0]}); give --source a folder laid out like the product"
             )
 
     def _samples(self, layers: list[Layer]) -> list[tuple[str | None, str, _FileInfo]]:
