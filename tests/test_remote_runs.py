@@ -5,10 +5,15 @@ and where the run writes is checked before any work."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
+import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
+from helpers.cli import cli_env, run_cli
 from helpers.gssic_tiles import cell_name, small_recipe, write_mirror
 from helpers.loopback import serve_files_in_process
 from m3leo_tiles import runner
@@ -160,3 +165,90 @@ def test_a_gunw_product_folder_without_products_is_refused(tmp_path: Path) -> No
     empty.mkdir()
     with pytest.raises(ConfigError, match=rf"--source {empty}: the folder holds no GUNW product"):
         _gunw_run(tmp_path, [], sources=(str(empty),))
+
+
+# --- item 6: network outages are quick and said ------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_host_is_said_at_once_and_stops_the_run(tmp_path: Path) -> None:
+    """A closed loopback port stands for a host that cannot be reached: the warning comes at
+    once, and after the (lowered) wait the run stops: exit 2, one error line, fetch.log."""
+    import geopandas as gpd
+
+    port = _closed_port()
+    grid = tmp_path / "tiles.geojson"
+    gpd.GeoDataFrame({"identifier": [t.identifier for t in TILES], "aoi": ["t"] * len(TILES),
+                      "split": ["train"] * len(TILES)},
+                     geometry=[t.lonlat_polygon() for t in TILES], crs="EPSG:4326",
+                     ).to_file(grid, driver="GeoJSON")  # fmt: skip
+    started = time.monotonic()
+    done = run_cli(["fetch", "gssic", "--grid", grid, "--source", f"http://127.0.0.1:{port}",
+                    "--out", "out", "--cache", "cache", "--workers", "1"], cwd=tmp_path,
+                   env=cli_env(M3LEO_UNREACHABLE_S="3"), timeout=120)  # fmt: skip
+    took = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: network: could not reach 127.0.0.1:{port}"), lines
+    warning = f"WARNING: network: cannot reach 127.0.0.1:{port} (ConnectionError)"
+    assert warning in done.stderr, lines
+    assert took < 45  # a cluster's start, then about the 3 s allowed, not minutes of retries
+    log = (tmp_path / "out" / "t" / "gssic" / "fetch.log").read_text()
+    assert f"WARNING network: cannot reach 127.0.0.1:{port}" in log
+    assert f"ERROR network: could not reach 127.0.0.1:{port}" in log
+
+
+class _Recorder:
+    """A tqdm that remembers every step of the bar."""
+
+    steps: ClassVar[list[int]] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.n = kwargs.get("initial", 0)
+
+    def update(self, n: int = 1) -> None:
+        self.steps.append(n)
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+
+def test_progress_of_a_remote_source_moves_per_tile(cluster, tmp_path, monkeypatch) -> None:
+    import tqdm
+
+    from helpers.loopback import serve_files
+    from m3leo_tiles.recipes import Recipe
+
+    monkeypatch.setattr(tqdm, "tqdm", _Recorder)
+    monkeypatch.setattr(_Recorder, "steps", [])
+    origin = Tile.from_point(12.5, 42.0)
+    tiles = [Tile(origin.zone, origin.row, origin.col + c) for c in range(6)]
+    with serve_files(tmp_path, latency_s=0.2) as server:
+        for tile in tiles:
+            (tmp_path / tile.identifier).write_bytes(b"x")
+        # budget 4 on 2 workers: batches of at least 2 x 4 tiles, so these 6 are ONE batch
+        params = {"url": server.url, "budget": 4}
+        recipe = Recipe(name="h", source="fake-http", resolution=448, bands=("v",),
+                        dtype="uint8", nodata=0, params=params)  # fmt: skip
+        report = fetch_tiles(recipe, tiles, aoi="t", out=tmp_path / "out",
+                             scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+    logged = (tmp_path / "out" / "t" / "h" / "fetch.log").read_text()
+    assert "in 1 batches" in logged
+    assert report.ok == len(tiles)
+    assert sum(_Recorder.steps) == len(tiles)
+    assert len([step for step in _Recorder.steps if step]) > 1  # not one jump at the end

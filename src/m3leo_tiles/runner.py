@@ -22,6 +22,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -43,7 +44,7 @@ from m3leo_tiles.cluster import (
     request_budget,
 )
 from m3leo_tiles.enums import Split, TileStatus
-from m3leo_tiles.errors import ConfigError, DiskFullError, SystematicFailure
+from m3leo_tiles.errors import RUN_STOPPERS, ConfigError, NetworkUnreachable, SystematicFailure
 from m3leo_tiles.locking import DatasetLock
 from m3leo_tiles.manifest import (
     MANIFEST_NAME,
@@ -151,7 +152,7 @@ def _rows_of(future: Future, batch: Batch, recipe_hash: str) -> list[ManifestRow
             return _failed_rows(batch, f"task lost: {reason_of(error)}", recipe_hash)
     if future.status == "error":
         error = future.exception()
-        if isinstance(error, DiskFullError):  # fatal: every further chip would fail alike
+        if isinstance(error, RUN_STOPPERS):  # fatal: every further chip would fail alike
             raise error
         return _failed_rows(batch, f"task failed: {reason_of(error)}", recipe_hash)
     return _failed_rows(batch, f"task {future.status}", recipe_hash)
@@ -323,8 +324,8 @@ def fetch_tiles(
             )
             log.warning(message, extra={"per_tile": True})  # fetch.log; the CLI says it once
             raise type(error)(message) from None
-        except SystematicFailure as error:
-            log.error("%s", error, extra={"per_tile": True})
+        except (SystematicFailure, NetworkUnreachable) as error:
+            log.error("%s", error, extra={"per_tile": True})  # fetch.log; the CLI says it once
             raise
         finally:
             writer.close()
@@ -462,6 +463,85 @@ def _budget(client: Client, adapter: SourceAdapter) -> Budget | None:
     return Budget(name=str(name), limit=int(limit), threads=int(limit))
 
 
+class _LiveTiles:
+    """What workers say while their batches run (``events``): warnings are logged at once
+    (terminal and fetch.log, each text once), and, for I/O-bound sources whose batches are
+    slow, each finished tile moves the progress bar and feeds the early stop, so that a run
+    of one batch neither sits at 0 % nor fails its every tile before stopping.
+
+    The handler runs on the client's event loop, the batches' rows arrive on the driver's
+    thread: the bar is moved under a lock, and a batch's late tile events are ignored.
+    """
+
+    def __init__(self, client: Client, bar: Any, watch: EarlyStop | None) -> None:
+        self.client = client
+        self.bar = bar
+        self.watch = watch
+        self.lock = threading.Lock()
+        self.ticked: Counter[int] = Counter()
+        self.done: set[int] = set()
+        self.said: set[str] = set()
+        self.pending: dict[str, tuple[Future, Batch]] = {}
+        self.stopped: SystematicFailure | None = None
+        self.failed: list[ManifestRow] = []  # failures told by events, kept for the early stop
+        self.recipe_hash = ""
+
+    def on_event(self, event: tuple[float, Any]) -> Any:
+        message = event[1] if isinstance(event, tuple | list) and len(event) == 2 else event
+        if not isinstance(message, dict):
+            return None
+        if message.get("kind") == "warning":
+            text = str(message.get("text", ""))
+            if text not in self.said:
+                self.said.add(text)
+                with self.lock:  # on a line of its own, not after the bar
+                    self.bar.clear()
+                    log.warning("%s", text)
+                    self.bar.refresh()
+            return None
+        if message.get("kind") != "tile":
+            return None
+        with self.lock:
+            number = int(message.get("batch", -1))
+            if number in self.done:
+                return None
+            self.ticked[number] += 1
+            self.bar.update(1)
+        return self._watch(message)
+
+    def _watch(self, message: dict[str, Any]) -> Any:
+        """Feed the early stop; when it trips, cancel the batches (the driver's loop wakes
+        on the cancelled futures and raises)."""
+        if self.watch is None or self.stopped is not None:
+            return None
+        row = ManifestRow(str(message.get("id", "")), TileStatus(message.get("status", "ok")),
+                          str(message.get("reason", "")))  # fmt: skip
+        if row.status is TileStatus.FAILED and self.watch.armed:
+            self.failed.append(row)
+        try:
+            self.watch.add([row])
+        except SystematicFailure as error:
+            self.stopped = error
+            with self.lock:
+                futures = [future for future, _ in self.pending.values()]
+            return self.client._cancel(futures, force=True)  # a coroutine: the loop awaits it
+        return None
+
+    def batch_done(self, number: int, count: int) -> None:
+        with self.lock:
+            self.done.add(number)
+            self.bar.update(max(0, count - self.ticked.pop(number, 0)))
+
+    def check(self, writer: ManifestWriter) -> None:
+        """Stop the run if the tiles' events tripped the early stop: their failures are
+        recorded (their batches, cancelled, send no rows)."""
+        if self.stopped is None:
+            return
+        writer.write([replace(row, recipe_hash=self.recipe_hash, finished_at=now_iso())
+                      for row in self.failed])  # fmt: skip
+        raise self.stopped
+
+
 def _run_batches(
     client: Client,
     adapter: SourceAdapter,
@@ -490,7 +570,6 @@ def _run_batches(
     # fetches it from a peer.
     [shared_adapter] = client.scatter([adapter], broadcast=True, hash=False)
     batches = iter(all_batches)
-    pending: dict[str, tuple[Future, Batch]] = {}
     bar = tqdm(
         total=plan.to_render + len(plan.no_source),
         initial=len(plan.no_source),
@@ -502,14 +581,24 @@ def _run_batches(
         dynamic_ncols=True,
     )
 
+    early = EARLY_STOP_TILES if plan.to_render > EARLY_STOP_TILES else 0
+    live = _LiveTiles(client, bar, EarlyStop(early) if budget is not None else None)
+    live.recipe_hash = recipe_hash
+    pending = live.pending
+    topic = f"m3leo-run-{uuid.uuid4().hex[:12]}"
+    client.subscribe_topic(topic, live.on_event)
+    numbers = itertools.count()
+
     def submit() -> Future | None:
         items = next(batches, None)
         if items is None:
             return None
         ids = {tile.identifier: plan.input_ids.get(tile.identifier, "") for tile, _ in items}
-        batch = Batch(str(dataset_dir), items, budget, ids)
+        batch = Batch(str(dataset_dir), items, budget, ids, topic=topic, number=next(numbers),
+                      ticks=budget is not None)  # fmt: skip
         future = client.submit(render_batch, shared_adapter, batch, pure=False, retries=0)
-        pending[future.key] = (future, batch)
+        with live.lock:
+            pending[future.key] = (future, batch)
         return future
 
     first = [f for f in (submit() for _ in range(limit)) if f is not None]
@@ -517,10 +606,12 @@ def _run_batches(
         bar.close()
         return
     completed = as_completed(first, loop=client.loop)
-    watch = EarlyStop(EARLY_STOP_TILES if plan.to_render > EARLY_STOP_TILES else 0)
+    watch = EarlyStop(early)
     try:
         for future in completed:
-            _, batch = pending.pop(future.key)
+            live.check(writer)
+            with live.lock:
+                _, batch = pending.pop(future.key)
             rows = _rows_of(future, batch, recipe_hash)
             future.release()
             writer.write(rows)
@@ -538,7 +629,7 @@ def _run_batches(
                     log.warning(
                         "failed %s: %s", row.identifier, row.reason, extra={"per_tile": True}
                     )
-            bar.update(len(rows))
+            live.batch_done(batch.number, len(rows))
             bar.set_postfix(
                 ok=counts[TileStatus.OK],
                 empty=counts[TileStatus.EMPTY],
@@ -555,6 +646,8 @@ def _run_batches(
         raise
     finally:
         bar.close()
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(topic)
         if budget is not None:
             with contextlib.suppress(Exception):
                 client.sync(_close_semaphore, client, budget.name)

@@ -65,7 +65,6 @@ conservation in both directions on real and on Mollweide data.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import glob
 import itertools
@@ -94,6 +93,7 @@ from shapely.geometry.base import BaseGeometry
 
 from m3leo_tiles.enums import ResamplingMethod
 from m3leo_tiles.errors import (
+    RUN_STOPPERS,
     ConfigError,
     EmptyTileError,
     SourceError,
@@ -886,20 +886,34 @@ class RasterSource(SourceAdapter):
         remote = sorted({path for _, inputs in items for item in inputs
                          if is_remote(path := self._split(item)[1])})  # fmt: skip
 
+        failed: dict[str, Exception] = {}
+
         def fetch(path: str) -> None:
-            # A failure here is reported (and retried) by the tile's own render.
-            with contextlib.suppress(Exception), context.slot():
-                self._download(path, templated)
+            try:
+                with context.slot():
+                    self._download(path, templated)
+            except RUN_STOPPERS:
+                raise
+            except Exception as error:  # its tiles fail with it, without trying it again
+                failed[path] = error
 
         if remote:
             with ThreadPoolExecutor(min(context.threads, len(remote)),
                                     thread_name_prefix="m3leo-download") as pool:  # fmt: skip
                 list(pool.map(fetch, remote))
+        ready = []
+        for tile, inputs in items:
+            paths = (self._split(item)[1] for item in inputs)
+            error = next((failed[path] for path in paths if path in failed), None)
+            if error is None:
+                ready.append((tile, inputs))
+            else:
+                yield tile, error
         sequential = RenderContext(threads=1, slot=context.slot, sleep=context.sleep)
-        inputs_of = {tile.identifier: inputs for tile, inputs in items}
-        for tile, outcome in super().render_many(items, sequential):
+        inputs_of = {tile.identifier: inputs for tile, inputs in ready}
+        for tile, outcome in super().render_many(ready, sequential):
             if isinstance(outcome, Exception) and not isinstance(
-                outcome, TransientSourceError | EmptyTileError
+                outcome, (TransientSourceError, EmptyTileError, *RUN_STOPPERS)
             ):
                 outcome = self._heal(tile, inputs_of[tile.identifier], outcome, sequential)
             yield tile, outcome
@@ -920,6 +934,8 @@ class RasterSource(SourceAdapter):
             forget_datasets_using(str(local))
         try:
             return self.render_one(tile, inputs, context)
+        except RUN_STOPPERS:
+            raise
         except Exception as second:
             still = self._damaged_downloads(inputs)
             if not still:
