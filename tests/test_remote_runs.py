@@ -252,3 +252,25 @@ def test_progress_of_a_remote_source_moves_per_tile(cluster, tmp_path, monkeypat
     assert report.ok == len(tiles)
     assert sum(_Recorder.steps) == len(tiles)
     assert len([step for step in _Recorder.steps if step]) > 1  # not one jump at the end
+
+
+def test_the_early_stop_of_a_remote_source_follows_its_tiles(cluster, tmp_path) -> None:
+    """40 tiles in ONE batch, each failing alike (a 404): the early stop trips on the 20th
+    tile's event and the run stops with those 20 recorded, not after the whole batch."""
+    from helpers.loopback import serve_files
+    from m3leo_tiles.errors import SystematicFailure
+    from m3leo_tiles.recipes import Recipe
+
+    origin = Tile.from_point(12.5, 42.0)
+    tiles = [Tile(origin.zone, origin.row + r, origin.col + c) for r in range(5) for c in range(8)]
+    with serve_files(tmp_path / "nothing-here", latency_s=0.5) as server:
+        params = {"url": server.url, "budget": 20}  # 2 workers: batches of at least 40 tiles
+        recipe = Recipe(name="h", source="fake-http", resolution=448, bands=("v",),
+                        dtype="uint8", nodata=0, params=params)  # fmt: skip
+        with pytest.raises(SystematicFailure, match=r"first 20 tiles all failed the same way"):
+            fetch_tiles(recipe, tiles, aoi="t", out=tmp_path / "out",
+                        scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+    folder = tmp_path / "out" / "t" / "h"
+    assert "in 1 batches" in (folder / "fetch.log").read_text()
+    rows = read_manifest(folder / MANIFEST_NAME)
+    assert len(rows) == 20 and {row.status for row in rows.values()} == {TileStatus.FAILED}
