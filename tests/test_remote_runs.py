@@ -22,6 +22,7 @@ from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.runner import fetch_tiles
+from test_cli_fetch import write_grid
 
 pytestmark = pytest.mark.slow
 
@@ -179,14 +180,8 @@ def _closed_port() -> int:
 def test_an_unreachable_host_is_said_at_once_and_stops_the_run(tmp_path: Path) -> None:
     """A closed loopback port stands for a host that cannot be reached: the warning comes at
     once, and after the (lowered) wait the run stops: exit 2, one error line, fetch.log."""
-    import geopandas as gpd
-
     port = _closed_port()
-    grid = tmp_path / "tiles.geojson"
-    gpd.GeoDataFrame({"identifier": [t.identifier for t in TILES], "aoi": ["t"] * len(TILES),
-                      "split": ["train"] * len(TILES)},
-                     geometry=[t.lonlat_polygon() for t in TILES], crs="EPSG:4326",
-                     ).to_file(grid, driver="GeoJSON")  # fmt: skip
+    grid = write_grid(tmp_path / "tiles.geojson", TILES, aoi="t")
     started = time.monotonic()
     done = run_cli(["fetch", "gssic", "--grid", grid, "--source", f"http://127.0.0.1:{port}",
                     "--out", "out", "--cache", "cache", "--workers", "1"], cwd=tmp_path,
@@ -274,3 +269,20 @@ def test_the_early_stop_of_a_remote_source_follows_its_tiles(cluster, tmp_path) 
     assert "in 1 batches" in (folder / "fetch.log").read_text()
     rows = read_manifest(folder / MANIFEST_NAME)
     assert len(rows) == 20 and {row.status for row in rows.values()} == {TileStatus.FAILED}
+
+
+def test_the_command_says_nothing_was_fetched_in_one_line_and_exits_1(tmp_path, capsys) -> None:
+    from helpers.cli import call_cli
+
+    grid = write_grid(tmp_path / "tiles.geojson", TILES, aoi="t")
+    search = tmp_path / "search.geojson"
+    search.write_text('{"type": "FeatureCollection", "features": []}')
+    code, out, err = call_cli(capsys, "fetch", "gunw", "--grid", grid, "--year", "2020",
+                              "--search-results", search, "--out", tmp_path / "out",
+                              "--cache", tmp_path / "cache", "--quiet")  # fmt: skip
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        "warning: nothing fetched: not one of the 2 tiles has data (all empty or without a "
+        "source); the search found 0 GUNW products for 2020; 0 kept, 0 over the tiles; check "
+        "--source, --year and the recipe"
+    ]
