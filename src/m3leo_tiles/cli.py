@@ -349,9 +349,11 @@ def fetch(
     Chips go to OUT/<aoi>/<dataset>/<tile_id>.tif with a manifest.csv and a fetch.log beside
     them. A rerun skips finished tiles and retries failed ones.
 
-    Exit codes: 0 all done, 1 some tiles failed (see manifest.csv), 2 bad usage, another
-    run holds the folder, or the first tiles all failed the same way (say why), 130
-    interrupted (Ctrl-C), 143 terminated (SIGTERM); finished chips are kept in every case.
+    Exit codes: 0 all done, 1 some tiles failed (see manifest.csv) or the run found nothing
+    at all (every tile empty or without a source: it says why), 2 bad usage, another run
+    holds the folder, the first tiles all failed the same way or a host could not be
+    reached (say why), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); finished chips
+    are kept in every case.
 
     \b
     Examples:
@@ -387,6 +389,8 @@ def fetch(
         typer.echo(report.summary())
     elif report.failed:
         typer.echo(report.summary(), err=True)
+    if report.nothing:
+        typer.echo(f"warning: {report.nothing}", err=True)
     if report.failed and not quiet:
         typer.echo(
             f"{report.failed} tiles failed; reasons in {report.dataset_dir / 'manifest.csv'} "

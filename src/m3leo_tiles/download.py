@@ -13,7 +13,11 @@ workers, need. Every source fetches through ``cached_download`` so that:
 * connection errors, timeouts, 429 and 5xx are retried with backoff (``DOWNLOAD_RETRY``),
   then raised as ``TransientSourceError`` (the runner records the tile failed; a rerun
   retries it); 404 is ``MissingRemoteFile`` (a tiled product without that cell); 401/403 is
-  a ``DownloadError`` that says to check the credentials.
+  a ``DownloadError`` that says to check the credentials;
+* a host that cannot be reached is said at once (a warning on the terminal and in fetch.log,
+  through ``events``), and waited on for at most ``UNREACHABLE_S`` seconds in all (per
+  worker process, since its first failed connection, until one succeeds): then
+  ``NetworkUnreachable`` stops the run (exit 2) instead of failing the grid tile by tile.
 
 The lock is an advisory ``flock``: it serialises the processes of one machine (every local
 worker), and on a shared file system that supports it, the workers of a cluster.
@@ -26,6 +30,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,13 +38,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from m3leo_tiles.errors import DiskFullError, SourceError, TransientSourceError, first_line
+from m3leo_tiles import events
+from m3leo_tiles.errors import (
+    DiskFullError,
+    NetworkUnreachable,
+    SourceError,
+    TransientSourceError,
+    first_line,
+)
 from m3leo_tiles.sources.base import RetryPolicy
 
 if TYPE_CHECKING:
     import requests
 
 DOWNLOAD_RETRY = RetryPolicy(attempts=4, base_delay_s=1.0, max_delay_s=20.0)
+UNREACHABLE_S = 60.0  # total wait on a host that does not answer; M3LEO_UNREACHABLE_S overrides
+CONNECT_TIMEOUT_S = 10.0  # a host that takes longer to accept a connection is not there
 CHUNK_BYTES = 1 << 20
 LOCK_POLL_S = 0.1
 PARTIAL_SUFFIX = ".part"
@@ -84,6 +98,30 @@ def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _lock_of(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+def drop_cached(target: Path, seen: os.stat_result, lock_timeout_s: float = 3600.0) -> bool:
+    """Remove a cached file found damaged (it cannot be read), so that the next
+    ``cached_download`` fetches it again; True when it was removed.
+
+    Done under the file's lock, and only if the file is still the one found damaged (``seen``:
+    its ``stat`` then): another worker may already have replaced it with a good copy, which
+    must stay. Readers that still have the old file open keep reading it (POSIX unlink).
+    """
+    with file_lock(_lock_of(target), lock_timeout_s):
+        try:
+            now = target.stat()
+        except FileNotFoundError:
+            return False
+        if (now.st_ino, now.st_mtime_ns, now.st_size) != (seen.st_ino, seen.st_mtime_ns,
+                                                          seen.st_size):  # fmt: skip
+            return False
+        target.unlink()
+        return True
+
+
 def _check(path: Path, expected_size: int | None, sha256: str | None,
            validate: Callable[[Path], None] | None) -> str | None:  # fmt: skip
     """Why ``path`` is not the whole file we want, or None when it is."""
@@ -105,13 +143,58 @@ def _check(path: Path, expected_size: int | None, sha256: str | None,
     return None
 
 
+class _Outages:
+    """Hosts this process could not connect to: since when, so that the wait on one is
+    bounded whatever the number of files and threads asking it (one clock per host)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: dict[str, float] = {}
+
+    def failed(self, host: str, started: float, error: BaseException) -> None:
+        """A connection to ``host`` that began at ``started`` failed: warn the first time,
+        stop the run once the host has been unreachable for longer than the limit."""
+        limit = unreachable_s()
+        with self.lock:
+            first = host not in self.since
+            since = self.since.setdefault(host, started)
+        waited = time.monotonic() - since
+        if waited >= limit:
+            raise NetworkUnreachable(
+                f"network: could not reach {host} for {waited:.0f} s ({type(error).__name__}); "
+                "check the connection and rerun"
+            )
+        if first:
+            events.warn(f"network: cannot reach {host} ({type(error).__name__}); retrying for "
+                        f"up to {limit:.0f} s")  # fmt: skip
+
+    def answered(self, host: str) -> None:
+        with self.lock:
+            self.since.pop(host, None)
+
+
+OUTAGES = _Outages()
+
+
+def unreachable_s() -> float:
+    """``UNREACHABLE_S``, or the ``M3LEO_UNREACHABLE_S`` environment variable (tests, or a
+    flaky link that deserves more patience)."""
+    try:
+        return float(os.environ.get("M3LEO_UNREACHABLE_S", UNREACHABLE_S))
+    except ValueError:
+        return UNREACHABLE_S
+
+
 def _stream(url: str, partial: Path, session: requests.Session, timeout_s: float) -> None:
     """One try: GET ``url`` into ``partial``; raises transient or permanent errors."""
     import requests
 
     host = urlsplit(url).netloc or url
+    timeouts = (min(CONNECT_TIMEOUT_S, timeout_s), timeout_s)  # (connect, read)
+    started = time.monotonic()
     try:
-        with session.get(url, stream=True, timeout=timeout_s, allow_redirects=True) as response:
+        with session.get(url, stream=True, timeout=timeouts, allow_redirects=True) as response:
+            OUTAGES.answered(host)
             status = response.status_code
             if status == 404:
                 raise MissingRemoteFile(f"{url} does not exist (HTTP 404)")
@@ -130,6 +213,8 @@ def _stream(url: str, partial: Path, session: requests.Session, timeout_s: float
                 handle.flush()
                 os.fsync(handle.fileno())
     except requests.RequestException as error:
+        if isinstance(error, requests.ConnectionError):  # refused, DNS, connect timeout
+            OUTAGES.failed(host, started, error)
         raise TransientSourceError(f"network: could not reach {host} ({type(error).__name__})"
                                    ) from None  # fmt: skip
     except OSError as error:
@@ -168,8 +253,7 @@ def cached_download(
         import requests
 
         session = requests.Session()
-    lock = target.with_name(f".{target.name}.lock")
-    with file_lock(lock, lock_timeout_s):
+    with file_lock(_lock_of(target), lock_timeout_s):
         if target.exists():  # another worker may have finished it while we waited
             if _check(target, expected_size, sha256, validate) is None:
                 return target

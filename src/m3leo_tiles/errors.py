@@ -45,9 +45,19 @@ class DiskFullError(M3leoError):
     """The output disk is full: fatal for the run (every further chip would fail too)."""
 
 
+class NetworkUnreachable(M3leoError):
+    """A host did not answer for longer than a run waits on it (``download.UNREACHABLE_S``):
+    fatal, exit 2; every further download from it would wait and fail the same way."""
+
+
 class SystematicFailure(M3leoError):
     """The first tiles of a run all failed the same way: the cause is the run's, not a tile's
     (a wrong year, a recipe that does not fit its files, no network). Fatal, exit 2."""
+
+
+# Raised through every per-tile handler: the run stops, since every further tile would fail
+# the same way (the worker re-raises them, the driver stops on them).
+RUN_STOPPERS: tuple[type[M3leoError], ...] = (DiskFullError, NetworkUnreachable)
 
 
 def first_line(error: BaseException, about: str | None = None) -> str:

@@ -22,6 +22,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -43,7 +44,7 @@ from m3leo_tiles.cluster import (
     request_budget,
 )
 from m3leo_tiles.enums import Split, TileStatus
-from m3leo_tiles.errors import ConfigError, DiskFullError, M3leoError, SystematicFailure
+from m3leo_tiles.errors import RUN_STOPPERS, ConfigError, M3leoError, SystematicFailure
 from m3leo_tiles.locking import DatasetLock
 from m3leo_tiles.manifest import (
     MANIFEST_NAME,
@@ -118,12 +119,13 @@ class FetchReport:
     skipped: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    nothing: str = ""  # why the run made no chip at all: not a normal success (exit 1)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.nothing else 0
 
     @property
     def processed(self) -> int:
@@ -155,7 +157,7 @@ def _rows_of(future: Future, batch: Batch, recipe_hash: str) -> list[ManifestRow
             return _failed_rows(batch, f"task lost: {reason_of(error)}", recipe_hash)
     if future.status == "error":
         error = future.exception()
-        if isinstance(error, DiskFullError):  # fatal: every further chip would fail alike
+        if isinstance(error, RUN_STOPPERS):  # fatal: every further chip would fail alike
             raise error
         return _failed_rows(batch, f"task failed: {reason_of(error)}", recipe_hash)
     return _failed_rows(batch, f"task {future.status}", recipe_hash)
@@ -199,17 +201,42 @@ def _make_dataset_dir(out: Path, aoi: str, dataset: str) -> Path:
         if problem is not None:
             raise ConfigError(f"{what} {value!r} {problem}; it names a folder ({ALLOWED})")
     dataset_dir = out / aoi / dataset
+    problem = writable_problem(dataset_dir)
+    if problem is not None:
+        raise ConfigError(
+            f"cannot write to output folder {dataset_dir} ({problem}); choose another with --out"
+        )
+    return dataset_dir
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why files cannot be made in ``folder`` (made if missing), or None: a probe file."""
     try:
-        dataset_dir.mkdir(parents=True, exist_ok=True)
-        probe = dataset_dir / f".write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise ConfigError(
-            f"cannot write to output folder {dataset_dir} ({error.strerror or error}); "
-            "choose another with --out"
-        ) from None
-    return dataset_dir
+        return str(error.strerror or error)
+    return None
+
+
+def _check_cache(adapter: SourceAdapter, plan: Plan, cache: Path) -> None:
+    """Refuse, before any work, a download cache that cannot be written when the plan needs a
+    file that is not in it yet; a read-only cache holding every needed file is fine."""
+    if not plan.to_render or not adapter.downloads():
+        return
+    problem = writable_problem(cache)
+    if problem is None:
+        return
+    if adapter.all_downloaded(inputs for group in plan.groups for _, inputs in group):
+        log.info("download cache %s is read-only (%s); every file needed is in it", cache,
+                 problem)  # fmt: skip
+        return
+    raise ConfigError(
+        f"cannot write to the download cache {cache} ({problem}) and files must be downloaded "
+        "into it; choose another with --cache"
+    )
 
 
 def fetch_tiles(
@@ -268,8 +295,10 @@ def fetch_tiles(
         writer = ManifestWriter(manifest_path)
         interrupted = False
         skipped = 0
+        nothing = ""
         try:
             plan = make_plan(adapter, tiles, dataset_dir, previous, overwrite=request.overwrite)
+            _check_cache(adapter, plan, Path(options.cache_dir or "."))
             skipped = plan.skipped + len(plan.adopted)
             writer.write(plan.refreshed + plan.adopted + plan.no_source)
             _report_redone(plan)
@@ -281,6 +310,8 @@ def fetch_tiles(
                 len(plan.no_source),
                 plan.to_render,
             )
+            if adapter.plan_summary():
+                log.info("plan: %s", adapter.plan_summary())
             if plan.to_render:  # a rerun with nothing left to do starts no cluster
                 with quiet_dask_logs(), dask_client(request.workers, request.scheduler) as client:
                     try:
@@ -289,6 +320,7 @@ def fetch_tiles(
                     except KeyboardInterrupt:
                         interrupted = True
                         raise
+            nothing = _nothing_found(adapter, tiles, previous, plan, counts)
         except KeyboardInterrupt as error:
             done = sum(counts.values())
             what = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
@@ -316,9 +348,32 @@ def fetch_tiles(
                 skipped=skipped,
                 seconds=time.perf_counter() - started,
                 interrupted=interrupted,
+                nothing=nothing,
             )
             log.info("summary: %s", report.summary())
     return report
+
+
+def _nothing_found(adapter: SourceAdapter, tiles: Sequence[GridTile],
+                   previous: Mapping[str, ManifestRow], plan: Plan,
+                   counts: Counter[TileStatus]) -> str:  # fmt: skip
+    """Why a run left its dataset without one chip (every tile empty or without a source), or
+    "" when it did not: wrong inputs (an empty mirror, a year without products) must not look
+    like a finished dataset. Said on the terminal and in fetch.log, with the plan's counts."""
+    if not tiles or counts[TileStatus.OK] or counts[TileStatus.FAILED] or plan.adopted:
+        return ""
+    recipe_hash = adapter.recipe.recipe_hash
+    for tile in tiles:
+        row = previous.get(tile.identifier)
+        if row is not None and row.status is TileStatus.OK and row.recipe_hash == recipe_hash:
+            return ""
+    found = adapter.plan_summary()
+    message = (
+        f"nothing fetched: not one of the {len(tiles)} tiles has data (all empty or without "
+        f"a source){'; ' + found if found else ''}; check --source, --year and the recipe"
+    )
+    log.warning("%s", message, extra={"per_tile": True})  # fetch.log; the CLI says it once
+    return message
 
 
 class Terminated(KeyboardInterrupt):
@@ -415,6 +470,85 @@ def _budget(client: Client, adapter: SourceAdapter) -> Budget | None:
     return Budget(name=str(name), limit=int(limit), threads=int(limit))
 
 
+class _LiveTiles:
+    """What workers say while their batches run (``events``): warnings are logged at once
+    (terminal and fetch.log, each text once), and, for I/O-bound sources whose batches are
+    slow, each finished tile moves the progress bar and feeds the early stop, so that a run
+    of one batch neither sits at 0 % nor fails its every tile before stopping.
+
+    The handler runs on the client's event loop, the batches' rows arrive on the driver's
+    thread: the bar is moved under a lock, and a batch's late tile events are ignored.
+    """
+
+    def __init__(self, client: Client, bar: Any, watch: EarlyStop | None) -> None:
+        self.client = client
+        self.bar = bar
+        self.watch = watch
+        self.lock = threading.Lock()
+        self.ticked: Counter[int] = Counter()
+        self.done: set[int] = set()
+        self.said: set[str] = set()
+        self.pending: dict[str, tuple[Future, Batch]] = {}
+        self.stopped: SystematicFailure | None = None
+        self.failed: list[ManifestRow] = []  # failures told by events, kept for the early stop
+        self.recipe_hash = ""
+
+    def on_event(self, event: tuple[float, Any]) -> Any:
+        message = event[1] if isinstance(event, tuple | list) and len(event) == 2 else event
+        if not isinstance(message, dict):
+            return None
+        if message.get("kind") == "warning":
+            text = str(message.get("text", ""))
+            if text not in self.said:
+                self.said.add(text)
+                with self.lock:  # on a line of its own, not after the bar
+                    self.bar.clear()
+                    log.warning("%s", text)
+                    self.bar.refresh()
+            return None
+        if message.get("kind") != "tile":
+            return None
+        with self.lock:
+            number = int(message.get("batch", -1))
+            if number in self.done:
+                return None
+            self.ticked[number] += 1
+            self.bar.update(1)
+        return self._watch(message)
+
+    def _watch(self, message: dict[str, Any]) -> Any:
+        """Feed the early stop; when it trips, cancel the batches (the driver's loop wakes
+        on the cancelled futures and raises)."""
+        if self.watch is None or self.stopped is not None:
+            return None
+        row = ManifestRow(str(message.get("id", "")), TileStatus(message.get("status", "ok")),
+                          str(message.get("reason", "")))  # fmt: skip
+        if row.status is TileStatus.FAILED and self.watch.armed:
+            self.failed.append(row)
+        try:
+            self.watch.add([row])
+        except SystematicFailure as error:
+            self.stopped = error
+            with self.lock:
+                futures = [future for future, _ in self.pending.values()]
+            return self.client._cancel(futures, force=True)  # a coroutine: the loop awaits it
+        return None
+
+    def batch_done(self, number: int, count: int) -> None:
+        with self.lock:
+            self.done.add(number)
+            self.bar.update(max(0, count - self.ticked.pop(number, 0)))
+
+    def check(self, writer: ManifestWriter) -> None:
+        """Stop the run if the tiles' events tripped the early stop: their failures are
+        recorded (their batches, cancelled, send no rows)."""
+        if self.stopped is None:
+            return
+        writer.write([replace(row, recipe_hash=self.recipe_hash, finished_at=now_iso())
+                      for row in self.failed])  # fmt: skip
+        raise self.stopped
+
+
 def _run_batches(
     client: Client,
     adapter: SourceAdapter,
@@ -443,7 +577,6 @@ def _run_batches(
     # fetches it from a peer.
     [shared_adapter] = client.scatter([adapter], broadcast=True, hash=False)
     batches = iter(all_batches)
-    pending: dict[str, tuple[Future, Batch]] = {}
     bar = tqdm(
         total=plan.to_render + len(plan.no_source),
         initial=len(plan.no_source),
@@ -455,14 +588,24 @@ def _run_batches(
         dynamic_ncols=True,
     )
 
+    early = EARLY_STOP_TILES if plan.to_render > EARLY_STOP_TILES else 0
+    live = _LiveTiles(client, bar, EarlyStop(early) if budget is not None else None)
+    live.recipe_hash = recipe_hash
+    pending = live.pending
+    topic = f"m3leo-run-{uuid.uuid4().hex[:12]}"
+    client.subscribe_topic(topic, live.on_event)
+    numbers = itertools.count()
+
     def submit() -> Future | None:
         items = next(batches, None)
         if items is None:
             return None
         ids = {tile.identifier: plan.input_ids.get(tile.identifier, "") for tile, _ in items}
-        batch = Batch(str(dataset_dir), items, budget, ids)
+        batch = Batch(str(dataset_dir), items, budget, ids, topic=topic, number=next(numbers),
+                      ticks=budget is not None)  # fmt: skip
         future = client.submit(render_batch, shared_adapter, batch, pure=False, retries=0)
-        pending[future.key] = (future, batch)
+        with live.lock:
+            pending[future.key] = (future, batch)
         return future
 
     first = [f for f in (submit() for _ in range(limit)) if f is not None]
@@ -470,10 +613,12 @@ def _run_batches(
         bar.close()
         return
     completed = as_completed(first, loop=client.loop)
-    watch = EarlyStop(EARLY_STOP_TILES if plan.to_render > EARLY_STOP_TILES else 0)
+    watch = EarlyStop(early)
     try:
         for future in completed:
-            _, batch = pending.pop(future.key)
+            live.check(writer)
+            with live.lock:
+                _, batch = pending.pop(future.key)
             rows = _rows_of(future, batch, recipe_hash)
             future.release()
             writer.write(rows)
@@ -491,7 +636,7 @@ def _run_batches(
                     log.warning(
                         "failed %s: %s", row.identifier, row.reason, extra={"per_tile": True}
                     )
-            bar.update(len(rows))
+            live.batch_done(batch.number, len(rows))
             bar.set_postfix(
                 ok=counts[TileStatus.OK],
                 empty=counts[TileStatus.EMPTY],
@@ -508,6 +653,8 @@ def _run_batches(
         raise
     finally:
         bar.close()
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(topic)
         if budget is not None:
             with contextlib.suppress(Exception):
                 client.sync(_close_semaphore, client, budget.name)

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3leo_tiles import events
 from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.errors import DiskFullError, EmptyTileError, SourceError, first_line
+from m3leo_tiles.errors import RUN_STOPPERS, EmptyTileError, SourceError, first_line
 from m3leo_tiles.manifest import ManifestRow, now_iso
 from m3leo_tiles.sources.base import Chip, RenderContext, SourceAdapter
 
@@ -55,6 +56,9 @@ class Batch:
     items: tuple[Item, ...]
     budget: Budget | None = None
     input_ids: Mapping[str, str] = field(default_factory=dict)  # tile id -> inputs' identity
+    topic: str = ""  # the run's event topic (see ``events``): warnings, and tiles if ``ticks``
+    number: int = 0  # this batch's number in the run, named in its per-tile events
+    ticks: bool = False  # say each finished tile (I/O-bound sources: slow batches)
 
 
 _SETUP_DONE: set[tuple[str, str]] = set()
@@ -104,7 +108,7 @@ def _outcomes(adapter: SourceAdapter, batch: Batch, context: RenderContext
                 continue
             seen.add(tile.identifier)
             yield tile, outcome
-    except DiskFullError:
+    except RUN_STOPPERS:
         raise
     except Exception as error:  # the adapter's own loop broke: the rest of the batch fails
         failure: Exception = SourceError(f"batch stopped: {reason_of(error)}")
@@ -121,7 +125,9 @@ FLUSH_THREADS = 4  # chips of one batch being fsynced at once (see render_batch)
 def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
     """Runs on a worker: render, test for emptiness, write; returns rows, never arrays.
 
-    A full disk is raised, not recorded: every further chip would fail the same way.
+    A full disk or an unreachable host is raised, not recorded: every further chip would
+    fail the same way. With ``batch.ticks`` each finished tile is told to the driver at once
+    (its progress bar, its early stop), not only when the whole batch is done.
 
     Chips are encoded here and handed to a few writer threads: a durable write waits ~10 ms on
     the disk for its fsync, and fsyncs in flight together share the file system's journal
@@ -134,6 +140,7 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
     from m3leo_tiles.io import chip_is_empty, encode_chip, write_bytes_atomically
 
     ensure_setup(adapter)
+    events.set_topic(batch.topic)
     recipe = adapter.recipe
     recipe_hash = recipe.recipe_hash
     folder = Path(batch.dataset_dir)
@@ -161,7 +168,7 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
                         write_bytes_atomically, folder / f"{tile.identifier}.tif", payload
                     )
                     status, reason = TileStatus.OK, ""
-            except DiskFullError:
+            except RUN_STOPPERS:
                 raise
             except EmptyTileError as error:
                 status, reason = TileStatus.EMPTY, str(error).strip() or "no data"
@@ -183,6 +190,9 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
                 )
             )
             started = finished
+            if batch.ticks:
+                events.publish({"kind": "tile", "batch": batch.number, "id": tile.identifier,
+                                "status": status.value, "reason": reason})  # fmt: skip
         for index, future in writes.items():
             rows[index] = _written_row(rows[index], future)
     return rows
@@ -192,7 +202,7 @@ def _written_row(row: ManifestRow, future: Future[Written]) -> ManifestRow:
     """The row of a chip once its write finished: its size and CRC, or why it failed."""
     try:
         written = future.result()
-    except DiskFullError:
+    except RUN_STOPPERS:
         raise
     except Exception as error:
         return replace(row, status=TileStatus.FAILED, reason=f"unexpected {reason_of(error)}")

@@ -114,6 +114,26 @@ def write_mirror(
     return written
 
 
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "gssic.yaml"
+SMALL_METRICS = ("COH12", "AMP")
+SMALL_BANDS = ("winter_vv_coh12", "winter_vv_amp")
+
+
+def small_recipe(folder: Path, **params):
+    """The shipped gssic recipe with its axes cut to winter × vv × (COH12, AMP)."""
+    import yaml
+
+    from m3leo_tiles.recipes import parse_recipe
+
+    data = yaml.safe_load(RECIPE.read_text())
+    grid = data["params"]["layer_grids"][0]
+    grid["axes"] = {"season": ["winter"], "pol": ["vv"], "metric": list(SMALL_METRICS)}
+    data["params"].update(params)
+    data["bands"] = list(SMALL_BANDS)
+    data["name"] = "gssic-small"
+    return parse_recipe(data, "test", Path(folder) / "gssic-small.yaml")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)

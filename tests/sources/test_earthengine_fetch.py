@@ -196,7 +196,9 @@ def test_a_tile_without_images_is_recorded_empty_with_the_reason(cluster_and_emu
     finally:
         server.masked_bands.clear()
         server.empty_windows.clear()
-    assert report.exit_code == 0 and report.empty == 1
+    # the only tile is empty: the run made no chip at all, which is not a normal success
+    assert report.exit_code == 1 and report.empty == 1
+    assert report.nothing.startswith("nothing fetched: not one of the 1 tiles has data")
     (row,) = read_manifest(report.dataset_dir / MANIFEST_NAME).values()
     assert row.status is TileStatus.EMPTY
     assert row.reason == "no MODIS MOD44B image in year (2030-01-01 to 2031-01-01)"

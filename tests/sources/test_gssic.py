@@ -23,32 +23,22 @@ from affine import Affine
 from rasterio.merge import merge
 from rasterio.warp import Resampling, reproject
 
-from helpers.gssic_tiles import cell_name, tile_key, write_mirror
+from helpers.gssic_tiles import SMALL_BANDS as BANDS
+from helpers.gssic_tiles import SMALL_METRICS as METRICS
+from helpers.gssic_tiles import cell_name, small_recipe, tile_key, write_mirror
+from m3leo_tiles.errors import SourceError
 from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
 from m3leo_tiles.recipes import load_recipe, parse_recipe
 from m3leo_tiles.sources.base import FetchOptions, get_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPE = REPO_ROOT / "recipes" / "gssic.yaml"
-METRICS = ("COH12", "AMP")
-BANDS = ("winter_vv_coh12", "winter_vv_amp")
 
 INSIDE = Tile.from_point(-117.5, 33.5)  # inside cell N34W118
 CORNER = Tile.from_point(-118.0, 34.0)  # across 118°W and 34°N: four cells
 SEAM = Tile.from_point(-120.0, 33.5, zone=10)  # zone 10 tile reaching over the 120°W seam
 SOUTH = Tile.from_point(-60.0, -10.5)  # southern hemisphere, across 60°W
 CASES = {"inside": INSIDE, "corner": CORNER, "utm-seam": SEAM, "south": SOUTH}
-
-
-def small_recipe(tmp_path: Path, **params):
-    """The shipped gssic recipe with its axes cut to winter × vv × (COH12, AMP)."""
-    data = yaml.safe_load(RECIPE.read_text())
-    grid = data["params"]["layer_grids"][0]
-    grid["axes"] = {"season": ["winter"], "pol": ["vv"], "metric": list(METRICS)}
-    data["params"].update(params)
-    data["bands"] = list(BANDS)
-    data["name"] = "gssic-small"
-    return parse_recipe(data, "test", tmp_path / "gssic-small.yaml")
 
 
 def source_for(recipe, **options):
@@ -438,3 +428,53 @@ def test_one_multiband_warp_where_clean_equals_per_band_warps(
         chip = source.render(tile, plan[tile.identifier])
         np.testing.assert_array_equal(chip.data, expected_chip(mirror, tile), tile.identifier)
     assert 0 < sum(verdicts) < len(verdicts)  # both ways were taken
+
+
+# --- a damaged download cache heals (issue 17, item 4) ------------------------------------
+
+
+def _render_batch(source, tile: Tile):
+    from m3leo_tiles.sources.base import RenderContext
+
+    inputs = source.plan([tile])[tile.identifier]
+    [(_, outcome)] = list(source.render_many([(tile, inputs)], RenderContext()))
+    return outcome
+
+
+def test_a_cached_cell_cut_short_is_downloaded_again_once(tmp_path: Path, mirror: Path) -> None:
+    from helpers.loopback import serve_files_in_process
+    from m3leo_tiles.sources._gdal import forget_datasets_using
+
+    key = "/" + tile_key("N34W118", "winter", "vv", "COH12")
+    cache = tmp_path / "cache"
+    with serve_files_in_process(mirror) as server:
+        options = {"sources": (server.url,), "cache_dir": str(cache)}
+        first = _render_batch(source_for(small_recipe(tmp_path), **options), INSIDE)
+        [cached] = cache.rglob(Path(key).name)
+        os.truncate(cached, cached.stat().st_size // 2)  # cut after the download
+        forget_datasets_using(str(cache))  # a rerun is a new process: nothing left open
+        again = _render_batch(source_for(small_recipe(tmp_path), **options), INSIDE)
+        tries = [p for p in server.paths() if p == key]
+    assert len(tries) == 2  # the first download, then one more for the damaged copy
+    expected = expected_chip(mirror, INSIDE)
+    np.testing.assert_array_equal(first.data, expected)
+    np.testing.assert_array_equal(again.data, expected)
+    assert cached.read_bytes() == (mirror / key.lstrip("/")).read_bytes()
+
+
+def test_a_cell_served_damaged_fails_its_tile_naming_the_file(tmp_path: Path) -> None:
+    from helpers.loopback import serve_files_in_process
+
+    root = tmp_path / "bad-mirror"
+    write_mirror(root, sorted(cells_of(INSIDE)), ["winter"], ["vv"], METRICS)
+    key = tile_key("N34W118", "winter", "vv", "COH12")
+    bad = root / key
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the server's copy is cut
+    with serve_files_in_process(root) as server:
+        source = source_for(small_recipe(tmp_path), sources=(server.url,),
+                            cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        outcome = _render_batch(source, INSIDE)
+        tries = [p for p in server.paths() if p == "/" + key]
+    assert isinstance(outcome, SourceError), outcome
+    assert f"cannot read cached {Path(key).name}" in str(outcome)
+    assert len(tries) == 2  # downloaded, found damaged, downloaded once more: no loop

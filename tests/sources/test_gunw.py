@@ -474,3 +474,30 @@ def test_a_product_failing_mid_batch_fails_only_the_tiles_it_failed(
     outcomes = {t.identifier: o for t, o in source.render_many(items, RenderContext())}
     assert isinstance(outcomes.pop(victim), SourceError)
     assert outcomes and not any(isinstance(o, Exception) for o in outcomes.values())
+
+
+def test_a_cached_product_with_flipped_bytes_is_downloaded_again_once(
+    asf, world, tiles, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EARTHDATA_USERNAME", USER)
+    monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
+    source = adapter(tmp_path)
+    inputs = source.plan(tiles)
+    items = [(t, inputs[t.identifier]) for t in tiles if inputs[t.identifier]]
+    first = dict(source.render_many(items, RenderContext(threads=2)))
+    assert all(not isinstance(o, Exception) for o in first.values()), first
+    name = next(n for _, names in items for n in names)
+    cached = tmp_path / "cache" / name
+    body = bytearray(cached.read_bytes())
+    body[:8] = bytes(b ^ 0xFF for b in body[:8])  # same size, the MD5 differs: unreadable
+    cached.write_bytes(bytes(body))
+    again = adapter(tmp_path)  # a rerun: the plan finds the product cached (its size is right)
+    again.plan(tiles)
+    second = dict(again.render_many(items, RenderContext(threads=2)))
+    assert all(not isinstance(o, Exception) for o in second.values()), second
+    for tile in first:
+        np.testing.assert_array_equal(second[tile].data, first[tile].data)
+    assert [p for p in download_requests(asf) if p.endswith(name)] == [
+        f"/grfn.asf.alaska.edu/door/download/{name}"
+    ] * 2
+    assert cached.read_bytes() == world.products[name].read_bytes()

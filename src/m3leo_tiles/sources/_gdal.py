@@ -16,11 +16,12 @@ import numpy as np
 import rasterio
 import shapely
 import shapely.affinity
+from rasterio.errors import RasterioError
 from rasterio.warp import transform
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.errors import ConfigError, first_line
 from m3leo_tiles.geotiff import cached_crs
 from m3leo_tiles.grid.tile import PixelGrid
 
@@ -78,6 +79,28 @@ def forget_dataset(path: str) -> None:
     dataset = _STATE.open.pop(path, None)
     if dataset is not None:
         dataset.close()
+
+
+def forget_datasets_using(path: str) -> None:
+    """Close this thread's open datasets that read ``path``: the file itself and the VRTs
+    (mosaics of cells) built over it, so that a file replaced on disk is opened anew."""
+    for key in [key for key in _STATE.open if path in key]:
+        forget_dataset(key)
+
+
+def read_problem(path: str) -> str | None:
+    """Why GDAL cannot read the whole of ``path`` (every band, every block), or None.
+
+    Opening reads only the header: a file cut short opens fine and fails at its first missing
+    block, so verifying a suspect file means decoding all of it.
+    """
+    try:
+        with rasterio.open(path) as dataset:
+            for _, window in dataset.block_windows(1):
+                dataset.read(window=window)
+    except (RasterioError, OSError) as error:
+        return first_line(error)
+    return None
 
 
 class Scratch:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,18 +170,29 @@ def load_results(path: Path) -> list[GunwProduct]:
 
 
 def select_pairs(
-    products: Iterable[GunwProduct], year: int | None, max_baseline_days: float
+    products: Iterable[GunwProduct],
+    year: int | None,
+    max_baseline_days: float,
+    excluded: Counter[str] | None = None,
 ) -> list[GunwProduct]:
-    """Pairs of ``year`` (by reference date) under the baseline cut, newest version each."""
+    """Pairs of ``year`` (by reference date) under the baseline cut, newest version each;
+    ``excluded`` counts the products each rule left out (a run that finds nothing says why)."""
+    excluded = Counter() if excluded is None else excluded
     newest: dict[tuple, GunwProduct] = {}
+    candidates = 0
     for product in products:
         if year is not None and product.reference.year != year:
+            excluded[f"reference date not in {year}"] += 1
             continue
         if not product.baseline_days < max_baseline_days:
+            excluded[f"temporal baseline of {max_baseline_days:g} days or more"] += 1
             continue
+        candidates += 1
         kept = newest.get(product.identity)
         if kept is None or (product.version, product.name) > (kept.version, kept.name):
             newest[product.identity] = product
+    if candidates > len(newest):
+        excluded["an older version of a kept product"] += candidates - len(newest)
     return sorted(
         newest.values(), key=lambda p: (p.reference, p.secondary, p.direction, p.track, p.frame)
     )

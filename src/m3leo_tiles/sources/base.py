@@ -38,7 +38,7 @@ import pkgutil
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -211,6 +211,21 @@ class SourceAdapter(ABC):
         """Requests this source may have in flight across the whole cluster; None: the work
         is CPU-bound and each worker renders one tile at a time (no budget, no threads)."""
         return None
+
+    def plan_summary(self) -> str:
+        """What planning found, in words, after ``plan`` (a search's counts): fetch.log says
+        it, and a run that finds nothing at all says why. Empty when there is nothing to add."""
+        return ""
+
+    def downloads(self) -> bool:
+        """Whether this source copies files into the run's ``--cache`` (checked writable
+        before any work, unless every file the plan needs is there already)."""
+        return False
+
+    def all_downloaded(self, planned: Iterable[tuple[str, ...]]) -> bool:
+        """Whether every file the planned input sets need is in the cache already; called
+        only when the cache cannot be written, and may stop at the first missing file."""
+        return True
 
     def is_transient(self, error: BaseException) -> bool:
         """Whether ``error`` is worth a retry under ``retry_policy``."""

@@ -36,10 +36,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,9 @@ DATASET = "ARIA S1 GUNW"  # asf_search.DATASET.ARIA_S1_GUNW
 SEARCH_FOLDER = "gunw-searches"
 CHUNK_BYTES = 256 << 20  # chips held at once while products are warped into them
 PRODUCT_SUFFIX = ".nc"
+FIRST_YEAR = 2014  # Sentinel-1A's first data (April 2014): no GUNW product is older
+
+log = logging.getLogger("m3leo_tiles.fetch")
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ class GunwSource(SourceAdapter):
         super().__init__(recipe, options)
         self.catalog: dict[str, GunwProduct] = {}  # file name -> product, filled by plan()
         self.local: dict[str, str] = {}  # file name -> path of a product found on disk
+        self.found = ""  # what the search found and each rule excluded, filled by plan()
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -222,6 +228,12 @@ class GunwSource(SourceAdapter):
         recipe = self.recipe
         if self.year is None:
             raise ConfigError(f"recipe {recipe.name!r} makes one dataset per year; give --year")
+        this_year = dt.datetime.now(dt.UTC).year
+        if not FIRST_YEAR <= self.year <= this_year:
+            raise ConfigError(
+                f"--year {self.year}: GUNW products exist from {FIRST_YEAR} (Sentinel-1A's first "
+                f"data) to {this_year}; choose a year between them"
+            )
         if recipe.dtype not in ("float32", "float64") or recipe.scale != 1.0:
             raise ConfigError(f"recipe {recipe.name!r}: gunw chips are float32/float64, scale 1")
         if recipe.nodata is not None and not np.isnan(recipe.nodata):
@@ -240,9 +252,16 @@ class GunwSource(SourceAdapter):
         for item in self.options.sources:
             path = Path(item).expanduser()
             if path.is_dir():
-                for entry in sorted(path.iterdir()):
-                    if entry.name.endswith(PRODUCT_SUFFIX) and entry.is_file():
-                        found.setdefault(entry.name, str(entry.resolve()))
+                products = [e for e in sorted(path.iterdir())
+                            if e.name.endswith(PRODUCT_SUFFIX) and e.is_file()]  # fmt: skip
+                if not products:
+                    raise ConfigError(
+                        f"--source {item}: the folder holds no GUNW product (looked for "
+                        f"S1-GUNW-*{PRODUCT_SUFFIX} files in it); give the folder the products "
+                        "were downloaded to"
+                    )
+                for entry in products:
+                    found.setdefault(entry.name, str(entry.resolve()))
             elif path.is_file():
                 found.setdefault(path.name, str(path.resolve()))
             else:
@@ -253,9 +272,12 @@ class GunwSource(SourceAdapter):
 
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         products = self.search(tiles)
-        selected = _gunw_catalog.select_pairs(products, self.year, self.max_baseline_days)
+        excluded: Counter[str] = Counter()
+        selected = _gunw_catalog.select_pairs(products, self.year, self.max_baseline_days,
+                                              excluded)  # fmt: skip
         inputs = _gunw_catalog.assign(selected, tiles)
         used = {name for names in inputs.values() for name in names}
+        self.found = _found(len(products), excluded, len(selected), len(used), self.year)
         self.catalog = {p.file_name: p for p in selected if p.file_name in used}
         sources = self._index_sources()
         self.local = {name: sources[name] for name in self.catalog if name in sources}
@@ -265,6 +287,9 @@ class GunwSource(SourceAdapter):
         if missing:
             self._check_credentials(len(missing))
         return inputs
+
+    def plan_summary(self) -> str:
+        return self.found
 
     def _check_credentials(self, count: int) -> None:
         hosts = self.hosts
@@ -276,6 +301,13 @@ class GunwSource(SourceAdapter):
                 "products"
             )
         _earthdata.login(_earthdata.new_session(hosts), credentials)
+
+    def downloads(self) -> bool:
+        return True
+
+    def all_downloaded(self, planned: Iterable[tuple[str, ...]]) -> bool:
+        names = {name for inputs in planned for name in inputs}
+        return all(name in self.local or self._cached(self._product(name)) for name in names)
 
     def _cached(self, product: GunwProduct) -> bool:
         path = self.cache_dir() / product.file_name
@@ -300,10 +332,7 @@ class GunwSource(SourceAdapter):
                 collection = json.loads(path.read_text(encoding="utf-8"))
             else:
                 collection = self._asf_search(cell)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-                temporary.write_text(strict_json.dumps(collection), encoding="utf-8")
-                os.replace(temporary, path)
+                _save_search(path, collection)
             for feature in collection.get("features", []):
                 key = str((feature.get("properties") or {}).get("fileID"))
                 features.setdefault(key, feature)
@@ -426,7 +455,6 @@ class GunwSource(SourceAdapter):
         Products are visited in (pair, name) order, so where adjacent frames of one pair
         overlap, each band is painted in the same order as a per-tile loop would paint it.
         """
-        layers = self.layers
         resampling = Resampling[self.recipe.resampling.value]
         layouts: dict[str, _Layout] = {}
         errors: dict[str, Exception] = {}
@@ -444,23 +472,10 @@ class GunwSource(SourceAdapter):
             waiting = [t for t in users[name] if t.identifier not in errors]
             if not waiting:
                 continue
-            try:
-                product = _gunw_read.Product(paths[name], layers)
-            except SourceError as error:
-                for tile in waiting:
-                    errors[tile.identifier] = error
-                continue
-            try:  # opened for this pass only: its cached blocks go when it closes
-                for tile in waiting:
-                    layout = layouts[tile.identifier]
-                    first = layout.first_band[self.catalog[name].pair]
-                    try:
-                        for k, layer in enumerate(layers):
-                            product.warp(layer, layout.grid, layout.data[first + k], resampling)
-                    except SourceError as error:
-                        errors[tile.identifier] = error
-            finally:
-                product.close()
+            failed = self._paint(name, paths[name], waiting, layouts, resampling)
+            if failed and name not in self.local:
+                failed = self._heal(name, waiting, layouts, resampling, failed)
+            errors.update(failed)
         outcomes: list[tuple[GridTile, Chip | Exception]] = []
         for tile, inputs in items:
             error = errors.get(tile.identifier)
@@ -480,6 +495,70 @@ class GunwSource(SourceAdapter):
             )
             outcomes.append((tile, chip))
         return outcomes
+
+    def _paint(self, name: str, path: str, tiles: Sequence[GridTile],
+               layouts: Mapping[str, _Layout], resampling: Resampling
+               ) -> dict[str, Exception]:  # fmt: skip
+        """Warp product ``name`` into the chips of ``tiles``; the errors of those it failed."""
+        layers = self.layers
+        try:
+            product = _gunw_read.Product(path, layers)
+        except SourceError as error:
+            return {tile.identifier: error for tile in tiles}
+        errors: dict[str, Exception] = {}
+        try:  # opened for this pass only: its cached blocks go when it closes
+            for tile in tiles:
+                layout = layouts[tile.identifier]
+                first = layout.first_band[self.catalog[name].pair]
+                try:
+                    for k, layer in enumerate(layers):
+                        product.warp(layer, layout.grid, layout.data[first + k], resampling)
+                except SourceError as error:
+                    errors[tile.identifier] = error
+        finally:
+            product.close()
+        return errors
+
+    def _heal(self, name: str, tiles: Sequence[GridTile], layouts: Mapping[str, _Layout],
+              resampling: Resampling, failed: dict[str, Exception]
+              ) -> dict[str, Exception]:  # fmt: skip
+        """A cached product that could not be read: if it is damaged (size or MD5 against the
+        search), drop it, download it once more and paint its tiles again (painting a product
+        twice gives the same pixels); a second failure names the file."""
+        from m3leo_tiles.download import drop_cached
+
+        path = self.cache_dir() / name
+        try:
+            seen = path.stat()
+        except FileNotFoundError:
+            return failed
+        problem = self._damage(self._product(name), path)
+        if problem is None:
+            return failed
+        log.warning("cached %s is damaged (%s): downloading it again", name, problem)
+        drop_cached(path, seen)
+        try:
+            fresh = self._product_path(name, None)
+        except Exception as error:
+            return {tile.identifier: error for tile in tiles}
+        again = self._paint(name, fresh, tiles, layouts, resampling)
+        return {
+            ident: SourceError(f"cannot read cached {name} (downloaded again): {first_line(error)}")
+            for ident, error in again.items()
+        }
+
+    @staticmethod
+    def _damage(product: GunwProduct, path: Path) -> str | None:
+        """Why a cached product is not the file the search describes, or None."""
+        size = path.stat().st_size
+        if product.size is not None and size != product.size:
+            return f"{size} bytes, the search says {product.size}"
+        if product.md5:
+            try:
+                _gunw_catalog.check_md5(path, expected=product.md5)
+            except ValueError as error:
+                return str(error)
+        return None
 
     def _layout(self, tile: GridTile, inputs: tuple[str, ...]) -> _Layout:
         """The tile's bands: four per pair in date order, their names and metadata."""
@@ -536,6 +615,30 @@ class GunwSource(SourceAdapter):
             return str(download())
         with context.slot():
             return str(download())
+
+
+def _found(count: int, excluded: Counter[str], selected: int, used: int, year: int | None
+           ) -> str:  # fmt: skip
+    """What the search gave, in words: a run that finds nothing says why (fetch.log)."""
+    rules = ", ".join(f"{n} for {why}" for why, n in excluded.most_common())
+    return (
+        f"the search found {count} GUNW product{'s' if count != 1 else ''} for {year}"
+        f"{'; excluded ' + rules if rules else ''}; {selected} kept, {used} over the tiles"
+    )
+
+
+def _save_search(path: Path, collection: Mapping[str, Any]) -> None:
+    """Keep one cell's search answer in the cache (atomically) for the next runs."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(strict_json.dumps(collection), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to the download cache {path.parent} ({error.strerror or error}); "
+            "choose another with --cache"
+        ) from None
 
 
 def _band_prefixes(pairs: Sequence[tuple[dt.date, dt.date, str, int]]) -> dict[tuple, str]:

@@ -65,14 +65,14 @@ conservation in both directions on real and on Mollweide data.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import glob
 import itertools
+import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -92,7 +92,14 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from m3leo_tiles.enums import ResamplingMethod
-from m3leo_tiles.errors import ConfigError, SourceError, TransientSourceError, first_line
+from m3leo_tiles.errors import (
+    RUN_STOPPERS,
+    ConfigError,
+    EmptyTileError,
+    SourceError,
+    TransientSourceError,
+    first_line,
+)
 from m3leo_tiles.grid.tile import (
     GridTile,
     PixelGrid,
@@ -104,9 +111,11 @@ from m3leo_tiles.sources._gdal import (
     TRANSIENT_MESSAGES,
     footprint_lonlat,
     forget_dataset,
+    forget_datasets_using,
     is_remote,
     names_a_missing_file,
     open_dataset,
+    read_problem,
     scratch_raster,
     with_copies_across_the_antimeridian,
 )
@@ -141,6 +150,8 @@ DEFAULT_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
 SUM_CONSERVING_GDAL = (3, 6)
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 WORKER_BLOCK_CACHE_MB = 256  # GDAL's block cache per worker process (see setup_worker)
+
+log = logging.getLogger("m3leo_tiles.fetch")
 
 
 def grid_layers(grids: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
@@ -438,6 +449,7 @@ class RasterSource(SourceAdapter):
                     f"the mirror folder {folder} does not exist; give --source a folder laid "
                     "out like the product (or its URL)"
                 )
+        self._check_some_cell(layers)
         samples = self._samples(layers)
         if self.recipe.from_source:
             self.recipe = self._with_defaults(layers, samples)
@@ -470,6 +482,23 @@ class RasterSource(SourceAdapter):
             raise ConfigError(
                 f"recipe {recipe.name!r} has the years {_year_list(years)}; "
                 f"--year {year} is not one of them"
+            )
+
+    def _check_some_cell(self, layers: list[Layer]) -> None:
+        """A local folder of a tiled product in which not one cell file exists is a wrong
+        ``--source`` (an empty folder, one level off), not a dataset of empty tiles: refused
+        now. One lazy glob per layer, stopped at the first file found."""
+        templates = [path for layer in layers for spec in layer.specs
+                     if TEMPLATE_FIELDS.search(path := _gdal_path(spec, self.recipe.folder))
+                     and not path.startswith(("/vsi", "zip://", "tar://"))]  # fmt: skip
+        for template in templates:
+            if next(glob.iglob(TEMPLATE_FIELDS.sub("*", glob.escape(template))), None):
+                return
+        if templates:
+            where = self.root() or os.path.dirname(templates[0].split("{")[0])
+            raise ConfigError(
+                f"not one file of the product is in {where} (looked for files laid out as "
+                f"{templates[0]}); give --source a folder laid out like the product"
             )
 
     def _samples(self, layers: list[Layer]) -> list[tuple[str | None, str, _FileInfo]]:
@@ -857,20 +886,92 @@ class RasterSource(SourceAdapter):
         remote = sorted({path for _, inputs in items for item in inputs
                          if is_remote(path := self._split(item)[1])})  # fmt: skip
 
+        failed: dict[str, Exception] = {}
+
         def fetch(path: str) -> None:
-            # A failure here is reported (and retried) by the tile's own render.
-            with contextlib.suppress(Exception), context.slot():
-                self._download(path, templated)
+            try:
+                with context.slot():
+                    self._download(path, templated)
+            except RUN_STOPPERS:
+                raise
+            except Exception as error:  # its tiles fail with it, without trying it again
+                failed[path] = error
 
         if remote:
             with ThreadPoolExecutor(min(context.threads, len(remote)),
                                     thread_name_prefix="m3leo-download") as pool:  # fmt: skip
                 list(pool.map(fetch, remote))
+        ready = []
+        for tile, inputs in items:
+            paths = (self._split(item)[1] for item in inputs)
+            error = next((failed[path] for path in paths if path in failed), None)
+            if error is None:
+                ready.append((tile, inputs))
+            else:
+                yield tile, error
         sequential = RenderContext(threads=1, slot=context.slot, sleep=context.sleep)
-        yield from super().render_many(items, sequential)
+        inputs_of = {tile.identifier: inputs for tile, inputs in ready}
+        for tile, outcome in super().render_many(ready, sequential):
+            if isinstance(outcome, Exception) and not isinstance(
+                outcome, (TransientSourceError, EmptyTileError, *RUN_STOPPERS)
+            ):
+                outcome = self._heal(tile, inputs_of[tile.identifier], outcome, sequential)
+            yield tile, outcome
+
+    def _heal(self, tile: GridTile, inputs: tuple[str, ...], error: Exception,
+              context: RenderContext) -> Chip | Exception:  # fmt: skip
+        """A tile that failed on files of the download cache: the damaged ones (GDAL cannot
+        read them whole) are dropped, downloaded again, and the tile is tried once more; a
+        second failure names the file. A tile that failed for another reason keeps it."""
+        from m3leo_tiles.download import drop_cached
+
+        damaged = self._damaged_downloads(inputs)
+        if not damaged:
+            return error
+        for local, seen, problem in damaged:
+            log.warning("cached %s cannot be read (%s): downloading it again", local.name, problem)
+            drop_cached(local, seen)
+            forget_datasets_using(str(local))
+        try:
+            return self.render_one(tile, inputs, context)
+        except RUN_STOPPERS:
+            raise
+        except Exception as second:
+            still = self._damaged_downloads(inputs)
+            if not still:
+                return second
+            local, _, problem = still[0]
+            return SourceError(f"cannot read cached {local.name} (downloaded again): {problem}")
+
+    def _damaged_downloads(self, inputs: tuple[str, ...]
+                           ) -> list[tuple[Path, os.stat_result, str]]:  # fmt: skip
+        """(file, its stat, why) for each of the tile's cached downloads that GDAL cannot
+        read whole; only called after a failure, as it decodes every file."""
+        damaged = []
+        for item in inputs:
+            path = self._split(item)[1]
+            if not is_remote(path):
+                continue
+            local = self._cache_path(path)
+            try:
+                seen = local.stat()
+            except FileNotFoundError:
+                continue
+            problem = read_problem(str(local))
+            if problem is not None:
+                damaged.append((local, seen, problem))
+        return damaged
 
     def _downloads(self) -> bool:
         return self.recipe.params.get("remote") == "download" and bool(self.options.cache_dir)
+
+    def downloads(self) -> bool:
+        return self._downloads() and bool(self.concurrency())
+
+    def all_downloaded(self, planned: Iterable[tuple[str, ...]]) -> bool:
+        remote = {path for inputs in planned for item in inputs
+                  if is_remote(path := self._split(item)[1])}  # fmt: skip
+        return all(self._cache_path(path).is_file() for path in remote)
 
     def _download(self, path: str, templated: bool) -> str | None:
         """A remote file copied whole into ``<cache>/<host>/<path>`` (atomic, locked per file,
@@ -878,15 +979,20 @@ class RasterSource(SourceAdapter):
         from m3leo_tiles.download import MissingRemoteFile, cached_download
 
         url = path.removeprefix("/vsicurl/")
-        scheme, _, rest = url.partition("://")
-        folder, _, name = rest.partition("?")[0].rpartition("/")
-        cache = Path(self.options.cache_dir or ".") / "raster" / scheme / folder
+        local = self._cache_path(path)
         try:
-            return str(cached_download(url, cache, name=name))
+            return str(cached_download(url, local.parent, name=local.name))
         except MissingRemoteFile:
             if templated:
                 return None
             raise SourceError(f"input {url} does not exist (HTTP 404)") from None
+
+    def _cache_path(self, path: str) -> Path:
+        """Where ``remote: download`` keeps a remote input: ``<cache>/raster/<scheme>/<host>/
+        <path>`` (the URL's own layout, so that files of one name in two folders differ)."""
+        scheme, _, rest = path.removeprefix("/vsicurl/").partition("://")
+        folder, _, name = rest.partition("?")[0].rpartition("/")
+        return Path(self.options.cache_dir or ".") / "raster" / scheme / folder / name
 
     def _split(self, item: str) -> tuple[str, str]:
         """``layer=path`` of a layered recipe, or ``("", path)``."""
