@@ -196,7 +196,7 @@ def test_an_unreachable_host_is_said_at_once_and_stops_the_run(tmp_path: Path) -
     assert took < 45  # a cluster's start, then about the 3 s allowed, not minutes of retries
     log = (tmp_path / "out" / "t" / "gssic" / "fetch.log").read_text()
     assert f"WARNING network: cannot reach 127.0.0.1:{port}" in log
-    assert f"ERROR network: could not reach 127.0.0.1:{port}" in log
+    assert f"ERROR stopped: network: could not reach 127.0.0.1:{port}" in log
 
 
 class _Recorder:

@@ -332,7 +332,9 @@ def fetch_tiles(
             raise type(error)(message) from None
         except M3leoError as error:  # a configuration error, early stop, full disk: the
             # reason goes to fetch.log too (the CLI prints it once), not only "0 ok"
-            log.error("stopped: %s", error, extra={"per_tile": True})
+            text = str(error)
+            log.error("%s", text if text.startswith("stopped") else f"stopped: {text}",
+                      extra={"per_tile": True})  # fmt: skip
             raise
         finally:
             writer.close()
