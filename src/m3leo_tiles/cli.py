@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover (a typer that uses click itself)
 
 from m3leo_tiles import __version__
 from m3leo_tiles.errors import ConfigError, M3leoError
+from m3leo_tiles.redact import redact
 
 
 def _metavars_for_people() -> None:
@@ -581,7 +582,7 @@ def _interrupted(error: KeyboardInterrupt) -> int:
     from m3leo_tiles.runner import Terminated
 
     text = str(error) or "interrupted; finished work is kept, rerun the same command to resume"
-    typer.echo(text, err=True)
+    typer.echo(redact(text), err=True)
     return 143 if isinstance(error, Terminated) else 130
 
 
@@ -597,15 +598,15 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as error:  # unknown option, bad choice such as --split vall
         where = error.ctx.command_path if error.ctx is not None else "m3leo-tiles"
         message = " ".join(error.format_message().split())
-        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        typer.echo(f"error: {redact(message)} (see `{where} --help`)", err=True)
         sys.exit(2)
     except ClickException as error:
-        typer.echo(f"error: {' '.join(error.format_message().split())}", err=True)
+        typer.echo(f"error: {redact(' '.join(error.format_message().split()))}", err=True)
         sys.exit(error.exit_code)
     except typer.Abort:
         sys.exit(_interrupted(KeyboardInterrupt()))
     except M3leoError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {redact(str(error))}", err=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM during a fetch (runner.Terminated)
         sys.exit(_interrupted(error))

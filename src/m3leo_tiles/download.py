@@ -109,7 +109,7 @@ def _stream(url: str, partial: Path, session: requests.Session, timeout_s: float
     """One try: GET ``url`` into ``partial``; raises transient or permanent errors."""
     import requests
 
-    host = urlsplit(url).netloc or url
+    host = urlsplit(url).netloc.rpartition("@")[2] or url  # never a URL's user:password@
     try:
         with session.get(url, stream=True, timeout=timeout_s, allow_redirects=True) as response:
             status = response.status_code

@@ -5,6 +5,8 @@ Every error raised for bad input, bad configuration or a missing credential deri
 turns these into that line and an exit code, never a traceback.
 """
 
+from m3leo_tiles.redact import redact
+
 
 class M3leoError(Exception):
     """Base class: a problem the user can fix; ``exit_code`` is what the CLI returns."""
@@ -51,6 +53,7 @@ class SystematicFailure(M3leoError):
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an error's message (library errors can run to pages), or its type."""
+    """The first line of an error's message (library errors can run to pages), or its type;
+    credentials a library quoted (a request URL's ``key=``...) are redacted."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return redact(lines[0]) if lines else type(error).__name__

@@ -26,6 +26,7 @@ import rasterio
 from m3leo_tiles import __version__
 from m3leo_tiles.errors import DiskFullError
 from m3leo_tiles.geotiff import ChipEncoder
+from m3leo_tiles.redact import redact
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import PixelGrid
@@ -40,12 +41,13 @@ _ENCODER = ChipEncoder()  # one per process: its GDAL templates serve every late
 
 
 def chip_tags(recipe: Recipe, tags: Mapping[str, str]) -> dict[str, str]:
-    """What a chip records about how it was made; ``recipe_hash`` lets a rerun adopt it."""
+    """What a chip records about how it was made; ``recipe_hash`` lets a rerun adopt it.
+    Values are redacted: an input may be a URL with a credential, and chips are shared."""
     return {
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
         "software": f"m3leo-tiles {__version__}",
-        **{key: str(value) for key, value in tags.items()},
+        **{key: redact(str(value)) for key, value in tags.items()},
     }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.redact import redact
 
 MANIFEST_NAME = "manifest.csv"
 COLUMNS = (
@@ -37,9 +38,10 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _one_line(text: str) -> str:
-    """Reasons come from exceptions and may hold newlines; a row must stay one line."""
-    return " ".join(text.split())
+def one_line(text: str) -> str:
+    """Reasons come from exceptions and may hold newlines; a row must stay one line. Reasons
+    and inputs may quote a URL with a credential: a manifest travels with its dataset."""
+    return redact(" ".join(text.split()))
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,8 @@ class ManifestRow:
         return [
             self.identifier,
             str(self.status),
-            _one_line(self.reason),
-            INPUT_SEPARATOR.join(_one_line(i) for i in self.inputs),
+            one_line(self.reason),
+            INPUT_SEPARATOR.join(one_line(i) for i in self.inputs),
             f"{self.seconds:.3f}",
             self.recipe_hash,
             self.finished_at or now_iso(),

@@ -55,6 +55,7 @@ from m3leo_tiles.manifest import (
 )
 from m3leo_tiles.planning import Plan, batch_size_for, make_plan
 from m3leo_tiles.recipes import Recipe
+from m3leo_tiles.redact import RedactingFilter
 from m3leo_tiles.sources.base import FetchOptions, SourceAdapter, get_source
 from m3leo_tiles.worker import Batch, Budget, reason_of, render_batch
 
@@ -173,6 +174,8 @@ def _run_logging(dataset_dir: Path, console: bool) -> Iterator[None]:
     console_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     console_handler.setLevel(logging.WARNING if console else logging.ERROR)
     console_handler.addFilter(_TileFilter())
+    for handler in (file_handler, console_handler):  # no record carries a credential
+        handler.addFilter(RedactingFilter())
     previous = package.level
     package.setLevel(logging.INFO)
     package.addHandler(file_handler)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from m3leo_tiles.errors import ConfigError, M3leoError
+from m3leo_tiles.redact import redact
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.csv"
@@ -467,7 +468,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one ``error:`` line and exit 2, as in m3leo-tiles."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see m3leo-train --help)", file=sys.stderr)
+        print(f"error: {redact(message)} (see m3leo-train --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(args)
         result = train(config, resume=args.resume, progress=not args.quiet)
     except M3leoError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print(
