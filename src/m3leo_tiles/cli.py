@@ -122,6 +122,13 @@ def grid(
             "--yes", help="Grid an AOI of more than 3 million tiles (refused without it)."
         ),
     ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="The AOI's name in the grid and its folders (default: the built-in name or "
+            "the file's stem); what `fetch --aoi NAME` then uses."
+        ),
+    ] = None,
 ) -> None:
     """Lay the global 4480 m tile grid over an AOI; split it into train/val/test.
 
@@ -135,14 +142,17 @@ def grid(
     Writes OUT/tiles.geojson (EPSG:4326; or tiles.parquet) with identifier,
     aoi, utm_epsg, x_min, y_min, band, split, seam per tile, and
     OUT/splits.csv (identifier,split,band). OUT defaults to grids/<aoi> in
-    the current folder. The AOI is cut into --bands parallel strips of equal
-    ground width running at --angle, dealt out train/val/test by --ratios.
+    the current folder; <aoi> is --name, else the built-in name or the
+    file's stem, and must be a safe folder name (as for `fetch --aoi`).
+    The AOI is cut into --bands parallel strips of equal ground width
+    running at --angle, dealt out train/val/test by --ratios.
 
     \b
     Examples:
       m3leo-tiles grid --aoi conus
       m3leo-tiles grid --aoi demo --out /tmp/demo-grid --format parquet
       m3leo-tiles grid --aoi field.gpkg --angle 0 --ratios 8:1:1 --seed 2
+      m3leo-tiles grid --aoi "my field.wkt" --name my-field
     """
     from m3leo_tiles.grid import make_grid
     from m3leo_tiles.grid.build import LARGE_GRID_TILES
@@ -157,6 +167,7 @@ def grid(
         seed=seed,
         progress=not quiet and sys.stderr.isatty(),
         max_tiles=None if yes else LARGE_GRID_TILES,
+        name=name,
     )
     typer.echo(result.summary())
 
