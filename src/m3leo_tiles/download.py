@@ -27,12 +27,12 @@ import fcntl
 import hashlib
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from m3leo_tiles.atomic import PARTIAL_SUFFIX, open_no_follow, replacing
 from m3leo_tiles.errors import DiskFullError, SourceError, TransientSourceError, first_line
 from m3leo_tiles.sources.base import RetryPolicy
 
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 DOWNLOAD_RETRY = RetryPolicy(attempts=4, base_delay_s=1.0, max_delay_s=20.0)
 CHUNK_BYTES = 1 << 20
 LOCK_POLL_S = 0.1
-PARTIAL_SUFFIX = ".part"
 
 
 class DownloadError(SourceError):
@@ -65,7 +64,8 @@ def cache_name(url: str) -> str:
 def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path``, waiting up to ``timeout_s`` for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)  # never a link planted in the cache
+    with os.fdopen(fd, "r+b") as handle:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -176,19 +176,12 @@ def cached_download(
             target.unlink()  # damaged in the cache: fetch it anew
 
         def attempt() -> Path:
-            partial = target.with_name(
-                f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-            )
-            try:
+            with replacing(target, suffix=PARTIAL_SUFFIX, make_parent=False) as partial:
                 _stream(url, partial, session, timeout_s)
                 problem = _check(partial, expected_size, sha256, validate)
                 if problem is not None:
                     raise TransientSourceError(f"download of {target.name} incomplete: {problem}")
-                os.replace(partial, target)
-                return target
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    partial.unlink()
+            return target
 
         return policy.run(
             attempt,

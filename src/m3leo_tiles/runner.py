@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3leo_tiles.atomic import NoFollowFileHandler
 from m3leo_tiles.cluster import (
     dask_client,
     quiet_dask_logs,
@@ -167,7 +169,7 @@ class _TileFilter(logging.Filter):
 @contextlib.contextmanager
 def _run_logging(dataset_dir: Path, console: bool) -> Iterator[None]:
     package = logging.getLogger("m3leo_tiles")
-    file_handler = logging.FileHandler(dataset_dir / LOG_NAME, encoding="utf-8")
+    file_handler = NoFollowFileHandler(dataset_dir / LOG_NAME, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     file_handler.setLevel(logging.INFO)
     console_handler = logging.StreamHandler(sys.stderr)
@@ -199,9 +201,8 @@ def _make_dataset_dir(out: Path, aoi: str, dataset: str) -> Path:
     dataset_dir = out / aoi / dataset
     try:
         dataset_dir.mkdir(parents=True, exist_ok=True)
-        probe = dataset_dir / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=dataset_dir):  # a fresh name, never a planted link
+            pass
     except OSError as error:
         raise ConfigError(
             f"cannot write to output folder {dataset_dir} ({error.strerror or error}); "

@@ -13,6 +13,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from m3leo_tiles.atomic import replacing
 from m3leo_tiles.enums import GridFormat, Split
 from m3leo_tiles.errors import ConfigError
 from m3leo_tiles.grid.aois import aoi_name, checked_aoi_name, load_aoi
@@ -20,7 +21,6 @@ from m3leo_tiles.grid.files import (
     SPLITS_NAME,
     GridResult,
     TileTable,
-    atomic_path,
     default_grid_path,
     grid_file_name,
     write_geojson,
@@ -116,7 +116,7 @@ def make_grid(
     )
     created = not out_dir.exists()
     try:
-        with atomic_path(splits_path) as tmp_splits, atomic_path(path) as tmp_tiles:
+        with replacing(splits_path) as tmp_splits, replacing(path) as tmp_tiles:
             # The CSV last: read_grid trusts it only when it is at least as new as the tiles.
             (write_parquet if fmt is GridFormat.PARQUET else write_geojson)(table, tmp_tiles)
             write_splits_csv(table.identifier, split, band, tmp_splits)

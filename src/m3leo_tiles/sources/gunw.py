@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import os
 import threading
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from rasterio.enums import Resampling
 
+from m3leo_tiles.atomic import write_text
 from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
@@ -299,10 +299,7 @@ class GunwSource(SourceAdapter):
                 collection = json.loads(path.read_text(encoding="utf-8"))
             else:
                 collection = self._asf_search(cell)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-                temporary.write_text(json.dumps(collection), encoding="utf-8")
-                os.replace(temporary, path)
+                write_text(path, json.dumps(collection))
             for feature in collection.get("features", []):
                 key = str((feature.get("properties") or {}).get("fileID"))
                 features.setdefault(key, feature)

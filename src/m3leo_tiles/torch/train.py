@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from m3leo_tiles.atomic import replacing, write_text
 from m3leo_tiles.errors import ConfigError, M3leoError
 from m3leo_tiles.redact import redact
 
@@ -272,23 +272,19 @@ def _loader(dataset: Any, config: TrainConfig, shuffle: bool, epoch: int = 0) ->
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with replacing(path) as partial:
+        torch.save(payload, partial)
 
 
 def _write_metrics(path: Path, history: Sequence[dict[str, Any]]) -> None:
     if not history:
         return
     columns = list(history[0])
-    partial = path.with_name(f".{path.name}.part")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
+    with replacing(path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in history:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    os.replace(partial, path)
 
 
 def _evaluate(model: Any, loader: Any, data: Data, device: str, num_classes: int) -> dict:
@@ -378,7 +374,7 @@ def _train(
         start = int(state["epoch"]) + 1
         log(f"resuming {out} after epoch {state['epoch']}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_NAME).write_text(config.to_json() + "\n", encoding="utf-8")
+    write_text(out / CONFIG_NAME, config.to_json() + "\n")
     _write_metrics(out / METRICS_NAME, history)
     log(
         f"{data.train!r}; UNet width {config.width}: {parameter_count(model):,} parameters; "
@@ -451,9 +447,7 @@ def finish(
         **({"classes": list(data.train.classes)} if data.train.categorical else {}),
         **result,
     }  # fmt: skip
-    (out / TEST_METRICS_NAME).write_text(
-        json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8"
-    )
+    write_text(out / TEST_METRICS_NAME, json.dumps(result, indent=1, default=str) + "\n")
     from m3leo_tiles.torch.plots import plot_curves, plot_predictions
 
     plot_curves(history, out / CURVES_NAME, metric="miou" if data.train.categorical else "rmse")
