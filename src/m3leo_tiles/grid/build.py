@@ -132,7 +132,7 @@ def make_grid(
                 f"cannot write the grid to {out_dir}: {reason}; choose --out"
             ) from None
         raise
-    counts = {name.value: int(np.count_nonzero(split == name.value)) for name in Split}
+    counts = {part.value: int(np.count_nonzero(split == part.value)) for part in Split}
     return GridResult(
         aoi=name,
         path=path,
