@@ -95,7 +95,7 @@ def test_full_disk_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
         def write(self, payload):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("m3leo_tiles.io.open", FullFile, raising=False)
+    monkeypatch.setattr("m3leo_tiles.atomic.open", FullFile, raising=False)  # the one writer
     with pytest.raises(DiskFullError, match="no space left") as caught:
         write_chip(tmp_path / "x.tif", chip_for(89.6), TILE.pixel_grid(89.6), recipe, {})
     assert "\n" not in str(caught.value) and caught.value.exit_code == 2

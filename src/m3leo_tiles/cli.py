@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover (a typer that uses click itself)
 
 from m3leo_tiles import __version__
 from m3leo_tiles.errors import ConfigError, M3leoError
+from m3leo_tiles.redact import redact
 
 
 def _metavars_for_people() -> None:
@@ -121,6 +122,13 @@ def grid(
             "--yes", help="Grid an AOI of more than 3 million tiles (refused without it)."
         ),
     ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="The AOI's name in the grid and its folders (default: the built-in name or "
+            "the file's stem); what `fetch --aoi NAME` then uses."
+        ),
+    ] = None,
 ) -> None:
     """Lay the global 4480 m tile grid over an AOI; split it into train/val/test.
 
@@ -134,14 +142,17 @@ def grid(
     Writes OUT/tiles.geojson (EPSG:4326; or tiles.parquet) with identifier,
     aoi, utm_epsg, x_min, y_min, band, split, seam per tile, and
     OUT/splits.csv (identifier,split,band). OUT defaults to grids/<aoi> in
-    the current folder. The AOI is cut into --bands parallel strips of equal
-    ground width running at --angle, dealt out train/val/test by --ratios.
+    the current folder; <aoi> is --name, else the built-in name or the
+    file's stem, and must be a safe folder name (as for `fetch --aoi`).
+    The AOI is cut into --bands parallel strips of equal ground width
+    running at --angle, dealt out train/val/test by --ratios.
 
     \b
     Examples:
       m3leo-tiles grid --aoi conus
       m3leo-tiles grid --aoi demo --out /tmp/demo-grid --format parquet
       m3leo-tiles grid --aoi field.gpkg --angle 0 --ratios 8:1:1 --seed 2
+      m3leo-tiles grid --aoi "my field.wkt" --name my-field
     """
     from m3leo_tiles.grid import make_grid
     from m3leo_tiles.grid.build import LARGE_GRID_TILES
@@ -156,6 +167,7 @@ def grid(
         seed=seed,
         progress=not quiet and sys.stderr.isatty(),
         max_tiles=None if yes else LARGE_GRID_TILES,
+        name=name,
     )
     typer.echo(result.summary())
 
@@ -585,7 +597,7 @@ def _interrupted(error: KeyboardInterrupt) -> int:
     from m3leo_tiles.runner import Terminated
 
     text = str(error) or "interrupted; finished work is kept, rerun the same command to resume"
-    typer.echo(text, err=True)
+    typer.echo(redact(text), err=True)
     return 143 if isinstance(error, Terminated) else 130
 
 
@@ -601,15 +613,15 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as error:  # unknown option, bad choice such as --split vall
         where = error.ctx.command_path if error.ctx is not None else "m3leo-tiles"
         message = " ".join(error.format_message().split())
-        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        typer.echo(f"error: {redact(message)} (see `{where} --help`)", err=True)
         sys.exit(2)
     except ClickException as error:
-        typer.echo(f"error: {' '.join(error.format_message().split())}", err=True)
+        typer.echo(f"error: {redact(' '.join(error.format_message().split()))}", err=True)
         sys.exit(error.exit_code)
     except typer.Abort:
         sys.exit(_interrupted(KeyboardInterrupt()))
     except M3leoError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {redact(str(error))}", err=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM during a fetch (runner.Terminated)
         sys.exit(_interrupted(error))

@@ -32,13 +32,13 @@ import hashlib
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from m3leo_tiles import events
+from m3leo_tiles.atomic import PARTIAL_SUFFIX, open_no_follow, replacing
 from m3leo_tiles.errors import (
     DiskFullError,
     NetworkUnreachable,
@@ -56,7 +56,6 @@ UNREACHABLE_S = 60.0  # total wait on a host that does not answer; M3LEO_UNREACH
 CONNECT_TIMEOUT_S = 10.0  # a host that takes longer to accept a connection is not there
 CHUNK_BYTES = 1 << 20
 LOCK_POLL_S = 0.1
-PARTIAL_SUFFIX = ".part"
 
 
 class DownloadError(SourceError):
@@ -79,7 +78,8 @@ def cache_name(url: str) -> str:
 def file_lock(path: Path, timeout_s: float) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path``, waiting up to ``timeout_s`` for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)  # never a link planted in the cache
+    with os.fdopen(fd, "r+b") as handle:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -189,7 +189,7 @@ def _stream(url: str, partial: Path, session: requests.Session, timeout_s: float
     """One try: GET ``url`` into ``partial``; raises transient or permanent errors."""
     import requests
 
-    host = urlsplit(url).netloc or url
+    host = urlsplit(url).netloc.rpartition("@")[2] or url  # never a URL's user:password@
     timeouts = (min(CONNECT_TIMEOUT_S, timeout_s), timeout_s)  # (connect, read)
     started = time.monotonic()
     try:
@@ -260,19 +260,12 @@ def cached_download(
             target.unlink()  # damaged in the cache: fetch it anew
 
         def attempt() -> Path:
-            partial = target.with_name(
-                f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-            )
-            try:
+            with replacing(target, suffix=PARTIAL_SUFFIX, make_parent=False) as partial:
                 _stream(url, partial, session, timeout_s)
                 problem = _check(partial, expected_size, sha256, validate)
                 if problem is not None:
                     raise TransientSourceError(f"download of {target.name} incomplete: {problem}")
-                os.replace(partial, target)
-                return target
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    partial.unlink()
+            return target
 
         return policy.run(
             attempt,

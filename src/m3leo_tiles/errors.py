@@ -5,6 +5,8 @@ Every error raised for bad input, bad configuration or a missing credential deri
 turns these into that line and an exit code, never a traceback.
 """
 
+from m3leo_tiles.redact import redact
+
 
 class M3leoError(Exception):
     """Base class: a problem the user can fix; ``exit_code`` is what the CLI returns."""
@@ -61,13 +63,14 @@ RUN_STOPPERS: tuple[type[M3leoError], ...] = (DiskFullError, NetworkUnreachable)
 
 
 def first_line(error: BaseException, about: str | None = None) -> str:
-    """The first line of an error's message (library errors can run to pages), or its type.
+    """The first line of an error's message (library errors can run to pages), or its type;
+    credentials a library quoted (a request URL's ``key=``...) are redacted.
 
     ``about`` is the path the caller's own message already names: GDAL starts its messages
     with it (``PATH: No such file or directory``, ``'PATH' not recognized as ...``), and it is
     dropped so that the message does not name the file twice."""
     lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
+    text = redact(lines[0]) if lines else type(error).__name__
     if about:
         for prefix in (f"{about}: ", f"'{about}' ", f"{about} "):
             if text.startswith(prefix) and len(text) > len(prefix):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import uuid
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -24,15 +23,16 @@ import numpy as np
 import rasterio
 
 from m3leo_tiles import __version__
+from m3leo_tiles.atomic import PARTIAL_SUFFIX, write_bytes
 from m3leo_tiles.errors import DiskFullError
 from m3leo_tiles.geotiff import ChipEncoder
+from m3leo_tiles.redact import redact
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import PixelGrid
     from m3leo_tiles.recipes import Recipe
     from m3leo_tiles.sources.base import Chip
 
-PARTIAL_SUFFIX = ".part"
 # Only for bench/bench_fsync.py, which measures what the fsyncs cost a whole run (nothing
 # measurable: the workers overlap them); not a user option.
 _DURABLE = os.environ.get("M3LEO_BENCH_NO_FSYNC", "") != "1"
@@ -40,12 +40,13 @@ _ENCODER = ChipEncoder()  # one per process: its GDAL templates serve every late
 
 
 def chip_tags(recipe: Recipe, tags: Mapping[str, str]) -> dict[str, str]:
-    """What a chip records about how it was made; ``recipe_hash`` lets a rerun adopt it."""
+    """What a chip records about how it was made; ``recipe_hash`` lets a rerun adopt it.
+    Values are redacted: an input may be a URL with a credential, and chips are shared."""
     return {
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash,
         "software": f"m3leo-tiles {__version__}",
-        **{key: str(value) for key, value in tags.items()},
+        **{key: redact(str(value)) for key, value in tags.items()},
     }
 
 
@@ -85,50 +86,23 @@ class Written:
         return cls(len(payload), f"{zlib.crc32(payload):08x}")
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX: the entry lives in the folder's data)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # a platform or file system without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_bytes_atomically(path: Path, payload: bytes, *, durable: bool = _DURABLE) -> Written:
-    """Write to a hidden partial name, fsync, rename, fsync the folder: whole or absent.
+    """Write to a hidden partial name, fsync, rename, fsync the folder: whole or absent, and
+    never through a symbolic link planted at the chip's name (``atomic.replacing``).
 
     Without the two fsyncs a rename can reach the disk before the file's data does, so a
     power cut (not a killed process) may leave an empty or short file under the final name;
     ext4, XFS and btrfs all allow it. ``durable=False`` is for benchmarks only: the runner
     writes several chips at once, which hides the fsyncs' wait (``bench/bench_fsync.py``).
     """
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
     try:
-        with open(partial, "wb") as handle:
-            handle.write(payload)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(partial, path)
-        if durable:
-            _fsync_folder(path.parent)
+        write_bytes(path, payload, durable=durable, suffix=PARTIAL_SUFFIX)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            partial.unlink()
         if error.errno == errno.ENOSPC:
             raise DiskFullError(
                 f"no space left on the device holding {path.parent}; free some space and rerun "
                 "(finished chips are kept)"
             ) from None
-        raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
         raise
     return Written.of(payload)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from m3leo_tiles import strict_json
+from m3leo_tiles.atomic import open_no_follow, refuse_link
 from m3leo_tiles.errors import LockedError
 
 LOCK_NAME = ".m3leo.lock"
@@ -86,7 +87,7 @@ class DatasetLock:
     def _try_create(self) -> bool:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = open_no_follow(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -97,6 +98,8 @@ class DatasetLock:
         return True
 
     def _take_over_if_stale(self) -> None:
+        if self.path.is_symlink():  # planted: neither someone's lock nor ours to remove
+            raise refuse_link(self.path)
         owner = _read_owner(self.path)
         if owner is None:
             # Empty or torn: either being written this instant, or left by a crash mid-write.

@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from m3leo_tiles.atomic import PARTIAL_SUFFIX, open_append, write_text
 from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.redact import redact
 
 MANIFEST_NAME = "manifest.csv"
 COLUMNS = (
@@ -37,9 +39,10 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _one_line(text: str) -> str:
-    """Reasons come from exceptions and may hold newlines; a row must stay one line."""
-    return " ".join(text.split())
+def one_line(text: str) -> str:
+    """Reasons come from exceptions and may hold newlines; a row must stay one line. Reasons
+    and inputs may quote a URL with a credential: a manifest travels with its dataset."""
+    return redact(" ".join(text.split()))
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class ManifestRow:
         return [
             self.identifier,
             str(self.status),
-            _one_line(self.reason),
-            INPUT_SEPARATOR.join(_one_line(i) for i in self.inputs),
+            one_line(self.reason),
+            INPUT_SEPARATOR.join(one_line(i) for i in self.inputs),
             f"{self.seconds:.3f}",
             self.recipe_hash,
             self.finished_at or now_iso(),
@@ -119,7 +122,7 @@ class ManifestWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
-        self._file: TextIO = path.open("a", encoding="utf-8", newline="")
+        self._file: TextIO = open_append(path, newline="")  # never through a planted link
         if not new and not _ends_with_newline(path):
             # A previous run died mid-line: end the torn line so our first row stays whole.
             self._file.write("\n")
@@ -154,16 +157,14 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def write_manifest(path: Path, rows: Mapping[str, ManifestRow]) -> None:
-    """Replace the manifest with exactly ``rows`` (one per tile, sorted), atomically."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with temporary.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for identifier in sorted(rows):
-            writer.writerow(rows[identifier].as_record())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Replace the manifest with exactly ``rows`` (one per tile, sorted), atomically (a
+    link planted at its name is replaced, never written through)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for identifier in sorted(rows):
+        writer.writerow(rows[identifier].as_record())
+    write_text(path, buffer.getvalue(), durable=True, suffix=PARTIAL_SUFFIX)
 
 
 def compact_manifest(path: Path) -> dict[str, ManifestRow]:

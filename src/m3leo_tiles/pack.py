@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from m3leo_tiles import strict_json
+from m3leo_tiles.atomic import FOLDER_MODE
 from m3leo_tiles.chipsets import ChipSet, parse_pair_band, read_chip_info, valid_mask
 from m3leo_tiles.errors import ConfigError
 
@@ -113,9 +115,10 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
             "Dataset reads them from the chips"
         )
     fingerprint = files_fingerprint(chipset.folder, ids)
-    staging = chipset.folder / f".{PACK_DIR}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    # A fresh folder (mkdtemp: never a name someone planted a link at), renamed into place.
+    staging = Path(tempfile.mkdtemp(prefix=f".{PACK_DIR}.{os.getpid()}.", suffix=".tmp",
+                                    dir=chipset.folder))  # fmt: skip
+    os.chmod(staging, FOLDER_MODE)  # mkdtemp's 0700 would hide the pack from the group
     with_nodata: set[str] = set()
     try:
         array = np.lib.format.open_memmap(
@@ -165,8 +168,10 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
         if files_fingerprint(chipset.folder, ids) != fingerprint:
             raise ConfigError(f"chips of {chipset.name} changed while packing; rerun pack")
         target = pack_dir(chipset.folder)
-        old = chipset.folder / f".{PACK_DIR}.{os.getpid()}.old"
-        if target.exists():
+        old = staging.with_suffix(".old")  # as unique as the staging folder
+        if target.is_symlink():  # a link planted at the pack's name: replaced, not followed
+            target.unlink()
+        elif target.exists():
             target.rename(old)
         staging.rename(target)
         shutil.rmtree(old, ignore_errors=True)

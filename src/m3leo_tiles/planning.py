@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.manifest import INPUT_SEPARATOR, ManifestRow, now_iso
+from m3leo_tiles.manifest import INPUT_SEPARATOR, ManifestRow, now_iso, one_line
 from m3leo_tiles.sources.base import SourceAdapter
 
 if TYPE_CHECKING:
@@ -77,9 +77,7 @@ def batch_size_for(count: int, threads: int) -> int:
 
 def _same_inputs(row: ManifestRow, inputs: tuple[str, ...], input_id: str) -> bool:
     """Whether a finished row was made from the inputs planned now (paths, then identity)."""
-    if INPUT_SEPARATOR.join(row.inputs) != INPUT_SEPARATOR.join(
-        " ".join(i.split()) for i in inputs
-    ):
+    if INPUT_SEPARATOR.join(row.inputs) != INPUT_SEPARATOR.join(one_line(i) for i in inputs):
         return False
     return not row.input_id or row.input_id == input_id
 

@@ -20,6 +20,7 @@ import rasterio.merge
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.errors import RasterioError
 
+from m3leo_tiles.atomic import replacing
 from m3leo_tiles.errors import ConfigError
 
 GRID_COLOUR = (255, 210, 0)
@@ -191,11 +192,9 @@ def quicklook(
             f"no chips (*.tif) that GDAL can read in {', '.join(map(str, dataset_dirs))}; "
             "run fetch first"
         )
-    partial = out.with_name(f".{out.name}.part")
     try:
-        compose(panels).save(partial, format="PNG")
-        partial.replace(out)
+        with replacing(out) as partial:  # never through a link planted at --out
+            compose(panels).save(partial, format="PNG")
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {out}: {error.strerror or error}") from None
     return out

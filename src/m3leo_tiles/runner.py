@@ -28,6 +28,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from m3leo_tiles.atomic import NoFollowFileHandler
 from m3leo_tiles.cluster import (
     dask_client,
     quiet_dask_logs,
@@ -56,6 +58,7 @@ from m3leo_tiles.manifest import (
 )
 from m3leo_tiles.planning import Plan, batch_size_for, make_plan
 from m3leo_tiles.recipes import Recipe
+from m3leo_tiles.redact import RedactingFilter
 from m3leo_tiles.sources.base import (
     FetchOptions,
     SourceAdapter,
@@ -173,13 +176,15 @@ class _TileFilter(logging.Filter):
 @contextlib.contextmanager
 def _run_logging(dataset_dir: Path, console: bool) -> Iterator[None]:
     package = logging.getLogger("m3leo_tiles")
-    file_handler = logging.FileHandler(dataset_dir / LOG_NAME, encoding="utf-8")
+    file_handler = NoFollowFileHandler(dataset_dir / LOG_NAME, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     file_handler.setLevel(logging.INFO)
     console_handler = logging.StreamHandler(sys.stderr)
     console_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     console_handler.setLevel(logging.WARNING if console else logging.ERROR)
     console_handler.addFilter(_TileFilter())
+    for handler in (file_handler, console_handler):  # no record carries a credential
+        handler.addFilter(RedactingFilter())
     previous = package.level
     package.setLevel(logging.INFO)
     package.addHandler(file_handler)
@@ -213,9 +218,8 @@ def writable_problem(folder: Path) -> str | None:
     """Why files cannot be made in ``folder`` (made if missing), or None: a probe file."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=folder):  # a fresh name, never a planted link
+            pass
     except OSError as error:
         return str(error.strerror or error)
     return None

@@ -262,11 +262,10 @@ def compute_stats(
 
 
 def write_stats(stats: DatasetStats, folder: Path) -> Path:
-    from m3leo_tiles.grid.files import atomic_path
+    from m3leo_tiles.atomic import write_text
 
     path = stats_path(folder, stats.split)
-    with atomic_path(path) as tmp:
-        tmp.write_text(stats.to_json() + "\n", encoding="utf-8")
+    write_text(path, stats.to_json() + "\n")
     return path
 
 

@@ -40,8 +40,11 @@ def loads(text: str) -> Any:
 
 
 def write(path: Path, value: Any, **options: Any) -> None:
-    """Write ``value`` to ``path`` as strict JSON with a final newline."""
-    Path(path).write_text(dumps(value, **options) + "\n", encoding="utf-8")
+    """Write ``value`` to ``path`` as strict JSON with a final newline (a new file renamed
+    over the target: never half-written, never through a planted link)."""
+    from m3leo_tiles.atomic import write_text
+
+    write_text(Path(path), dumps(value, **options) + "\n")
 
 
 def as_float(value: Any) -> float:

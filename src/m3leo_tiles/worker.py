@@ -28,6 +28,7 @@ from m3leo_tiles import events
 from m3leo_tiles.enums import TileStatus
 from m3leo_tiles.errors import RUN_STOPPERS, EmptyTileError, SourceError, first_line
 from m3leo_tiles.manifest import ManifestRow, now_iso
+from m3leo_tiles.redact import redact
 from m3leo_tiles.sources.base import Chip, RenderContext, SourceAdapter
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
             except RUN_STOPPERS:
                 raise
             except EmptyTileError as error:
-                status, reason = TileStatus.EMPTY, str(error).strip() or "no data"
+                status, reason = TileStatus.EMPTY, redact(str(error).strip()) or "no data"
             except SourceError as error:
                 status, reason = TileStatus.FAILED, reason_of(error)
             except Exception as error:  # a bug or an unwrapped library error: still one tile

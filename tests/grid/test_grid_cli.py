@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from m3leo_tiles.grid import Tile, read_grid
+from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 
 SCRIPT = Path(sys.executable).parent / "m3leo-tiles"
 
@@ -81,3 +82,42 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, message) -> 
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     assert "Traceback" not in done.stderr
     assert _files(tmp_path) == before and not (tmp_path / "grids").exists()
+
+
+ROME_FIELD = "POLYGON ((12.45 41.85, 12.5 41.85, 12.5 41.9, 12.45 41.85))"
+
+
+@pytest.mark.parametrize(
+    ("file_name", "name", "problem"),
+    [
+        ("...wkt", None, "AOI name '..' (from the file name '...wkt') contains '..'"),
+        ("a b.wkt", None, "AOI name 'a b' (from the file name 'a b.wkt') is not a safe file name"),
+        ("field.wkt", "a b", "AOI name 'a b' (given with --name) is not a safe file name"),
+        ("field.wkt", "../up", "AOI name '../up' (given with --name) contains a path separator"),
+    ],
+)
+def test_an_aoi_name_fetch_would_refuse_is_refused_by_grid(tmp_path, file_name, name, problem):
+    """One name rule for grid and fetch: no ``grids/../tiles.geojson``, no ``grids/a b``."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / file_name).write_text(ROME_FIELD)
+    before = _files(tmp_path)
+    done = run("grid", "--aoi", file_name, *(("--name", name) if name else ()), cwd=work)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {problem}") and "--name NAME" in lines[0], lines[0]
+    assert _files(tmp_path) == before and not (work / "grids").exists()
+
+
+def test_grid_name_is_the_aoi_fetch_uses(tmp_path, shared_data) -> None:
+    (tmp_path / "my field.wkt").write_text(ROME_FIELD)
+    done = run("grid", "--aoi", "my field.wkt", "--name", "my-field", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    grid = read_grid(tmp_path / "grids" / "my-field" / "tiles.geojson")
+    assert grid.aoi == "my-field" and len(grid) > 0
+    fetched = run("fetch", "demo-dem", "--aoi", "my-field", "--out", "data", "--workers", "1",
+                  "--source", str(shared_data / "dem" / "Rome-30m-DEM.tif"), "--quiet",
+                  cwd=tmp_path)  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
+    rows = read_manifest(tmp_path / "data" / "my-field" / "demo-dem" / MANIFEST_NAME)
+    assert sorted(rows) == sorted(tile.identifier for tile in grid.tiles)

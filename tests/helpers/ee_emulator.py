@@ -26,6 +26,8 @@ What a test can steer (attributes of the server, or ``configure``):
 * ``empty_windows``: ``(collection id, start date)`` pairs with no image: ``value:compute``
   counts them as 0 (other windows count 3).
 * ``latency_s``: seconds every request waits before it is answered.
+* ``go_away()``: the service disappears mid-run: requests in flight get no answer (their
+  connections close) and new connections are refused.
 
 Limits are the service's: more than 1024 bands, or a response over 48 MiB
 (50,331,648 bytes), is refused with 400 like the real service does.
@@ -261,6 +263,8 @@ class EarthEngineHandler(QuietHandler):
         return request
 
     def _get(self) -> None:
+        if self._gone():
+            return
         path = urlsplit(self.path).path
         self._record("GET", {})
         if path.endswith("/$discovery/rest") or path.startswith("/$discovery"):
@@ -282,7 +286,15 @@ class EarthEngineHandler(QuietHandler):
             return True
         return False
 
+    def _gone(self) -> bool:
+        """The service went away (``go_away``): no answer, and this connection closes."""
+        if self.server.gone:
+            self.close_connection = True
+        return self.server.gone
+
     def _post(self) -> None:
+        if self._gone():
+            return
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length) if length else b"{}"
         body = json.loads(raw or b"{}")
@@ -381,6 +393,7 @@ class EmulatorServer(LoopbackServer):
     empty_windows: set[tuple[str, str]]
     refuse_keys: set[str]
     pixels_in_flight: int
+    gone: bool
     peak_pixels: int  # most computePixels requests open at once, latency included
 
     def pixel_requests(self) -> list[dict]:
@@ -404,6 +417,12 @@ class EmulatorServer(LoopbackServer):
         with self.ee_lock:
             self.ee_requests.clear()
 
+    def go_away(self) -> None:
+        """Stop answering: close the listening socket; requests in flight get no answer."""
+        self.gone = True
+        self.shutdown()
+        self.server_close()
+
 
 @contextmanager
 def serve_earthengine(latency_s: float = 0.0) -> Iterator[EmulatorServer]:
@@ -420,6 +439,7 @@ def serve_earthengine(latency_s: float = 0.0) -> Iterator[EmulatorServer]:
         refuse_keys=set(),
         pixels_in_flight=0,
         peak_pixels=0,
+        gone=False,
     ) as server:
         server.__class__ = EmulatorServer
         server.latency_s = latency_s

@@ -18,7 +18,8 @@ import shapely.affinity
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.errors import GridError, first_line
+from m3leo_tiles.errors import ConfigError, GridError, first_line
+from m3leo_tiles.names import ALLOWED, name_problem
 
 DEFAULT_ANGLE = 0.9
 
@@ -87,9 +88,26 @@ def _properties(path: Path) -> dict:
 
 
 def aoi_name(name_or_path: str | Path) -> str:
-    """The name a grid of this AOI is filed under: the built-in name, else the file stem."""
+    """The name a grid of this AOI is filed under: the built-in name, else the file stem,
+    refused when ``fetch`` could not use it (it names the grid's and the chips' folders)."""
     text = str(name_or_path)
-    return text if text in _builtin_paths() else Path(text).stem
+    if text in _builtin_paths():
+        return text
+    return checked_aoi_name(Path(text).stem, f"from the file name {Path(text).name!r}")
+
+
+def checked_aoi_name(name: str, origin: str = "") -> str:
+    """``name`` when it is a safe folder name (``names.name_problem``, the rule ``fetch``
+    applies to ``--aoi``), else one line saying how to choose another with ``--name``."""
+    problem = name_problem(name)
+    if problem is not None:
+        where = f" ({origin})" if origin else ""
+        rule = "" if ALLOWED in problem else f" ({ALLOWED})"
+        raise ConfigError(
+            f"AOI name {name!r}{where} {problem}; it names the grid's and the chips' folders: "
+            f"give one with `m3leo-tiles grid --aoi FILE --name NAME`{rule}"
+        )
+    return name
 
 
 def load_aoi(name_or_path: str | Path) -> Aoi:

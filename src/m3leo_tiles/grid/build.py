@@ -13,14 +13,14 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from m3leo_tiles.atomic import replacing
 from m3leo_tiles.enums import GridFormat, Split
 from m3leo_tiles.errors import ConfigError
-from m3leo_tiles.grid.aois import aoi_name, load_aoi
+from m3leo_tiles.grid.aois import aoi_name, checked_aoi_name, load_aoi
 from m3leo_tiles.grid.files import (
     SPLITS_NAME,
     GridResult,
     TileTable,
-    atomic_path,
     default_grid_path,
     grid_file_name,
     write_geojson,
@@ -59,6 +59,7 @@ def make_grid(
     seed: int = 0,
     progress: bool = False,
     max_tiles: int | None = LARGE_GRID_TILES,
+    name: str | None = None,
 ) -> GridResult:
     """Grid an AOI (built-in name or geometry file) and write ``out_dir/tiles.*`` + splits.
 
@@ -67,6 +68,10 @@ def make_grid(
     meaning of ``bands``, ``angle``, ``ratios`` and ``seed``. An AOI that would make more
     than ``max_tiles`` tiles (about; None: no limit) is refused before any work, since it
     usually is a mistake (a whole hemisphere, a polygon read the long way round).
+
+    ``name`` is the AOI's name in the grid (its ``aoi`` field and default folder): by default
+    the built-in name or the file's stem. Either must be a name ``fetch --aoi`` accepts, so a
+    file such as ``a b.wkt`` is refused before any work, asking for ``name``.
     """
     started = time.perf_counter()
     try:
@@ -75,14 +80,15 @@ def make_grid(
         raise ConfigError(f"unknown grid format {fmt!r}; use geojson or parquet") from None
     bands = check_bands(bands)
     ratios = parse_ratios(ratios)
+    name = checked_aoi_name(name, "given with --name") if name is not None else aoi_name(aoi)
     loaded = load_aoi(aoi)
     angle = check_angle(loaded.angle if angle is None else angle)
     if max_tiles is not None:
         check_geometry(loaded.geometry)  # degrees, some area: then its size means something
-        check_size(loaded.name, loaded.geometry, max_tiles)
-    if out_dir is None and loaded.name == "aois":
+        check_size(name, loaded.geometry, max_tiles)
+    if out_dir is None and name == "aois":
         raise ConfigError("an AOI named 'aois' would land among the AOI files; pass --out DIR")
-    out_dir = Path(out_dir) if out_dir is not None else Path("grids") / loaded.name
+    out_dir = Path(out_dir) if out_dir is not None else Path("grids") / name
 
     cells = lattice_cells(loaded.geometry, progress=progress)
     seams = seam_report(cells)
@@ -92,7 +98,7 @@ def make_grid(
     split = assign_splits(band, ratios, seed)
     south = row < 0
     table = TileTable(
-        aoi=loaded.name,
+        aoi=name,
         identifier=cells.identifiers(),
         utm_epsg=np.where(south, SOUTH_EPSG_BASE, NORTH_EPSG_BASE) + zone.astype(np.int32),
         x_min=col.astype(np.int64) * TILE_SIZE_M,
@@ -110,7 +116,7 @@ def make_grid(
     )
     created = not out_dir.exists()
     try:
-        with atomic_path(splits_path) as tmp_splits, atomic_path(path) as tmp_tiles:
+        with replacing(splits_path) as tmp_splits, replacing(path) as tmp_tiles:
             # The CSV last: read_grid trusts it only when it is at least as new as the tiles.
             (write_parquet if fmt is GridFormat.PARQUET else write_geojson)(table, tmp_tiles)
             write_splits_csv(table.identifier, split, band, tmp_splits)
@@ -126,9 +132,9 @@ def make_grid(
                 f"cannot write the grid to {out_dir}: {reason}; choose --out"
             ) from None
         raise
-    counts = {name.value: int(np.count_nonzero(split == name.value)) for name in Split}
+    counts = {part.value: int(np.count_nonzero(split == part.value)) for part in Split}
     return GridResult(
-        aoi=loaded.name,
+        aoi=name,
         path=path,
         splits_path=splits_path,
         tiles=len(cells),

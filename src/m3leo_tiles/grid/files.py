@@ -9,10 +9,7 @@ needs their geometry, which is what makes a 400k-tile grid load in seconds.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from m3leo_tiles.atomic import replacing
 from m3leo_tiles.enums import GridFormat, Split
 from m3leo_tiles.errors import GridError
 from m3leo_tiles.grid.tile import BoxTile, GridTile, parse_tile_id
@@ -347,23 +345,6 @@ def _one_line(error: BaseException) -> str:
 # --- writing -----------------------------------------------------------------------------
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temp path beside ``path`` that replaces it on success and vanishes on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a grid is a file like any other
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @dataclass(frozen=True)
 class TileTable:
     """Columns of a grid to write: one row per tile, corners as (N, 4) lon/lat arrays."""
@@ -387,7 +368,7 @@ def write_geojson(table: TileTable, path: Path, chunk: int = 200_000) -> None:
     ring with fixed properties, so the text is assembled column-wise with Arrow compute
     kernels instead (several times faster). The tests read every file back with GDAL.
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
         handle.write(b'{"type":"FeatureCollection","features":[\n')
         total = len(table.identifier)
         for start in range(0, total, chunk):
@@ -457,7 +438,7 @@ def write_parquet(table: TileTable, path: Path) -> None:
         geometry=shapely.polygons(ring),
         crs="EPSG:4326",
     )
-    with atomic_path(path) as tmp:
+    with replacing(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
 
@@ -471,6 +452,6 @@ def write_splits_csv(
         {"identifier": pa.array(identifiers), "split": pa.array(splits), "band": pa.array(bands)}
     )
     options = pacsv.WriteOptions(include_header=False, quoting_style="none")
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
         handle.write(b"identifier,split,band\n")
         pacsv.write_csv(table, handle, options)

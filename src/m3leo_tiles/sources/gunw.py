@@ -37,7 +37,6 @@ import datetime as dt
 import functools
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -51,6 +50,7 @@ import numpy as np
 from rasterio.enums import Resampling
 
 from m3leo_tiles import strict_json
+from m3leo_tiles.atomic import write_text
 from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError, first_line
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
@@ -628,12 +628,11 @@ def _found(count: int, excluded: Counter[str], selected: int, used: int, year: i
 
 
 def _save_search(path: Path, collection: Mapping[str, Any]) -> None:
-    """Keep one cell's search answer in the cache (atomically) for the next runs."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
+    """Keep one cell's search answer in the cache (atomically, never through a link) for the
+    next runs."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(strict_json.dumps(collection), encoding="utf-8")
-        os.replace(temporary, path)
+        write_text(path, strict_json.dumps(collection))
     except OSError as error:
         raise ConfigError(
             f"cannot write to the download cache {path.parent} ({error.strerror or error}); "

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from m3leo_tiles.atomic import replacing
+
 # ESA WorldCover's own legend colours, in class order (10, 20, ..., 100).
 ESA_WORLDCOVER_COLOURS = (
     "#006400", "#ffbb22", "#ffff4c", "#f096ff", "#fa0000", "#b4b4b4",
@@ -50,7 +52,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, metric: str) -> P
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
-    figure.savefig(path, dpi=100)
+    with replacing(path) as partial:  # never through a link planted in the run folder
+        figure.savefig(partial, dpi=100, format="png")
     plt.close(figure)
     return path
 
@@ -114,6 +117,7 @@ def plot_predictions(model: Any, dataset: Any, data: Any, config: Any, path: Pat
         for axis in axes[row]:
             axis.set_xticks([])
             axis.set_yticks([])
-    figure.savefig(path, dpi=80)
+    with replacing(path) as partial:
+        figure.savefig(partial, dpi=80, format="png")
     plt.close(figure)
     return path

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import random
 import sys
 import time
@@ -32,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from m3leo_tiles import strict_json
+from m3leo_tiles.atomic import replacing, write_text
 from m3leo_tiles.errors import ConfigError, M3leoError
+from m3leo_tiles.redact import redact
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.csv"
@@ -253,23 +254,19 @@ def _loader(dataset: Any, config: TrainConfig, shuffle: bool, epoch: int = 0) ->
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with replacing(path) as partial:
+        torch.save(payload, partial)
 
 
 def _write_metrics(path: Path, history: Sequence[dict[str, Any]]) -> None:
     if not history:
         return
     columns = list(history[0])
-    partial = path.with_name(f".{path.name}.part")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
+    with replacing(path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in history:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    os.replace(partial, path)
 
 
 def _evaluate(model: Any, loader: Any, data: Data, device: str, num_classes: int) -> dict:
@@ -359,7 +356,7 @@ def _train(
         start = int(state["epoch"]) + 1
         log(f"resuming {out} after epoch {state['epoch']}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_NAME).write_text(config.to_json() + "\n", encoding="utf-8")
+    write_text(out / CONFIG_NAME, config.to_json() + "\n")
     _write_metrics(out / METRICS_NAME, history)
     log(
         f"{data.train!r}; UNet width {config.width}: {parameter_count(model):,} parameters; "
@@ -448,7 +445,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but bad usage is one ``error:`` line and exit 2, as in m3leo-tiles."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see m3leo-train --help)", file=sys.stderr)
+        print(f"error: {redact(message)} (see m3leo-train --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -570,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
         with _sigterm_as_interrupt():
             result = train(config, resume=args.resume, progress=not args.quiet)
     except M3leoError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt as error:
         terminated = isinstance(error, Terminated)

@@ -24,3 +24,13 @@ if os.environ.get("M3LEO_TEST_ASF_LOOPBACK"):
         helpers.asf_loopback.install_from_environment()
     except Exception as error:
         print(f"test sitecustomize: {error}", file=sys.stderr)
+
+if os.environ.get("M3LEO_TEST_EE_ATTEMPTS"):  # an outage test need not wait out the backoff
+    try:
+        from m3leo_tiles.sources.base import RetryPolicy
+        from m3leo_tiles.sources.earthengine import EarthEngineSource
+
+        attempts = int(os.environ["M3LEO_TEST_EE_ATTEMPTS"])
+        EarthEngineSource.retry_policy = RetryPolicy(attempts=attempts, base_delay_s=0.1)
+    except Exception as error:
+        print(f"test sitecustomize: {error}", file=sys.stderr)
