@@ -84,7 +84,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, message) -> 
     assert _files(tmp_path) == before and not (tmp_path / "grids").exists()
 
 
-ROME_FIELD = "POLYGON ((12.45 41.85, 12.5 41.85, 12.5 41.9, 12.45 41.85))"
+ROME_FIELD = "POLYGON ((12.47 41.97, 12.52 41.97, 12.52 42.02, 12.47 41.97))"  # inside the Rome DEM
 
 
 @pytest.mark.parametrize(
