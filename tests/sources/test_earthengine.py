@@ -12,6 +12,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,3 +388,40 @@ def test_an_endpoint_that_never_answers_is_a_config_error_not_a_hang(emulator, m
         with pytest.raises(ConfigError, match=r"did not answer within 1 s"):
             EarthEngineSource(load_recipe("srtm"), FetchOptions()).check()
         assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("recipe", "year", "message"),
+    [
+        ("s1grd", 1999, r"--year 1999: Sentinel-1 GRD \(COPERNICUS/S1_GRD\) has images from 2014"),
+        ("s2srm", 2016, r"has images from 2017 to"),
+        ("modisveg", 3000, r"--year 3000: .* to \d{4}; choose a year between them"),
+    ],
+)
+def test_years_a_collection_cannot_have_are_refused_before_any_request(
+    emulator, recipe, year, message
+) -> None:
+    """A year before a collection's first images, or one still to come, is refused up front:
+    it would only make a dataset of empty tiles, one request each."""
+    with pytest.raises(ConfigError, match=message):
+        EarthEngineSource(load_recipe(recipe), FetchOptions(year=year)).check()
+    assert emulator.pixel_requests() == []
+
+
+def test_a_recipe_over_another_collection_says_its_first_year(emulator, tmp_path) -> None:
+    """``first_year`` in params does it for a collection the source does not know."""
+    text = (
+        Path(load_recipe("modisveg").path)
+        .read_text()
+        .replace(
+            "  collection: MODIS/061/MOD44B\n",
+            "  collection: MY/OWN/COLLECTION\n  first_year: 2010\n",
+        )
+    )
+    (tmp_path / "own.yaml").write_text(text.replace("name: modisveg", "name: own"))
+    recipe = load_recipe(tmp_path / "own.yaml")
+    with pytest.raises(
+        ConfigError, match=r"--year 2009: .*MY/OWN/COLLECTION\) has images from 2010"
+    ):
+        EarthEngineSource(recipe, FetchOptions(year=2009)).check()
+    EarthEngineSource(recipe, FetchOptions(year=2010)).check()  # its first year is fine

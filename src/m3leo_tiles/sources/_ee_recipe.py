@@ -60,6 +60,7 @@ KEYS = (
     "band_scale",
     "band_offset",
     "names",
+    "first_year",
 )
 CASTS = {
     "uint8": "toUint8",
@@ -181,6 +182,7 @@ class EEParams:
     band_scale: tuple[float, ...] | None  # per entry of ``bands``
     band_offset: tuple[float, ...] | None
     names: str
+    first_year: int | None = None  # the collection's first images: earlier years have none
 
     @property
     def asset(self) -> str:
@@ -379,6 +381,10 @@ def parse_params(params: Mapping[str, Any], where: str) -> EEParams:
     if not isinstance(names, str) or not fields <= _NAME_FIELDS or "band" not in fields:
         raise _fail(where, "names", f"{names!r} must be a template with {{band}} and maybe "
                     "{window} and {group}")  # fmt: skip
+    first_year = params.get("first_year")
+    if first_year is not None and (not isinstance(first_year, int) or isinstance(first_year, bool)
+                                   or not windows):  # fmt: skip
+        raise _fail(where, "first_year", "must be a whole year, for a collection with windows")
     parsed = EEParams(
         collection=collection,
         image=image,
@@ -392,6 +398,7 @@ def parse_params(params: Mapping[str, Any], where: str) -> EEParams:
         band_scale=_per_band(where, "band_scale", params.get("band_scale"), source_bands, 1.0),
         band_offset=_per_band(where, "band_offset", params.get("band_offset"), source_bands, 0.0),
         names=names,
+        first_year=first_year,
     )
     made = [output.name for output in parsed.outputs()]
     if len(set(made)) != len(made):

@@ -31,6 +31,7 @@ they are used, from each process's environment, and never travel with the pickle
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import threading
@@ -81,6 +82,17 @@ HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 # high-volume endpoints alike; developers.google.com/earth-engine/guides/usage): half of it
 # leaves room for the project's other users and for a retry storm's stragglers.
 DEFAULT_CONCURRENCY = 20
+# The first year with images of the collections the built-in recipes use (Earth Engine's
+# catalog): a --year before it has none. Facts about collections, not recipe content, so they
+# change no recipe's hash; a recipe over another collection may say ``first_year``.
+FIRST_YEARS = {
+    "COPERNICUS/S1_GRD": 2014,  # Sentinel-1A, from October 2014
+    "COPERNICUS/S2_SR_HARMONIZED": 2017,  # Level-2A, from March 2017
+    "COPERNICUS/S2_HARMONIZED": 2015,  # Level-1C, from June 2015
+    "MODIS/061/MOD44B": 2000,
+    "ESA/WorldCover/v100": 2020,
+    "ESA/WorldCover/v200": 2021,
+}
 MAX_REQUEST_BYTES = 48 * 2**20  # the service refuses bigger computePixels responses
 REQUEST_BYTES = int(MAX_REQUEST_BYTES * 0.95)  # what we ask for at most (headers, rounding)
 MAX_BANDS = 1024
@@ -272,9 +284,26 @@ class EarthEngineSource(SourceAdapter):
             raise ConfigError(
                 f"recipe {recipe.name} composites date windows of a year: give --year YEAR"
             )
+        self._check_year()
         self.concurrency()
         self.settings = {"url": self._url(), "project": self.option("project")}
         self._initialize()
+
+    def _check_year(self) -> None:
+        """A year without images is refused now, not after every tile came back empty: before
+        the collection's first images (``FIRST_YEARS``, or the recipe's ``first_year`` for
+        other collections), or one still to come."""
+        year, params = self.options.year, self.params
+        if year is None or not params.windows:
+            return
+        first = params.first_year or FIRST_YEARS.get(params.asset)
+        this_year = dt.datetime.now(dt.UTC).year
+        if (first is not None and year < first) or year > this_year:
+            since = f"from {first} " if first is not None else ""
+            raise ConfigError(
+                f"--year {year}: {params.label} ({params.asset}) has images {since}to "
+                f"{this_year}; choose a year between them"
+            )
 
     def single_epoch(self) -> str | None:
         if self.params.windows:
