@@ -478,3 +478,18 @@ def test_a_cell_served_damaged_fails_its_tile_naming_the_file(tmp_path: Path) ->
     assert isinstance(outcome, SourceError), outcome
     assert f"cannot read cached {Path(key).name}" in str(outcome)
     assert len(tries) == 2  # downloaded, found damaged, downloaded once more: no loop
+
+
+def test_a_damaged_file_of_a_local_mirror_is_named_in_the_reason(tmp_path: Path) -> None:
+    """A multi-layer read that fails says only GDAL's "Read failed": the tile's layers are then
+    warped one by one, and the reason names the file that cannot be read."""
+    root = tmp_path / "mirror"
+    write_mirror(root, sorted(cells_of(INSIDE)), ["winter"], ["vv"], METRICS)
+    bad = root / tile_key("N34W118", "winter", "vv", "COH12")
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 :] = b"\xff" * (len(data) - len(data) // 2)  # a disk error's garbage
+    bad.write_bytes(bytes(data))
+    source = source_for(small_recipe(tmp_path), sources=(str(root),))
+    source.check()
+    with pytest.raises(SourceError, match=rf"cannot read input {re.escape(str(bad))}"):
+        render(source, INSIDE)

@@ -129,6 +129,11 @@ class Scratch:
         self.dataset.transform = grid.transform
         self.dataset.write(_filled(self.dataset.shape, len(self.all_bands), self.dtype, fill))
 
+    def fill(self, indexes: list[int], fill: float) -> None:
+        """Fill some bands again (a warp into them broke off half-way)."""
+        shape = self.dataset.shape
+        self.dataset.write(_filled(shape, len(indexes), self.dtype, fill), indexes)
+
     def band(self, indexes: list[int]) -> Any:
         return rasterio.band(self.dataset, indexes)
 

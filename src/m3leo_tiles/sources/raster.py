@@ -833,7 +833,8 @@ class RasterSource(SourceAdapter):
         warps only where no kernel meets nodata or the raster's edge (GDAL's multi-band warp
         treats validity differently there: measured, a few values per thousand differ), so
         the tile's source window is read first and, if any layer has nodata in it or the
-        window leaves the cells, the tile falls back to one warp per layer.
+        window leaves the cells, the tile falls back to one warp per layer; so does a stack
+        whose read fails, so that the error names the file.
         """
         groups: dict[Resampling, list] = {}
         for name, opened in layers:
@@ -842,12 +843,17 @@ class RasterSource(SourceAdapter):
         remaining = []
         for resampling, group in groups.items():
             stack = _stack(group, self.recipe.params.get("src_nodata"), keep)
-            if stack is None or not _clean_window(stack, grid):
+            if stack is None or not _readable_and_clean(stack, grid):
                 remaining.extend(group)
                 continue
             targets = [self.recipe.bands.index(name) + 1 for name, _ in group]
             indexes = list(range(1, len(group) + 1))
-            self._reproject(stack, indexes, scratch, targets, fill, resampling, stack.name)
+            try:
+                self._reproject(stack, indexes, scratch, targets, fill, resampling, stack.name)
+            except SourceError:  # GDAL's "Read failed" names no file: the layers warped one
+                scratch.fill(targets, fill)  # by one name the one that cannot be read
+                remaining.extend(group)
+                continue
             used.extend(label for _, opened in group for label, _ in opened)
         return remaining
 
@@ -1224,6 +1230,15 @@ def _stack(
         f"{''.join(bands)}</VRTDataset>"
     )
     return open_dataset(xml, keep)
+
+
+def _readable_and_clean(stack: rasterio.DatasetReader, grid: PixelGrid) -> bool:
+    """``_clean_window``, where a read that fails counts as not clean: GDAL's "Read failed" of
+    a stack names no file, and the per-layer warps that follow name the one at fault."""
+    try:
+        return _clean_window(stack, grid)
+    except (RasterioError, OSError):
+        return False
 
 
 def _clean_window(stack: rasterio.DatasetReader, grid: PixelGrid, margin: int = 2) -> bool:
