@@ -6,7 +6,8 @@ prints the fastest and the median pass in ms per chip, each next to the plain wa
 the same step (the baseline) measured in the same run:
 
 * warp: ``reproject`` of a kept-open dataset into our reused MEM raster, vs into a new array;
-* encode: tifffile with the kind's GDAL tags (``m3leo_tiles.geotiff``), vs GDAL's own writer;
+* encode: tifffile with the kind's GDAL tags (``m3leo_tiles.dataset.geotiff``), vs GDAL's own
+  writer;
 * new file: write + rename a finished chip's bytes, vs overwriting an existing file;
 * whole chip: ``render_batch`` (warp, empty test, encode, atomic write, manifest row).
 
@@ -29,12 +30,12 @@ from rasterio.warp import Resampling, reproject
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fetch import NODATA, RESOLUTION, bench_tiles, make_sources, source_of
-from m3leo_tiles.geotiff import ChipEncoder, ChipKind, encode_with_gdal
-from m3leo_tiles.io import write_bytes_atomically
+from m3leo_tiles.dataset.chipfile import write_bytes_atomically
+from m3leo_tiles.dataset.geotiff import ChipEncoder, ChipKind, encode_with_gdal
+from m3leo_tiles.fetch.worker import Batch, render_batch
 from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.sources._gdal import scratch_raster
 from m3leo_tiles.sources.base import FetchOptions, get_source
-from m3leo_tiles.worker import Batch, render_batch
 
 TAGS = {"inputs": "srtm.tif", "recipe": "bench", "recipe_hash": "0" * 12, "tile_id": "x"}
 

@@ -60,7 +60,7 @@ def tiles(count: int) -> list[Tile]:
 def run(recipe_name: str, source: str, count: int, args: argparse.Namespace, out: Path) -> dict:
     import dataclasses
 
-    from m3leo_tiles.runner import fetch_tiles
+    from m3leo_tiles.fetch.api import fetch_tiles
 
     recipe = dataclasses.replace(load_recipe(recipe_name), source=source)
     with serve_earthengine(latency_s=args.latency) as server, PeakRss() as memory:

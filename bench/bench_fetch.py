@@ -147,7 +147,7 @@ def plain_loop(tiles, sources: Path, out: Path, *, keep_open: bool = False) -> f
 
 def new_file_ms(folder: Path, count: int = 2000) -> float:
     """Milliseconds to write one new 5 kB file in ``folder`` the way chips are written."""
-    from m3leo_tiles.io import write_bytes_atomically  # what every chip goes through
+    from m3leo_tiles.dataset.chipfile import write_bytes_atomically  # what every chip goes through
 
     folder.mkdir(parents=True, exist_ok=True)
     payload = os.urandom(5000)
@@ -186,8 +186,8 @@ class PeakRss:
 
 def runner_once(count: int, sources: Path, out: Path, workers: int) -> dict:
     """One runner run in this process (called in a fresh subprocess by ``main``)."""
+    from m3leo_tiles.fetch.api import fetch_tiles
     from m3leo_tiles.recipes import Recipe
-    from m3leo_tiles.runner import fetch_tiles
 
     recipe = Recipe(
         name="bench-srtm",

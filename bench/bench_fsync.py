@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from m3leo_tiles.io import write_bytes_atomically
+from m3leo_tiles.dataset.chipfile import write_bytes_atomically
 
 
 def one_round(folder: Path, payload: bytes, count: int, durable: bool, threads: int) -> float:
@@ -47,8 +47,8 @@ def fetch_rounds(out: Path, tiles: int, rounds: int, workers: int) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_fetch import bench_tiles, make_sources
+    from m3leo_tiles.fetch.api import fetch_tiles
     from m3leo_tiles.recipes import Recipe
-    from m3leo_tiles.runner import fetch_tiles
 
     sources = out / "sources"
     sources.mkdir(parents=True, exist_ok=True)

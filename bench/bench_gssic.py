@@ -129,8 +129,8 @@ def runner_once(spec: dict) -> dict:
     """One runner run in this (fresh) process: spec = count, block, root, out, mode, cache."""
     import yaml
 
+    from m3leo_tiles.fetch.api import fetch_tiles
     from m3leo_tiles.recipes import parse_recipe
-    from m3leo_tiles.runner import fetch_tiles
 
     data = yaml.safe_load((REPO / "recipes" / "gssic.yaml").read_text())
     data["params"]["remote"] = spec["mode"]

@@ -11,7 +11,7 @@ the product folder are given to the source, so nothing is searched or downloaded
   components), close, then write the chip as a deflate GeoTIFF with rasterio.
 * ours: the adapter as a worker runs it, in one process: ``plan`` (saved search), batches of
   tiles with equal ``batch_key`` (as the runner makes them), ``render_many`` on each, chips
-  written by ``m3leo_tiles.io.write_chip``.
+  written by ``m3leo_tiles.dataset.chipfile.write_chip``.
 * runner: ``fetch`` with 2 local workers, end to end (absolute figure, cluster start included).
 * memory: peak RSS of a fresh process running "ours" for a quarter of the tiles and 2 pairs,
   all tiles and 2 pairs, all tiles and all pairs.
@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "src"))
 
 from helpers.gunw_netcdf import ProductSpec, write_product  # noqa: E402
+from m3leo_tiles.dataset.chipfile import write_chip  # noqa: E402
 from m3leo_tiles.grid.lattice import grid_geometry  # noqa: E402
-from m3leo_tiles.io import write_chip  # noqa: E402
 from m3leo_tiles.recipes import load_recipe  # noqa: E402
 from m3leo_tiles.sources import _gunw_read  # noqa: E402
 from m3leo_tiles.sources.base import FetchOptions, RenderContext  # noqa: E402
@@ -175,7 +175,7 @@ def peak_rss_mb(products: Path, search: Path, tiles: int, pairs: int) -> tuple[f
 
 
 def runner(products: Path, search: Path, out: Path, tiles: list, workers: int) -> float:
-    from m3leo_tiles.runner import fetch_tiles
+    from m3leo_tiles.fetch.api import fetch_tiles
 
     started = time.perf_counter()
     report = fetch_tiles(

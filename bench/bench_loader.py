@@ -65,16 +65,16 @@ import rasterio
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, get_worker_info
 
-from m3leo_tiles.chipsets import valid_mask
+from m3leo_tiles.dataset.chipfile import write_chip
+from m3leo_tiles.dataset.chipsets import valid_mask
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.io import write_chip
-from m3leo_tiles.pack import pack
+from m3leo_tiles.ml import M3LEODataset
+from m3leo_tiles.ml.batches import empty_tensor
+from m3leo_tiles.ml.dataset import IGNORE_INDEX, resize
 from m3leo_tiles.recipes import parse_recipe
 from m3leo_tiles.sources.base import Chip
-from m3leo_tiles.stats import compute_stats, read_stats, write_stats
-from m3leo_tiles.torch import M3LEODataset
-from m3leo_tiles.torch.batches import empty_tensor
-from m3leo_tiles.torch.dataset import IGNORE_INDEX, resize
+from m3leo_tiles.tools.pack import pack
+from m3leo_tiles.tools.stats import compute_stats, read_stats, write_stats
 
 CONFIGS = {  # name: {dataset: (bands, resolution m, dtype, nodata, low, high)}, target
     "paper": (

@@ -43,9 +43,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 import helpers.fake_sources  # noqa: E402, F401  (registers fake-http)
 from bench_fetch import HGT, write_section  # noqa: E402
 from helpers.loopback import QuietHandler, serve_files_in_process, serve_in_process  # noqa: E402
+from m3leo_tiles.fetch.api import FetchRequest, fetch_tiles  # noqa: E402
 from m3leo_tiles.grid.tile import Tile  # noqa: E402
 from m3leo_tiles.recipes import Recipe  # noqa: E402
-from m3leo_tiles.runner import FetchRequest, fetch_tiles  # noqa: E402
 
 SCHEDULER: list[str] = []  # the bench's own LocalCluster
 

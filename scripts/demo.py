@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from m3leo_tiles.fetch.api import fetch
 from m3leo_tiles.grid import make_grid
-from m3leo_tiles.quicklook import quicklook
-from m3leo_tiles.runner import fetch
+from m3leo_tiles.tools.quicklook import quicklook
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("M3LEO_DEMO_OUT", REPO / "demo-output"))
@@ -51,7 +51,7 @@ def main() -> int:
 
 def train_smoke_test(grid: Path) -> None:
     """Ten epochs of a narrow UNet on demo-s2: B05 + B8A in, B11 out (see the docstring)."""
-    from m3leo_tiles.torch.train import TrainConfig, train
+    from m3leo_tiles.ml.train import TrainConfig, train
 
     run = OUT / "runs" / "demo-s2-swir"
     config = TrainConfig(

@@ -23,10 +23,10 @@ import pytest
 import rasterio
 
 from helpers.cli import cli_env, run_cli
-from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.lock import LOCK_NAME
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.locking import LOCK_NAME
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def _have_raster() -> bool:
         from m3leo_tiles.sources.base import get_source
 
         get_source("raster")
-        import m3leo_tiles.io  # noqa: F401
+        import m3leo_tiles.dataset.chipfile  # noqa: F401
     except Exception:
         return False
     return True

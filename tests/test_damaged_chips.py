@@ -11,12 +11,12 @@ import pytest
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import call_cli
-from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.chipfile import chip_problem, write_bytes_atomically
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, OLD_COLUMNS, read_manifest
+from m3leo_tiles.fetch.api import fetch_tiles
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.io import chip_problem, write_bytes_atomically
-from m3leo_tiles.manifest import MANIFEST_NAME, OLD_COLUMNS, read_manifest
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.runner import fetch_tiles
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers.loopback import QuietHandler, serve, serve_files
-from m3leo_tiles.download import DownloadError, MissingRemoteFile, cached_download
-from m3leo_tiles.errors import TransientSourceError
-from m3leo_tiles.sources.base import RetryPolicy
+from m3leo_tiles.core.errors import TransientSourceError
+from m3leo_tiles.core.retry import RetryPolicy
+from m3leo_tiles.sources.download import DownloadError, MissingRemoteFile, cached_download
 
 FAST = RetryPolicy(attempts=3, base_delay_s=0.0, jitter=0.0)
 PAYLOAD = random.Random(7).randbytes(300_000)  # the same in spawned processes

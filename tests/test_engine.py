@@ -17,14 +17,14 @@ import rasterio
 import helpers.fake_sources
 from helpers.cli import run_cli
 from helpers.loopback import QuietHandler, serve
-from m3leo_tiles.cli import parse_source_options
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.errors import ConfigError, EmptyTileError, SourceError, TransientSourceError
-from m3leo_tiles.geotiff import ChipEncoder
+from m3leo_tiles.cli.tiles import parse_source_options
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.core.errors import ConfigError, EmptyTileError, SourceError, TransientSourceError
+from m3leo_tiles.dataset.geotiff import ChipEncoder
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.fetch.api import FetchRequest, fetch_tiles
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.recipes import Recipe, parse_recipe
-from m3leo_tiles.runner import FetchRequest, fetch_tiles
 from m3leo_tiles.sources.base import (
     Chip,
     FetchOptions,
@@ -193,7 +193,7 @@ def test_setup_worker_runs_once_on_an_existing_cluster(external_cluster, tmp_pat
     ],
 )
 def test_every_tile_gets_exactly_one_row(tmp_path: Path, params, failed, reason) -> None:
-    from m3leo_tiles.worker import Batch, render_batch
+    from m3leo_tiles.fetch.worker import Batch, render_batch
 
     adapter = helpers.fake_sources.FakeOutcomes(fake_recipe("fake-outcomes", **params))
     items = tuple((t, ("fake://all",)) for t in TILES[:6])
@@ -218,7 +218,7 @@ def test_empty_tile_error_is_recorded_empty_with_its_reason(cluster, tmp_path: P
         [(TILES[0], ("x",))], RenderContext()
     )
     assert isinstance(outcome, EmptyTileError)
-    from m3leo_tiles.worker import Batch, render_batch
+    from m3leo_tiles.fetch.worker import Batch, render_batch
 
     rows = render_batch(NoImage(fake_recipe("fake-synthetic")),
                         Batch(str(tmp_path), ((TILES[0], ("x",)),)))  # fmt: skip

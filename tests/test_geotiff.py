@@ -10,7 +10,7 @@ import rasterio
 import tifffile
 from affine import Affine
 
-from m3leo_tiles.geotiff import (
+from m3leo_tiles.dataset.geotiff import (
     GEO_KEYS,
     MODEL_TIEPOINT,
     ChipEncoder,

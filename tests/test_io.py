@@ -10,14 +10,14 @@ import pytest
 import rasterio
 
 from m3leo_tiles import __version__
-from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.io import (
+from m3leo_tiles.dataset.chipfile import (
     DiskFullError,
     chip_is_empty,
     read_chip_tags,
     remove_partials,
     write_chip,
 )
+from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.recipes import parse_recipe
 from m3leo_tiles.sources.base import Chip
 
@@ -72,7 +72,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     def broken_replace(src, dst):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr("m3leo_tiles.io.os.replace", broken_replace)
+    monkeypatch.setattr("m3leo_tiles.dataset.chipfile.os.replace", broken_replace)
     with pytest.raises(OSError, match="I/O error"):
         write_chip(tmp_path / "x.tif", chip_for(89.6), TILE.pixel_grid(89.6), recipe, {})
     assert [p.name for p in tmp_path.iterdir()] == []
@@ -95,7 +95,7 @@ def test_full_disk_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
         def write(self, payload):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("m3leo_tiles.atomic.open", FullFile, raising=False)  # the one writer
+    monkeypatch.setattr("m3leo_tiles.core.atomic.open", FullFile, raising=False)  # the one writer
     with pytest.raises(DiskFullError, match="no space left") as caught:
         write_chip(tmp_path / "x.tif", chip_for(89.6), TILE.pixel_grid(89.6), recipe, {})
     assert "\n" not in str(caught.value) and caught.value.exit_code == 2

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from m3leo_tiles.errors import LockedError
-from m3leo_tiles.locking import LOCK_NAME, DatasetLock
+from m3leo_tiles.core.errors import LockedError
+from m3leo_tiles.dataset.lock import LOCK_NAME, DatasetLock
 
 
 def test_second_lock_on_same_folder_is_refused(tmp_path: Path) -> None:

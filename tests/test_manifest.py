@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.manifest import (
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.manifest import (
     COLUMNS,
     ManifestRow,
     ManifestWriter,

@@ -10,7 +10,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from shapely.geometry import box
 
-from m3leo_tiles.errors import ConfigError, first_line
+from m3leo_tiles.core.errors import ConfigError, first_line
 from m3leo_tiles.sources.raster import _file_info
 
 

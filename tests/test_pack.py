@@ -11,9 +11,9 @@ import pytest
 import rasterio
 
 from helpers.chip_tree import TILES, ChipTree, make_chip_tree
-from m3leo_tiles.chipsets import ChipSet
-from m3leo_tiles.errors import ConfigError
-from m3leo_tiles.pack import current_pack, open_pack, pack, read_pack_index
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.chipsets import ChipSet
+from m3leo_tiles.tools.pack import current_pack, open_pack, pack, read_pack_index
 
 CLI = Path(sys.executable).parent / "m3leo-tiles"
 

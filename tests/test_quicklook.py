@@ -10,9 +10,9 @@ import rasterio
 from PIL import Image
 from rasterio.warp import Resampling, reproject
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid import Tile
-from m3leo_tiles.quicklook import GRID_COLOUR, LABEL_HEIGHT, NODATA_COLOUR, quicklook
+from m3leo_tiles.tools.quicklook import GRID_COLOUR, LABEL_HEIGHT, NODATA_COLOUR, quicklook
 
 
 def _write_dem_chips(shared_data: Path, folder: Path) -> list[Tile]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.recipes import list_recipes, load_recipe, parse_recipe
 from m3leo_tiles.sources.base import FetchOptions, get_source
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import assert_one_error_line, call_cli
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.recipes import builtin_recipes_dir, list_recipes, load_recipe, load_recipe_file
 
 

@@ -16,12 +16,12 @@ import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import cli_env, run_cli
 from helpers.gssic_tiles import cell_name, small_recipe, write_mirror
 from helpers.loopback import serve_files_in_process
-from m3leo_tiles import runner
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.fetch import api as runner
+from m3leo_tiles.fetch.api import fetch_tiles
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
-from m3leo_tiles.runner import fetch_tiles
 from test_cli_fetch import write_grid
 
 pytestmark = pytest.mark.slow
@@ -253,7 +253,7 @@ def test_the_early_stop_of_a_remote_source_follows_its_tiles(cluster, tmp_path) 
     """40 tiles in ONE batch, each failing alike (a 404): the early stop trips on the 20th
     tile's event and the run stops with those 20 recorded, not after the whole batch."""
     from helpers.loopback import serve_files
-    from m3leo_tiles.errors import SystematicFailure
+    from m3leo_tiles.core.errors import SystematicFailure
     from m3leo_tiles.recipes import Recipe
 
     origin = Tile.from_point(12.5, 42.0)

@@ -15,13 +15,13 @@ import pytest
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import cli_env
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.errors import ConfigError, SystematicFailure
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.core.errors import ConfigError, SystematicFailure
+from m3leo_tiles.dataset.lock import LOCK_NAME
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.fetch.api import EarlyStop, failure_kind, fetch, fetch_tiles
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.locking import LOCK_NAME
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.runner import EarlyStop, failure_kind, fetch, fetch_tiles
 
 pytestmark = pytest.mark.slow
 
@@ -158,8 +158,8 @@ def test_the_first_tiles_all_failing_alike_stop_the_run(cluster, tmp_path: Path)
 
 
 def test_early_stop_needs_the_same_reason_and_no_success() -> None:
-    from m3leo_tiles.enums import TileStatus
-    from m3leo_tiles.manifest import ManifestRow
+    from m3leo_tiles.core.enums import TileStatus
+    from m3leo_tiles.dataset.manifest import ManifestRow
 
     def rows(reasons):
         return [ManifestRow(f"t{n}", TileStatus.FAILED, r) for n, r in enumerate(reasons)]
@@ -230,7 +230,7 @@ def test_sigterm_stops_cleanly_keeps_chips_and_releases_the_lock(
     recipe = _dem_recipe(tmp_path, lines=[f"params: {{inputs: {shared_data / ROME}}}"])
     recipe.write_text(recipe.read_text().replace("source: raster", "source: slow-raster"))
     args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1", "-q"]
-    entry = "import sys; from m3leo_tiles.cli import main; sys.argv[0]='m3leo-tiles'; main()"
+    entry = "import sys; from m3leo_tiles.cli.tiles import main; sys.argv[0]='m3leo-tiles'; main()"
     env = cli_env(M3LEO_TEST_SLEEP="0.5")
     process = subprocess.Popen([sys.executable, "-c", entry, *map(str, args)], cwd=tmp_path,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import assert_one_error_line, call_cli
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.fetch.api import fetch
 from m3leo_tiles.recipes import load_recipe
-from m3leo_tiles.runner import fetch
 from m3leo_tiles.sources.base import FetchOptions, check_run_options, get_source
 
 

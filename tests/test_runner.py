@@ -21,13 +21,13 @@ import rasterio
 from distributed import Client, LocalCluster
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
-from m3leo_tiles import cluster as cluster_module
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.fetch import cluster as cluster_module
+from m3leo_tiles.fetch.api import batch_size_for, fetch_tiles, make_plan
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.runner import batch_size_for, fetch_tiles, make_plan
 from m3leo_tiles.sources.base import get_source
 
 HERE = Path(__file__).resolve().parent
@@ -255,7 +255,7 @@ def test_unreachable_scheduler_is_a_config_error(tmp_path: Path, monkeypatch) ->
 def test_status_counts_against_the_grid(cluster, tmp_path: Path) -> None:
     import geopandas as gpd
 
-    from m3leo_tiles.status import format_status_table, status
+    from m3leo_tiles.tools.status import format_status_table, status
 
     out = tmp_path / "data"
     run(cluster, recipe(empty=[IDS[1]], uncovered=[IDS[2]]), out, tiles=TILES[:5])
@@ -282,7 +282,7 @@ import helpers.fake_sources
 from pathlib import Path
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.runner import fetch_tiles
+from m3leo_tiles.fetch.api import fetch_tiles
 
 def main():
     recipe = Recipe(name="fake", source="fake-synthetic", resolution=224.0, bands=("value",),
@@ -324,14 +324,14 @@ def test_script_without_main_guard_gets_one_line_per_worker_not_a_traceback_stor
     assert worker_says in done.stderr
     assert done.stderr.count("Traceback") == 1  # the script's own ConfigError, no other
     assert "Nanny failed to start" in done.stderr.splitlines()[-1]  # our ConfigError, last
-    assert done.stderr.splitlines()[-1].startswith("m3leo_tiles.errors.ConfigError")
+    assert done.stderr.splitlines()[-1].startswith("m3leo_tiles.core.errors.ConfigError")
 
 
 def test_script_from_stdin_is_a_config_error(tmp_path: Path) -> None:
     done = run_script(tmp_path, "main()\n", stdin=True)
     assert done.returncode != 0
     last = done.stderr.splitlines()[-1]
-    assert last.startswith("m3leo_tiles.errors.ConfigError") and "<stdin>" in last
+    assert last.startswith("m3leo_tiles.core.errors.ConfigError") and "<stdin>" in last
 
 
 def test_a_run_stopped_by_a_configuration_error_writes_the_reason_to_fetch_log(

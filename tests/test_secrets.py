@@ -18,12 +18,12 @@ from tests.helpers.ee_emulator import serve_earthengine
 from tests.helpers.loopback import QuietHandler, serve, serve_files
 from tests.sources.test_earthengine_fetch import CLI, ROME, environment, write_grid
 
-from m3leo_tiles.download import cache_name, cached_download
-from m3leo_tiles.errors import first_line
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
-from m3leo_tiles.redact import RedactingFilter, redact
-from m3leo_tiles.sources.base import RetryPolicy
-from m3leo_tiles.worker import reason_of
+from m3leo_tiles.core.errors import first_line
+from m3leo_tiles.core.redact import RedactingFilter, redact
+from m3leo_tiles.core.retry import RetryPolicy
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.fetch.worker import reason_of
+from m3leo_tiles.sources.download import cache_name, cached_download
 
 EE_KEY = "SECRETKEY123"
 TOKEN, SIGNATURE, CREDENTIAL, PASSWORD = "SECRETTOK99", "SECRETSIG77", "SECRETCRED55", "SECRETPW33"
@@ -219,7 +219,7 @@ def test_raster_over_http_with_a_signed_url(tmp_path: Path, shared_data: Path) -
 
 
 def test_train_error_line_names_no_credential(tmp_path: Path, capsys) -> None:
-    from m3leo_tiles.torch.train import main
+    from m3leo_tiles.ml.train import main
 
     root = f"https://anna:{PASSWORD}@host/data?token={TOKEN}"
     grid = write_grid(tmp_path / "tiles.geojson", ROME)

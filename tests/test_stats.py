@@ -12,9 +12,9 @@ import pytest
 import rasterio
 
 from helpers.chip_tree import GUNW_LAYERS, WORLDCOVER, ChipTree, make_chip_tree
-from m3leo_tiles.chipsets import ChipSet, ids_of_split, load_splits, valid_mask
-from m3leo_tiles.errors import ConfigError
-from m3leo_tiles.stats import FLOAT_BINS, compute_stats, read_stats, stats_path, write_stats
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.chipsets import ChipSet, ids_of_split, load_splits, valid_mask
+from m3leo_tiles.tools.stats import FLOAT_BINS, compute_stats, read_stats, stats_path, write_stats
 
 CLI = Path(sys.executable).parent / "m3leo-tiles"
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> ChipTree:
 @pytest.fixture(scope="session")
 def real_chips(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """demo-s2 (uint16), demo-dem (float32 with nodata), demo-s1 made by the real engine."""
+    from m3leo_tiles.fetch.api import fetch
     from m3leo_tiles.grid import make_grid
-    from m3leo_tiles.runner import fetch
 
     os.environ.setdefault("M3LEO_SHARED_DATA", str(shared_data))
     from distributed import LocalCluster
@@ -124,7 +124,7 @@ def test_cli_writes_json_beside_the_chips_and_refuses_bad_input(
     assert done.returncode == 0, done.stderr
     assert "elevation" in done.stdout
     assert (real_chips / "data" / "demo" / "demo-dem" / "stats-train.json").exists()
-    from m3leo_tiles.cli import main
+    from m3leo_tiles.cli.tiles import main
 
     monkeypatch.chdir(real_chips)
     for args, words in (
@@ -141,7 +141,8 @@ def test_cli_writes_json_beside_the_chips_and_refuses_bad_input(
 
 def test_core_commands_do_not_import_torch() -> None:
     code = (
-        "import sys, m3leo_tiles.cli, m3leo_tiles.stats, m3leo_tiles.pack, m3leo_tiles.chipsets;"
+        "import sys, m3leo_tiles.cli.tiles, m3leo_tiles.tools.stats, m3leo_tiles.tools.pack, "
+        "m3leo_tiles.dataset.chipsets;"
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)

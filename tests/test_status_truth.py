@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import assert_one_error_line, call_cli
-from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.lock import LOCK_NAME, DatasetLock
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, ManifestRow, write_manifest
 from m3leo_tiles.grid import Tile
-from m3leo_tiles.locking import LOCK_NAME, DatasetLock
-from m3leo_tiles.manifest import MANIFEST_NAME, ManifestRow, write_manifest
-from m3leo_tiles.status import status
+from m3leo_tiles.tools.status import status
 
 TILES = [Tile(33, 1036, 60 + n) for n in range(4)]
 

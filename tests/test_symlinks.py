@@ -18,12 +18,12 @@ from tests.helpers.cli import assert_one_error_line, call_cli, run_cli
 from tests.helpers.loopback import serve_files
 from tests.sources.test_earthengine_fetch import ROME, write_grid
 
-from m3leo_tiles.atomic import NoFollowFileHandler, open_append, write_bytes
-from m3leo_tiles.download import cached_download
-from m3leo_tiles.errors import ConfigError
-from m3leo_tiles.locking import LOCK_NAME
-from m3leo_tiles.manifest import MANIFEST_NAME, ManifestWriter, compact_manifest
-from m3leo_tiles.runner import LOG_NAME
+from m3leo_tiles.core.atomic import NoFollowFileHandler, open_append, write_bytes
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.lock import LOCK_NAME
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, ManifestWriter, compact_manifest
+from m3leo_tiles.fetch.api import LOG_NAME
+from m3leo_tiles.sources.download import cached_download
 
 OUTSIDE = b"somebody else's file\n"
 
@@ -177,7 +177,7 @@ def test_grid_files_replace_links(tmp_path: Path, outside: Path, capsys) -> None
 
 
 def test_train_run_folder_files_replace_links(tree: ChipTree, tmp_path: Path, outside) -> None:
-    from m3leo_tiles.torch.train import TrainConfig, train
+    from m3leo_tiles.ml.train import TrainConfig, train
 
     out = tmp_path / "run"
     names = ("config.json", "metrics.csv", "test_metrics.json", "curves.png", "predictions.png",

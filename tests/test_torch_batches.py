@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from helpers.chip_tree import ChipTree, make_chip_tree, write_train_stats
-from m3leo_tiles.errors import ConfigError
-from m3leo_tiles.pack import pack
-from m3leo_tiles.torch import M3LEODataset, PairRule
-from m3leo_tiles.torch.batches import WorkerBatches, _RingWriter
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.ml import M3LEODataset, PairRule
+from m3leo_tiles.ml.batches import WorkerBatches, _RingWriter
+from m3leo_tiles.tools.pack import pack
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from helpers.chip_tree import TILES, WORLDCOVER, ChipTree, make_chip_tree, write_train_stats
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.pack import pack
-from m3leo_tiles.stats import compute_stats
-from m3leo_tiles.torch import IGNORE_INDEX, M3LEODataset, PairRule
-from m3leo_tiles.torch.dataset import NoChipsError
+from m3leo_tiles.ml import IGNORE_INDEX, M3LEODataset, PairRule
+from m3leo_tiles.ml.dataset import NoChipsError
+from m3leo_tiles.tools.pack import pack
+from m3leo_tiles.tools.stats import compute_stats
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from helpers.chip_tree import ChipTree, make_chip_tree
-from m3leo_tiles.torch.train import TrainConfig, main, train
-from m3leo_tiles.torch.unet import PAPER_WIDTH, UNet, parameter_count
+from m3leo_tiles.ml.train import TrainConfig, main, train
+from m3leo_tiles.ml.unet import PAPER_WIDTH, UNet, parameter_count
 
 TRAIN = Path(sys.executable).parent / "m3leo-train"
 

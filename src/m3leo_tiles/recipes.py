@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from m3leo_tiles.enums import ResamplingMethod
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.enums import ResamplingMethod
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.core.names import ALLOWED, name_problem
 from m3leo_tiles.grid.tile import pixels_per_side
-from m3leo_tiles.names import ALLOWED, name_problem
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")

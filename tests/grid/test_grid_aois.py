@@ -11,7 +11,7 @@ import shapely
 from rasterio.warp import transform_bounds
 from shapely.geometry import Point, box
 
-from m3leo_tiles.errors import GridError
+from m3leo_tiles.core.errors import GridError
 from m3leo_tiles.grid import aois_dir, lattice_cells, list_aois, load_aoi
 
 BUILTIN = {"conus", "europe", "middle-east", "pakin", "china", "south-america", "demo"}

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.grid import Tile, read_grid
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 
 SCRIPT = Path(sys.executable).parent / "m3leo-tiles"
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "m3leo_tiles.cli"]
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "m3leo_tiles.cli.tiles"]
     return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 

@@ -13,8 +13,8 @@ import pytest
 from pyproj import Transformer
 from shapely.geometry import box
 
-from m3leo_tiles.enums import GridFormat
-from m3leo_tiles.errors import GridError
+from m3leo_tiles.core.enums import GridFormat
+from m3leo_tiles.core.errors import GridError
 from m3leo_tiles.grid import (
     BoxTile,
     Tile,

@@ -9,8 +9,8 @@ import pytest
 import shapely
 
 from helpers.cli import assert_one_error_line, call_cli
-from m3leo_tiles.enums import GridFormat
-from m3leo_tiles.errors import ConfigError, GridError
+from m3leo_tiles.core.enums import GridFormat
+from m3leo_tiles.core.errors import ConfigError, GridError
 from m3leo_tiles.grid import default_grid_path, make_grid, read_grid
 from m3leo_tiles.grid.aois import load_aoi
 

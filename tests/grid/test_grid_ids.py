@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import assert_one_error_line, call_cli
-from m3leo_tiles.errors import GridError
+from m3leo_tiles.core.errors import GridError
+from m3leo_tiles.core.names import is_safe_name
 from m3leo_tiles.grid import read_grid
-from m3leo_tiles.names import is_safe_name
 
 
 def _grid(path: Path, ids: list[object], aoi: str | None = None) -> Path:
@@ -100,7 +100,7 @@ def test_fetch_with_an_unsafe_id_exits_2_and_writes_nothing(
 
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".hidden"])
 def test_a_recipe_name_cannot_be_a_path(tmp_path: Path, name: str) -> None:
-    from m3leo_tiles.errors import ConfigError
+    from m3leo_tiles.core.errors import ConfigError
     from m3leo_tiles.recipes import load_recipe_file
 
     path = tmp_path / "r.yaml"
@@ -114,10 +114,10 @@ def test_a_recipe_name_cannot_be_a_path(tmp_path: Path, name: str) -> None:
 def test_band_names_never_become_paths(tmp_path: Path) -> None:
     """Band and layer names are written as band descriptions only, never joined to a path."""
     import helpers.fake_sources  # noqa: F401
+    from m3leo_tiles.fetch.worker import Batch, render_batch
     from m3leo_tiles.grid.tile import Tile
     from m3leo_tiles.recipes import Recipe
     from m3leo_tiles.sources.base import get_source
-    from m3leo_tiles.worker import Batch, render_batch
 
     recipe = Recipe(name="r", source="fake-synthetic", resolution=448,
                     bands=("../../evil", "/etc/x"), dtype="uint8", nodata=0)  # fmt: skip

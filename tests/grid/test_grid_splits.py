@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid import assign_bands, assign_splits, lattice_cells, load_aoi, parse_ratios
 from m3leo_tiles.grid.splits import across_coordinate
 

@@ -8,7 +8,7 @@ import shapely
 from pyproj import Transformer
 from shapely.geometry import box
 
-from m3leo_tiles.errors import GridError
+from m3leo_tiles.core.errors import GridError
 from m3leo_tiles.grid import Tile, grid_geometry, lattice_cells, load_aoi
 from m3leo_tiles.grid.lattice import zone_band
 from m3leo_tiles.grid.tile import TILE_SIZE_M

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from m3leo_tiles.errors import ConfigError, GridError
+from m3leo_tiles.core.errors import ConfigError, GridError
 from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile, pixels_per_side
 
 

@@ -28,10 +28,10 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
-from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.chipfile import write_chip
+from m3leo_tiles.dataset.manifest import ManifestRow, write_manifest
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.io import write_chip
-from m3leo_tiles.manifest import ManifestRow, write_manifest
 from m3leo_tiles.recipes import parse_recipe
 from m3leo_tiles.sources.base import Chip
 
@@ -203,7 +203,7 @@ def make_chip_tree(base: Path) -> ChipTree:
 
 def write_train_stats(tree: ChipTree, names: tuple[str, ...]) -> None:
     """``m3leo-tiles stats`` of the train split for ``names`` (what ``normalize=True`` reads)."""
-    from m3leo_tiles.stats import compute_stats, write_stats
+    from m3leo_tiles.tools.stats import compute_stats, write_stats
 
     for name in names:
         folder = tree.folder(name)

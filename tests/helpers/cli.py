@@ -35,7 +35,7 @@ def run_cli(args, *, cwd: Path, timeout: float = 120, env: dict[str, str] | None
 def call_cli(capsys, *args: object) -> tuple[int, str, str]:
     """In-process ``m3leo-tiles ARGS`` (fast, for checks that start no cluster):
     (exit code, stdout, stderr); ``capsys`` is pytest's fixture."""
-    from m3leo_tiles.cli import main
+    from m3leo_tiles.cli.tiles import main
 
     try:
         main([str(a) for a in args])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m3leo_tiles.errors import SourceError, TransientSourceError
+from m3leo_tiles.core.errors import SourceError, TransientSourceError
 from m3leo_tiles.sources.base import Chip, SourceAdapter, SourceOption, TileInputs, register
 
 

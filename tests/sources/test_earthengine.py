@@ -26,7 +26,7 @@ from tests.helpers.ee_emulator import (
     serve_earthengine,
 )
 
-from m3leo_tiles.errors import ConfigError, CredentialsError, EmptyTileError, SourceError
+from m3leo_tiles.core.errors import ConfigError, CredentialsError, EmptyTileError, SourceError
 from m3leo_tiles.grid.tile import BoxTile, Tile
 from m3leo_tiles.recipes import load_recipe
 from m3leo_tiles.sources.base import Chip, FetchOptions, RenderContext

@@ -21,9 +21,9 @@ import pytest
 import rasterio
 from tests.helpers.ee_emulator import EmulatorServer, expected_pixels, serve_earthengine
 
-from m3leo_tiles.enums import TileStatus
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.recipes import load_recipe
 from m3leo_tiles.sources.earthengine import grid_json
 
@@ -132,7 +132,7 @@ def cluster_and_emulator() -> Iterator[tuple[EmulatorServer, str]]:
     ("recipe", "year"), [("s1grd", 2020), ("esawc", None), ("srtm", None), ("modisveg", 2019)]
 )
 def test_other_recipes_end_to_end(cluster_and_emulator, tmp_path, recipe, year) -> None:
-    from m3leo_tiles.runner import fetch_tiles
+    from m3leo_tiles.fetch.api import fetch_tiles
 
     server, address = cluster_and_emulator
     server.clear()
@@ -164,7 +164,7 @@ def test_chips_align_with_the_raster_sources_chips(tmp_path: Path, shared_data: 
 
 
 def test_a_permanent_error_is_recorded_and_the_others_go_on(cluster_and_emulator, tmp_path):
-    from m3leo_tiles.runner import fetch_tiles
+    from m3leo_tiles.fetch.api import fetch_tiles
 
     server, address = cluster_and_emulator
     bad = ROME[1]
@@ -183,7 +183,7 @@ def test_a_permanent_error_is_recorded_and_the_others_go_on(cluster_and_emulator
 
 
 def test_a_tile_without_images_is_recorded_empty_with_the_reason(cluster_and_emulator, tmp_path):
-    from m3leo_tiles.runner import fetch_tiles
+    from m3leo_tiles.fetch.api import fetch_tiles
 
     server, address = cluster_and_emulator
     recipe = load_recipe("modisveg")
@@ -226,7 +226,7 @@ def test_help_lists_the_options_and_does_not_import_ee(tmp_path: Path) -> None:
     for option in ("--ee-url", "--ee-concurrency", "--project", "--high-volume"):
         assert option in result.stdout
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, m3leo_tiles.cli; "
+        [sys.executable, "-c", "import sys, m3leo_tiles.cli.tiles; "
          "from m3leo_tiles.sources.base import available_sources; available_sources(); "
          "print('ee' in sys.modules)"],
         env=env, capture_output=True, text=True, check=True, timeout=60,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.sources._ee_recipe import Window, band_chunks, parse_params
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -26,7 +26,7 @@ from rasterio.warp import Resampling, reproject
 from helpers.gssic_tiles import SMALL_BANDS as BANDS
 from helpers.gssic_tiles import SMALL_METRICS as METRICS
 from helpers.gssic_tiles import cell_name, small_recipe, tile_key, write_mirror
-from m3leo_tiles.errors import SourceError
+from m3leo_tiles.core.errors import SourceError
 from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
 from m3leo_tiles.recipes import load_recipe, parse_recipe
 from m3leo_tiles.sources.base import FetchOptions, get_source
@@ -366,14 +366,14 @@ def test_band_resampling_overrides_the_recipe_for_matching_bands(tmp_path: Path,
     ],
 )  # fmt: skip
 def test_bad_layer_params_are_one_line_errors(tmp_path: Path, change, message) -> None:
-    from m3leo_tiles.errors import ConfigError
+    from m3leo_tiles.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         small_recipe(tmp_path, **change)
 
 
 def test_bands_must_be_the_generated_layers(tmp_path: Path, mirror: Path) -> None:
-    from m3leo_tiles.errors import ConfigError
+    from m3leo_tiles.core.errors import ConfigError
 
     data = yaml.safe_load(RECIPE.read_text())
     data["bands"] = data["bands"][:-1]

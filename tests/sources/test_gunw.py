@@ -38,7 +38,7 @@ from helpers.gunw_world import (
     write_saved_search,
 )
 from helpers.loopback import serve
-from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError
+from m3leo_tiles.core.errors import ConfigError, CredentialsError, SourceError
 from m3leo_tiles.grid.lattice import grid_geometry
 from m3leo_tiles.recipes import load_recipe
 from m3leo_tiles.sources import _earthdata, _gunw_read
@@ -252,7 +252,7 @@ def test_a_truncated_download_is_retried_and_never_taken_whole(
     name = next(n for names in inputs.values() for n in names)
     asf.truncate[name] = 5000
     monkeypatch.setattr(
-        "m3leo_tiles.download.DOWNLOAD_RETRY",
+        "m3leo_tiles.sources.download.DOWNLOAD_RETRY",
         type(source.retry_policy)(attempts=3, base_delay_s=0.01),
     )
     path = Path(source._product_path(name, RenderContext()))

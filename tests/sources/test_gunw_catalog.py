@@ -19,7 +19,7 @@ import shapely
 from asf_search.search.search_generator import as_ASFProduct
 
 from helpers.asf_loopback import derived_gunw_item, item_polygon, real_gunw_item, stack_dates
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.sources import _gunw_catalog as catalog
 

@@ -19,7 +19,7 @@ import torch
 from helpers.asf_loopback import real_gunw_item
 from helpers.cli import cli_env, run_cli
 from helpers.gunw_world import make_world, write_saved_search
-from m3leo_tiles.torch.dataset import M3LEODataset, PairRule
+from m3leo_tiles.ml.dataset import M3LEODataset, PairRule
 
 pytestmark = pytest.mark.slow
 

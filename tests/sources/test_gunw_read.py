@@ -15,7 +15,7 @@ import rasterio
 from rasterio.enums import Resampling
 
 from helpers.gunw_netcdf import FILL, ProductSpec, reference_warp, write_product
-from m3leo_tiles.errors import SourceError
+from m3leo_tiles.core.errors import SourceError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.sources import _gunw_read as read
 

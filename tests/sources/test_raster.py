@@ -19,9 +19,9 @@ from pyproj import Transformer
 from rasterio.features import rasterize
 from rasterio.warp import Resampling, reproject
 
-from m3leo_tiles.errors import ConfigError, SourceError
+from m3leo_tiles.core.errors import ConfigError, SourceError
+from m3leo_tiles.dataset.chipfile import chip_is_empty, write_chip
 from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile
-from m3leo_tiles.io import chip_is_empty, write_chip
 from m3leo_tiles.recipes import parse_recipe
 from m3leo_tiles.sources.base import FetchOptions, RenderContext, get_source
 
@@ -362,7 +362,7 @@ def test_batch_of_tiles_equals_each_tile_alone(shared_data: Path, tmp_path: Path
 
 def test_unreachable_remote_cell_is_transient_not_empty(tmp_path: Path) -> None:
     """Offline, a remote cell must fail (and be retried later), never count as 'no data'."""
-    from m3leo_tiles.errors import TransientSourceError
+    from m3leo_tiles.core.errors import TransientSourceError
 
     template = "http://127.0.0.1:9/cells/{NS}{lat:02d}{EW}{lon:03d}.tif"  # nothing listens
     recipe = make_recipe(tmp_path, nodata=-9999, params={"inputs": template, "tile_degrees": 10})

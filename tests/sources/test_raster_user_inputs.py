@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.recipes import parse_recipe
 from m3leo_tiles.sources.base import FetchOptions, get_source

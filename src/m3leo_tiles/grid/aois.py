@@ -18,8 +18,8 @@ import shapely.affinity
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.errors import ConfigError, GridError, first_line
-from m3leo_tiles.names import ALLOWED, name_problem
+from m3leo_tiles.core.errors import ConfigError, GridError, first_line
+from m3leo_tiles.core.names import ALLOWED, name_problem
 
 DEFAULT_ANGLE = 0.9
 

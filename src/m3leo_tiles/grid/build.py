@@ -13,9 +13,9 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.atomic import replacing
-from m3leo_tiles.enums import GridFormat, Split
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.atomic import replacing
+from m3leo_tiles.core.enums import GridFormat, Split
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.aois import aoi_name, checked_aoi_name, load_aoi
 from m3leo_tiles.grid.files import (
     SPLITS_NAME,

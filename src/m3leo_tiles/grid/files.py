@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from m3leo_tiles.atomic import replacing
-from m3leo_tiles.enums import GridFormat, Split
-from m3leo_tiles.errors import GridError
+from m3leo_tiles.core.atomic import replacing
+from m3leo_tiles.core.enums import GridFormat, Split
+from m3leo_tiles.core.errors import GridError
+from m3leo_tiles.core.names import ALLOWED, MAX_NAME, SAFE_NAME, name_problem
 from m3leo_tiles.grid.tile import BoxTile, GridTile, parse_tile_id
-from m3leo_tiles.names import ALLOWED, MAX_NAME, SAFE_NAME, name_problem
 
 TILES_STEM = "tiles"
 SPLITS_NAME = "splits.csv"

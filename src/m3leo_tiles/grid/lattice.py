@@ -20,7 +20,7 @@ from affine import Affine
 from rasterio import features
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.errors import GridError
+from m3leo_tiles.core.errors import GridError
 from m3leo_tiles.grid.tile import (
     MAX_LAT,
     MIN_LAT,

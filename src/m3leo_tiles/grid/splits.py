@@ -19,8 +19,8 @@ import re
 import numpy as np
 from pyproj import Transformer
 
-from m3leo_tiles.enums import Split
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.enums import Split
+from m3leo_tiles.core.errors import ConfigError
 
 DEFAULT_BANDS = 60
 DEFAULT_RATIOS = (3, 1, 1)

@@ -26,7 +26,7 @@ from affine import Affine
 from pyproj import Geod, Transformer
 from shapely.geometry import Polygon, box
 
-from m3leo_tiles.errors import ConfigError, GridError
+from m3leo_tiles.core.errors import ConfigError, GridError
 
 TILE_SIZE_M = 4480
 SOUTH_FALSE_NORTHING_M = 10_000_000

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from m3leo_tiles.errors import CredentialsError
+from m3leo_tiles.core.errors import CredentialsError
 
 TOKEN_ENV = "EARTHDATA_TOKEN"
 USERNAME_ENV = "EARTHDATA_USERNAME"

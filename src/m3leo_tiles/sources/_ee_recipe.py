@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.sources.base import refuse_unknown_params
 
 REDUCERS = ("mean", "median", "min", "max", "mode", "sum", "mosaic", "first")

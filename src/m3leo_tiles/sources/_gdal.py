@@ -21,8 +21,8 @@ from rasterio.warp import transform
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.errors import ConfigError, first_line
-from m3leo_tiles.geotiff import cached_crs
+from m3leo_tiles.core.errors import ConfigError, first_line
+from m3leo_tiles.dataset.geotiff import cached_crs
 from m3leo_tiles.grid.tile import PixelGrid
 
 NETWORK_VSI = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",

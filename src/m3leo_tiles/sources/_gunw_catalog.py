@@ -35,7 +35,7 @@ import shapely
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.tile import GridTile, lonlat_polygons
 
 NAME = re.compile(

@@ -28,8 +28,8 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import reproject
 
-from m3leo_tiles.errors import SourceError
-from m3leo_tiles.geotiff import cached_crs
+from m3leo_tiles.core.errors import SourceError
+from m3leo_tiles.dataset.geotiff import cached_crs
 from m3leo_tiles.grid.tile import PixelGrid
 
 

@@ -42,8 +42,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from m3leo_tiles.enums import ResamplingMethod
-from m3leo_tiles.errors import (
+from m3leo_tiles.core.enums import ResamplingMethod
+from m3leo_tiles.core.errors import (
     ConfigError,
     CredentialsError,
     EmptyTileError,

@@ -21,7 +21,7 @@ How a run goes, and why:
 3. *Credentials only when needed*: if a product is in no ``--source`` folder and not in the
    cache, Earthdata credentials must be present and accepted, checked before any tile is
    rendered (one line, exit 2). A run from local products needs none.
-4. *Download safely* (worker): ``m3leo_tiles.download.cached_download`` with asf-search's
+4. *Download safely* (worker): ``m3leo_tiles.sources.download.cached_download`` with asf-search's
    authenticated session: temp file then rename, size checked against the search, a per-file
    lock (two workers wanting one product make one download), bounded retries; a batch's
    downloads run on the threads of the run's request budget (``concurrency``).
@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from rasterio.enums import Resampling
 
-from m3leo_tiles import strict_json
-from m3leo_tiles.atomic import write_text
-from m3leo_tiles.errors import ConfigError, CredentialsError, SourceError, first_line
+from m3leo_tiles.core import strict_json
+from m3leo_tiles.core.atomic import write_text
+from m3leo_tiles.core.errors import ConfigError, CredentialsError, SourceError, first_line
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
 from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
 from m3leo_tiles.sources._gunw_catalog import GunwProduct
@@ -525,7 +525,7 @@ class GunwSource(SourceAdapter):
         """A cached product that could not be read: if it is damaged (size or MD5 against the
         search), drop it, download it once more and paint its tiles again (painting a product
         twice gives the same pixels); a second failure names the file."""
-        from m3leo_tiles.download import drop_cached
+        from m3leo_tiles.sources.download import drop_cached
 
         path = self.cache_dir() / name
         try:
@@ -593,7 +593,7 @@ class GunwSource(SourceAdapter):
         product = self._product(name)
         if self._cached(product):
             return str(self.cache_dir() / name)
-        from m3leo_tiles.download import cached_download
+        from m3leo_tiles.sources.download import cached_download
 
         def download() -> Path:
             return cached_download(

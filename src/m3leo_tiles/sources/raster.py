@@ -91,8 +91,8 @@ from rasterio.windows import Window
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-from m3leo_tiles.enums import ResamplingMethod
-from m3leo_tiles.errors import (
+from m3leo_tiles.core.enums import ResamplingMethod
+from m3leo_tiles.core.errors import (
     RUN_STOPPERS,
     ConfigError,
     EmptyTileError,
@@ -929,7 +929,7 @@ class RasterSource(SourceAdapter):
         """A tile that failed on files of the download cache: the damaged ones (GDAL cannot
         read them whole) are dropped, downloaded again, and the tile is tried once more; a
         second failure names the file. A tile that failed for another reason keeps it."""
-        from m3leo_tiles.download import drop_cached
+        from m3leo_tiles.sources.download import drop_cached
 
         damaged = self._damaged_downloads(inputs)
         if not damaged:
@@ -982,7 +982,7 @@ class RasterSource(SourceAdapter):
     def _download(self, path: str, templated: bool) -> str | None:
         """A remote file copied whole into ``<cache>/<host>/<path>`` (atomic, locked per file,
         shared by every worker and run), or None for a missing cell of a tiled product."""
-        from m3leo_tiles.download import MissingRemoteFile, cached_download
+        from m3leo_tiles.sources.download import MissingRemoteFile, cached_download
 
         url = path.removeprefix("/vsicurl/")
         local = self._cache_path(path)

@@ -27,7 +27,7 @@ if os.environ.get("M3LEO_TEST_ASF_LOOPBACK"):
 
 if os.environ.get("M3LEO_TEST_EE_ATTEMPTS"):  # an outage test need not wait out the backoff
     try:
-        from m3leo_tiles.sources.base import RetryPolicy
+        from m3leo_tiles.core.retry import RetryPolicy
         from m3leo_tiles.sources.earthengine import EarthEngineSource
 
         attempts = int(os.environ["M3LEO_TEST_EE_ATTEMPTS"])

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psutil
 
-from m3leo_tiles import strict_json
-from m3leo_tiles.atomic import open_no_follow, refuse_link
-from m3leo_tiles.errors import LockedError
+from m3leo_tiles.core import strict_json
+from m3leo_tiles.core.atomic import open_no_follow, refuse_link
+from m3leo_tiles.core.errors import LockedError
 
 LOCK_NAME = ".m3leo.lock"
 UNREADABLE_LOCK_GRACE_S = 30.0

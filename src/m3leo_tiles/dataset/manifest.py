@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from m3leo_tiles.atomic import PARTIAL_SUFFIX, open_append, write_text
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.redact import redact
+from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_append, write_text
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.core.redact import redact
 
 MANIFEST_NAME = "manifest.csv"
 COLUMNS = (

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from m3leo_tiles.enums import Split, TileStatus
-from m3leo_tiles.errors import ConfigError
-from m3leo_tiles.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.core.enums import Split, TileStatus
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 
 PAIR_BAND = re.compile(r"^(\d{8})_(\d{8})(?:_[AD]\d{3})?_(.+)$")
 """Band names of per-tile pair products (GUNW): ``<reference>_<secondary>_<layer>``, with

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from m3leo_tiles.torch.dataset import M3LEODataset
+    from m3leo_tiles.ml.dataset import M3LEODataset
 
 _NUMPY_DTYPES = {
     torch.float32: np.float32,

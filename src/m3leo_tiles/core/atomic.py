@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 
 PARTIAL_SUFFIX = ".part"  # a chip's (or manifest's) partial file: a run removes those it finds
 TEMPORARY_SUFFIX = ".tmp"  # other writers': never removed by a run in the same folder

@@ -5,7 +5,7 @@ Every error raised for bad input, bad configuration or a missing credential deri
 turns these into that line and an exit code, never a traceback.
 """
 
-from m3leo_tiles.redact import redact
+from m3leo_tiles.core.redact import redact
 
 
 class M3leoError(Exception):

@@ -3,7 +3,7 @@
 Nothing in the core package imports this subpackage, so ``m3leo-tiles`` works without torch.
 """
 
-from m3leo_tiles.torch.dataset import (
+from m3leo_tiles.ml.dataset import (
     ESA_WORLDCOVER_CLASSES,
     IGNORE_INDEX,
     M3LEODataset,

@@ -20,8 +20,8 @@ import rasterio.merge
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.errors import RasterioError
 
-from m3leo_tiles.atomic import replacing
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.atomic import replacing
+from m3leo_tiles.core.errors import ConfigError
 
 GRID_COLOUR = (255, 210, 0)
 NODATA_COLOUR = (40, 40, 40)

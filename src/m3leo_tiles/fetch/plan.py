@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.manifest import INPUT_SEPARATOR, ManifestRow, now_iso, one_line
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.manifest import INPUT_SEPARATOR, ManifestRow, now_iso, one_line
 from m3leo_tiles.sources.base import SourceAdapter
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def _adopt(path: Path, identifier: str, recipe_hash: str, inputs: tuple[str, ...
            input_id: str) -> ManifestRow | None:  # fmt: skip
     """A chip written by a worker whose driver died before recording it: kept only if it is
     ours (recipe hash and inputs' identity in its tags) and GDAL reads it whole."""
-    from m3leo_tiles.io import Written, chip_problem, read_chip_tags
+    from m3leo_tiles.dataset.chipfile import Written, chip_problem, read_chip_tags
 
     try:
         tags = read_chip_tags(path)
@@ -124,7 +124,7 @@ def make_plan(
     tiles whose row has this recipe's hash, the same inputs (paths and identity) and, for a
     chip, a file of the recorded size (or, when an old manifest has no size, that GDAL reads
     whole)."""
-    from m3leo_tiles.io import Written, chip_problem
+    from m3leo_tiles.dataset.chipfile import Written, chip_problem
 
     recipe_hash = adapter.recipe.recipe_hash
     sizes: dict[str, int] = {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from m3leo_tiles.atomic import replacing
+from m3leo_tiles.core.atomic import replacing
 
 # ESA WorldCover's own legend colours, in class order (10, 20, ..., 100).
 ESA_WORLDCOVER_COLOURS = (
@@ -80,7 +80,7 @@ def plot_predictions(model: Any, dataset: Any, data: Any, config: Any, path: Pat
         count, 3, figsize=(9, 3 * count), squeeze=False, constrained_layout=True
     )
     if categorical:
-        from m3leo_tiles.torch.dataset import ESA_WORLDCOVER_CLASSES
+        from m3leo_tiles.ml.dataset import ESA_WORLDCOVER_CLASSES
 
         n = dataset.num_classes
         if tuple(dataset.classes) == ESA_WORLDCOVER_CLASSES:

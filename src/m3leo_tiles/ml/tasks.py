@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ except ImportError:  # pragma: no cover (a typer that uses click itself)
     from click.exceptions import ClickException, UsageError
 
 from m3leo_tiles import __version__
-from m3leo_tiles.errors import ConfigError, M3leoError
-from m3leo_tiles.redact import redact
+from m3leo_tiles.core.errors import ConfigError, M3leoError
+from m3leo_tiles.core.redact import redact
 
 
 def _metavars_for_people() -> None:
@@ -76,7 +76,7 @@ app = typer.Typer(
 
 
 # --- grid commands (grid, aois) ------------------------------------------------------------
-from m3leo_tiles.enums import GridFormat  # noqa: E402  (typer reads it from the module's globals)
+from m3leo_tiles.core.enums import GridFormat  # noqa: E402  (typer reads it from the module's globals)
 
 
 @app.command()
@@ -201,7 +201,7 @@ def aois() -> None:
 
 
 # --- engine commands (recipes, fetch, status) ----------------------------------------------
-from m3leo_tiles.enums import Split  # noqa: E402  (typer reads it from the module's globals)
+from m3leo_tiles.core.enums import Split  # noqa: E402  (typer reads it from the module's globals)
 
 
 @app.command()
@@ -373,7 +373,7 @@ def fetch(
       m3leo-tiles fetch my-recipe.yaml --grid grids/demo/tiles.geojson --workers 4 --split train
       m3leo-tiles fetch agb --aoi conus --year 2019 --scheduler tcp://10.0.0.5:8786 --quiet
     """
-    from m3leo_tiles.runner import fetch as run_fetch
+    from m3leo_tiles.fetch.api import fetch as run_fetch
 
     options = parse_source_options(list(ctx.args))
     try:
@@ -448,8 +448,8 @@ def status(
       m3leo-tiles status --grid my-tiles.geojson
       m3leo-tiles status --verify
     """
-    from m3leo_tiles.status import format_status_table
-    from m3leo_tiles.status import status as read_status
+    from m3leo_tiles.tools.status import format_status_table
+    from m3leo_tiles.tools.status import status as read_status
 
     if not out.is_dir():
         where = out if out.is_absolute() else f"{out} (in {Path.cwd()})"
@@ -465,7 +465,7 @@ def status(
         )
         return
     if verify:
-        from m3leo_tiles.status import verify_dataset
+        from m3leo_tiles.tools.status import verify_dataset
 
         checks = [verify_dataset(dataset.folder) for dataset in found]
         found = read_status(out, grids_dir, grid=grid)  # with the damaged tiles now failed
@@ -495,7 +495,7 @@ def quicklook(
 
     Example: m3leo-tiles quicklook data/demo/demo-s2 data/demo/demo-dem --out look.png
     """
-    from m3leo_tiles.quicklook import quicklook as draw_quicklook
+    from m3leo_tiles.tools.quicklook import quicklook as draw_quicklook
 
     path = draw_quicklook(
         datasets,
@@ -540,7 +540,7 @@ def stats(
       m3leo-tiles stats demo-s2
       m3leo-tiles stats data/conus/agb-2020 --split val
     """
-    from m3leo_tiles.stats import format_stats, stats_command
+    from m3leo_tiles.tools.stats import format_stats, stats_command
 
     chosen = None if split == "all" else split
     if chosen is not None and chosen not in {s.value for s in Split}:
@@ -566,9 +566,9 @@ def pack(
 
     Example: m3leo-tiles pack demo-s2
     """
-    from m3leo_tiles.chipsets import find_dataset
-    from m3leo_tiles.pack import pack as pack_dataset
-    from m3leo_tiles.pack import pack_dir
+    from m3leo_tiles.dataset.chipsets import find_dataset
+    from m3leo_tiles.tools.pack import pack as pack_dataset
+    from m3leo_tiles.tools.pack import pack_dir
 
     folder = find_dataset(dataset, root, aoi)
     index = pack_dataset(folder)
@@ -594,7 +594,7 @@ def version() -> None:
 
 def _interrupted(error: KeyboardInterrupt) -> int:
     """Say in one line that a run was stopped; the exit code a shell expects for the signal."""
-    from m3leo_tiles.runner import Terminated
+    from m3leo_tiles.core.signals import Terminated
 
     text = str(error) or "interrupted; finished work is kept, rerun the same command to resume"
     typer.echo(redact(text), err=True)

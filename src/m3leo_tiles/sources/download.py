@@ -37,16 +37,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from m3leo_tiles import events
-from m3leo_tiles.atomic import PARTIAL_SUFFIX, open_no_follow, replacing
-from m3leo_tiles.errors import (
+from m3leo_tiles.core import events
+from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_no_follow, replacing
+from m3leo_tiles.core.errors import (
     DiskFullError,
     NetworkUnreachable,
     SourceError,
     TransientSourceError,
     first_line,
 )
-from m3leo_tiles.sources.base import RetryPolicy
+from m3leo_tiles.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
     import requests

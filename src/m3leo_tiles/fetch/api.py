@@ -26,7 +26,6 @@ import itertools
 import logging
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -38,17 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3leo_tiles.atomic import NoFollowFileHandler
-from m3leo_tiles.cluster import (
-    dask_client,
-    quiet_dask_logs,
-    refuse_in_starting_worker,
-    request_budget,
-)
-from m3leo_tiles.enums import Split, TileStatus
-from m3leo_tiles.errors import RUN_STOPPERS, ConfigError, M3leoError, SystematicFailure
-from m3leo_tiles.locking import DatasetLock
-from m3leo_tiles.manifest import (
+from m3leo_tiles.core.atomic import NoFollowFileHandler
+from m3leo_tiles.core.enums import Split, TileStatus
+from m3leo_tiles.core.errors import RUN_STOPPERS, ConfigError, M3leoError, SystematicFailure
+from m3leo_tiles.core.redact import RedactingFilter
+from m3leo_tiles.core.signals import Terminated, sigterm_as_interrupt
+from m3leo_tiles.dataset.lock import DatasetLock
+from m3leo_tiles.dataset.manifest import (
     MANIFEST_NAME,
     ManifestRow,
     ManifestWriter,
@@ -56,16 +51,21 @@ from m3leo_tiles.manifest import (
     now_iso,
     read_manifest,
 )
-from m3leo_tiles.planning import Plan, batch_size_for, make_plan
+from m3leo_tiles.fetch.cluster import (
+    dask_client,
+    quiet_dask_logs,
+    refuse_in_starting_worker,
+    request_budget,
+)
+from m3leo_tiles.fetch.plan import Plan, batch_size_for, make_plan
+from m3leo_tiles.fetch.worker import Batch, Budget, reason_of, render_batch
 from m3leo_tiles.recipes import Recipe
-from m3leo_tiles.redact import RedactingFilter
 from m3leo_tiles.sources.base import (
     FetchOptions,
     SourceAdapter,
     check_run_options,
     get_source,
 )
-from m3leo_tiles.worker import Batch, Budget, reason_of, render_batch
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -199,7 +199,7 @@ def _run_logging(dataset_dir: Path, console: bool) -> Iterator[None]:
 
 
 def _make_dataset_dir(out: Path, aoi: str, dataset: str) -> Path:
-    from m3leo_tiles.names import ALLOWED, name_problem
+    from m3leo_tiles.core.names import ALLOWED, name_problem
 
     for what, value in (("AOI name", aoi), ("dataset name", dataset)):
         problem = name_problem(value)  # grids and recipes check theirs; the API may not
@@ -251,7 +251,7 @@ def fetch_tiles(
     ``request`` says how; keyword arguments are its fields, for callers who prefer them
     (``fetch_tiles(recipe, tiles, aoi="demo", workers=2)``).
     """
-    from m3leo_tiles.io import remove_partials
+    from m3leo_tiles.dataset.chipfile import remove_partials
 
     refuse_in_starting_worker()
     if request is None:
@@ -271,7 +271,7 @@ def fetch_tiles(
     with (
         _run_logging(dataset_dir, console=request.progress),
         DatasetLock(dataset_dir),
-        _sigterm_as_interrupt(),
+        sigterm_as_interrupt(),
     ):
         log.info(
             "fetch %s (hash %s) into %s: %d tiles, workers=%s, scheduler=%s, overwrite=%s, "
@@ -380,33 +380,6 @@ def _nothing_found(adapter: SourceAdapter, tiles: Sequence[GridTile],
     )
     log.warning("%s", message, extra={"per_tile": True})  # fetch.log; the CLI says it once
     return message
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (cron's timeout, systemd, Kubernetes, batch schedulers) during a run."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM as Ctrl-C while a run holds its folder: stop the workers, keep finished
-    chips, write the manifest, release the lock, and say so in one line (exit 143).
-
-    Python's default for SIGTERM is to die on the spot: no ``finally`` runs, the lock stays
-    and multiprocessing warns about leaked semaphores. Only the main thread may set a signal
-    handler, so a run started from another thread keeps the default.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 EARLY_STOP_TILES = 20  # the first this many rendered tiles all failing alike stop the run

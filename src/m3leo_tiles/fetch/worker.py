@@ -24,16 +24,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3leo_tiles import events
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.errors import RUN_STOPPERS, EmptyTileError, SourceError, first_line
-from m3leo_tiles.manifest import ManifestRow, now_iso
-from m3leo_tiles.redact import redact
+from m3leo_tiles.core import events
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.core.errors import RUN_STOPPERS, EmptyTileError, SourceError, first_line
+from m3leo_tiles.core.redact import redact
+from m3leo_tiles.dataset.manifest import ManifestRow, now_iso
 from m3leo_tiles.sources.base import Chip, RenderContext, SourceAdapter
 
 if TYPE_CHECKING:
+    from m3leo_tiles.dataset.chipfile import Written
     from m3leo_tiles.grid.tile import GridTile
-    from m3leo_tiles.io import Written
 
 Item = tuple["GridTile", tuple[str, ...]]
 log = logging.getLogger("m3leo_tiles.fetch")
@@ -138,7 +138,7 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
     """
     import rasterio
 
-    from m3leo_tiles.io import chip_is_empty, encode_chip, write_bytes_atomically
+    from m3leo_tiles.dataset.chipfile import chip_is_empty, encode_chip, write_bytes_atomically
 
     ensure_setup(adapter)
     events.set_topic(batch.topic)

@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from m3leo_tiles import __version__, strict_json
-from m3leo_tiles.chipsets import (
+from m3leo_tiles import __version__
+from m3leo_tiles.core import strict_json
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.chipsets import (
     ChipSet,
     band_key,
     find_dataset,
@@ -38,7 +40,6 @@ from m3leo_tiles.chipsets import (
     load_splits,
     valid_mask,
 )
-from m3leo_tiles.errors import ConfigError
 
 PERCENTILES = (1.0, 2.0, 5.0, 25.0, 50.0, 75.0, 95.0, 98.0, 99.0)
 FLOAT_BINS = 65_536
@@ -262,7 +263,7 @@ def compute_stats(
 
 
 def write_stats(stats: DatasetStats, folder: Path) -> Path:
-    from m3leo_tiles.atomic import write_text
+    from m3leo_tiles.core.atomic import write_text
 
     path = stats_path(folder, stats.split)
     write_text(path, stats.to_json() + "\n")

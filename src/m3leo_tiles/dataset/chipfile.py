@@ -1,10 +1,11 @@
 """Writing chips: compressed GeoTIFFs that appear whole or not at all.
 
-A chip is encoded in memory (``m3leo_tiles.geotiff``: GDAL's tags, tifffile's writer), written
-to a hidden ``.<name>.<pid>.<random>.part`` file in the destination folder and renamed onto
-``<tile>.tif``. A run killed at any moment therefore leaves either a whole chip or a hidden
-partial file that never ends in ``.tif`` and that the next run removes. Encoding in memory
-first is also the fast path: one ``write`` system call instead of GDAL's many small ones.
+A chip is encoded in memory (``m3leo_tiles.dataset.geotiff``: GDAL's tags, tifffile's
+writer), written to a hidden ``.<name>.<pid>.<random>.part`` file in the destination folder
+and renamed onto ``<tile>.tif``. A run killed at any moment therefore leaves either a whole
+chip or a hidden partial file that never ends in ``.tif`` and that the next run removes.
+Encoding in memory first is also the fast path: one ``write`` system call instead of GDAL's
+many small ones.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import numpy as np
 import rasterio
 
 from m3leo_tiles import __version__
-from m3leo_tiles.atomic import PARTIAL_SUFFIX, write_bytes
-from m3leo_tiles.errors import DiskFullError
-from m3leo_tiles.geotiff import ChipEncoder
-from m3leo_tiles.redact import redact
+from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, write_bytes
+from m3leo_tiles.core.errors import DiskFullError
+from m3leo_tiles.core.redact import redact
+from m3leo_tiles.dataset.geotiff import ChipEncoder
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import PixelGrid

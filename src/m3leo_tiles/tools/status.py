@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from m3leo_tiles.enums import TileStatus
-from m3leo_tiles.manifest import MANIFEST_NAME, ManifestRow, read_manifest
-from m3leo_tiles.planning import size_problem
+from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.manifest import MANIFEST_NAME, ManifestRow, read_manifest
+from m3leo_tiles.fetch.plan import size_problem
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def run_state(folder: Path) -> str:
     A lock whose process is alive on this host is a live run; one whose process is gone is
     stale (the next fetch takes it over); one from another host cannot be checked from here.
     """
-    from m3leo_tiles.locking import LOCK_NAME, is_live, read_owner
+    from m3leo_tiles.dataset.lock import LOCK_NAME, is_live, read_owner
 
     path = folder / LOCK_NAME
     if not path.exists():
@@ -138,7 +138,7 @@ def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> D
 
 
 def _is_dataset_folder(folder: Path) -> bool:
-    from m3leo_tiles.locking import LOCK_NAME
+    from m3leo_tiles.dataset.lock import LOCK_NAME
 
     if (folder / MANIFEST_NAME).exists() or (folder / LOCK_NAME).exists():
         return True
@@ -243,10 +243,10 @@ def verify_dataset(folder: Path) -> Verification:
     """Read every chip of ``folder`` back: size and CRC-32 against the manifest when it has
     them, then every pixel through GDAL. A damaged chip's tile is recorded ``failed`` (so a
     rerun of fetch makes it again) unless a run holds the folder's lock."""
-    from m3leo_tiles.errors import LockedError
-    from m3leo_tiles.io import Written, chip_problem
-    from m3leo_tiles.locking import DatasetLock
-    from m3leo_tiles.manifest import ManifestWriter, now_iso
+    from m3leo_tiles.core.errors import LockedError
+    from m3leo_tiles.dataset.chipfile import Written, chip_problem
+    from m3leo_tiles.dataset.lock import DatasetLock
+    from m3leo_tiles.dataset.manifest import ManifestWriter, now_iso
 
     rows = read_manifest(folder / MANIFEST_NAME)
     damaged: list[tuple[str, str]] = []

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from m3leo_tiles import strict_json
-from m3leo_tiles.atomic import FOLDER_MODE
-from m3leo_tiles.chipsets import ChipSet, parse_pair_band, read_chip_info, valid_mask
-from m3leo_tiles.errors import ConfigError
+from m3leo_tiles.core import strict_json
+from m3leo_tiles.core.atomic import FOLDER_MODE
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.chipsets import ChipSet, parse_pair_band, read_chip_info, valid_mask
 
 PACK_DIR = "pack"
 ARRAY_NAME = "chips.npy"

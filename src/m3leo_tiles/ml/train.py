@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from m3leo_tiles import strict_json
-from m3leo_tiles.atomic import replacing, write_text
-from m3leo_tiles.errors import ConfigError, M3leoError
-from m3leo_tiles.redact import redact
+from m3leo_tiles.core import strict_json
+from m3leo_tiles.core.atomic import replacing, write_text
+from m3leo_tiles.core.errors import ConfigError, M3leoError
+from m3leo_tiles.core.redact import redact
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.csv"
@@ -98,11 +98,11 @@ class Data:
 
 
 def build_data(config: TrainConfig, log: Callable[[str], None]) -> Data:
-    from m3leo_tiles.chipsets import find_dataset
+    from m3leo_tiles.dataset.chipsets import find_dataset
     from m3leo_tiles.grid import read_grid
-    from m3leo_tiles.stats import ensure_train_stats, read_stats
-    from m3leo_tiles.torch.dataset import M3LEODataset, NoChipsError
-    from m3leo_tiles.torch.tasks import make_task
+    from m3leo_tiles.ml.dataset import M3LEODataset, NoChipsError
+    from m3leo_tiles.ml.tasks import make_task
+    from m3leo_tiles.tools.stats import ensure_train_stats, read_stats
 
     task = make_task(
         config.task, config.target, config.target_type, config.inputs or None,
@@ -111,7 +111,7 @@ def build_data(config: TrainConfig, log: Callable[[str], None]) -> Data:
     grid = config.grid or config.aoi
     if grid is None:
         raise ConfigError("give --grid FILE or --aoi NAME (the grid whose splits to use)")
-    from m3leo_tiles.chipsets import grid_path_for
+    from m3leo_tiles.dataset.chipsets import grid_path_for
 
     grid_file = grid_path_for(grid, "", Path(config.grids_dir))
     if not grid_file.exists():
@@ -211,7 +211,7 @@ class Meter:
 def compute_loss(output: Any, batch: dict[str, Any], categorical: bool, mean: float, std: float):
     import torch.nn.functional as F
 
-    from m3leo_tiles.torch.dataset import IGNORE_INDEX
+    from m3leo_tiles.ml.dataset import IGNORE_INDEX
 
     if categorical:
         mask = batch["mask"]
@@ -317,7 +317,7 @@ def _train(
     import torch
     from tqdm import tqdm
 
-    from m3leo_tiles.torch.unet import UNet, parameter_count
+    from m3leo_tiles.ml.unet import UNet, parameter_count
 
     out = Path(config.out)
     checkpoint_path = out / "checkpoints" / "last.pt"
@@ -431,7 +431,7 @@ def finish(
     }  # fmt: skip
     # a class absent from the split has a NaN IoU: written null (strict JSON)
     strict_json.write(out / TEST_METRICS_NAME, result, indent=1, default=str)
-    from m3leo_tiles.torch.plots import plot_curves, plot_predictions
+    from m3leo_tiles.ml.plots import plot_curves, plot_predictions
 
     plot_curves(history, out / CURVES_NAME, metric="miou" if data.train.categorical else "rmse")
     plot_predictions(model, evaluated, data, config, out / PREDICTIONS_NAME)
@@ -559,12 +559,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     # SIGTERM (a batch scheduler's time limit) stops a run as Ctrl-C does: said, exit 143
-    from m3leo_tiles.runner import Terminated, _sigterm_as_interrupt
+    from m3leo_tiles.core.signals import Terminated, sigterm_as_interrupt
 
     args = parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             result = train(config, resume=args.resume, progress=not args.quiet)
     except M3leoError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)

@@ -42,7 +42,7 @@ def loads(text: str) -> Any:
 def write(path: Path, value: Any, **options: Any) -> None:
     """Write ``value`` to ``path`` as strict JSON with a final newline (a new file renamed
     over the target: never half-written, never through a planted link)."""
-    from m3leo_tiles.atomic import write_text
+    from m3leo_tiles.core.atomic import write_text
 
     write_text(Path(path), dumps(value, **options) + "\n")
 

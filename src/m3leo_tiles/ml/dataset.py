@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
-from m3leo_tiles.chipsets import (
+from m3leo_tiles.core.enums import Split
+from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.dataset.chipsets import (
     ChipInfo,
     ChipSet,
     PairBand,
@@ -47,11 +49,9 @@ from m3leo_tiles.chipsets import (
     read_chip_info,
     valid_mask,
 )
-from m3leo_tiles.enums import Split
-from m3leo_tiles.errors import ConfigError
-from m3leo_tiles.pack import current_pack, open_pack
-from m3leo_tiles.stats import DatasetStats, ensure_train_stats, read_stats
-from m3leo_tiles.torch.batches import empty_tensor, make_loader
+from m3leo_tiles.ml.batches import empty_tensor, make_loader
+from m3leo_tiles.tools.pack import current_pack, open_pack
+from m3leo_tiles.tools.stats import DatasetStats, ensure_train_stats, read_stats
 
 
 class NoChipsError(ConfigError):
