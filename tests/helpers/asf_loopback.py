@@ -21,7 +21,11 @@ started with ``tests/helpers/site`` on its path (CLI subprocesses and their dask
 * product downloads under ``/grfn.asf.alaska.edu/door/download/<file>``, only with a valid
   bearer token or ``asf-urs`` cookie (else 401), from ``server.products`` (name → path), with
   ``server.truncate`` (name → byte count, once) cutting a response short as a dropped
-  connection does.
+  connection does; ``server.signed_query`` (a query string) makes them redirect, as ASF does,
+  to a signed S3 URL (``https://grfn-content-prod.s3.amazonaws.com/<file>?<query>``), which
+  serves the file without login; ``server.download_status`` makes whichever answers the file
+  answer that HTTP status instead, and ``server.search_errors`` is the ``errors`` list of a
+  failing CMR answer (CMR's own quote the token they refused: ``Token [...] does not exist``).
 
 Items are recorded CMR answers: ``real_gunw_item`` is the real ARIA S1 GUNW record that
 asf-search's own tests replay (../shared/data/asf/ARIAS1-GUNW_response.yml), and
@@ -56,6 +60,7 @@ _KEPT: list = []
 CMR_PATH = "/cmr.earthdata.nasa.gov/search/granules.umm_json"
 DOWNLOAD_PREFIX = "/grfn.asf.alaska.edu/door/download/"
 DOWNLOAD_URL = "https://grfn.asf.alaska.edu/door/download/"
+S3_HOST = "grfn-content-prod.s3.amazonaws.com"
 
 
 class LoopbackAdapter(HTTPAdapter):
@@ -229,7 +234,8 @@ class AsfHandler(QuietHandler):
         self._accounted("POST", self._post)
 
     # server state: items (list), users ({name: password}), tokens (set), refuse (bool),
-    # products ({file name: path}), truncate ({file name: bytes}), searches (list of forms)
+    # products ({file name: path}), truncate ({file name: bytes}), searches (list of forms),
+    # search_status, search_errors, signed_query, download_status (see the module docstring)
 
     def _form(self) -> dict[str, list[str]]:
         length = int(self.headers.get("Content-Length", "0"))
@@ -287,6 +293,8 @@ class AsfHandler(QuietHandler):
             )
         elif path.startswith(DOWNLOAD_PREFIX):
             self._download(urllib.parse.unquote(path[len(DOWNLOAD_PREFIX) :]))
+        elif path.startswith(f"/{S3_HOST}/"):
+            self._serve_product(urllib.parse.unquote(path[len(S3_HOST) + 2 :]))
         else:
             self._json(404, {"errors": ["not found"]})
 
@@ -306,6 +314,18 @@ class AsfHandler(QuietHandler):
     def _download(self, name: str) -> None:
         if not (self._bearer_ok() or self._cookie_ok()):
             self.send_bytes(401, b"HTTP Basic: Access denied.", "text/plain")
+            return
+        query = self.server.signed_query  # type: ignore[attr-defined]
+        if query and name in self.server.products:  # type: ignore[attr-defined]
+            target = f"https://{S3_HOST}/{urllib.parse.quote(name)}?{query}"
+            self.send_bytes(307, b"", headers={"Location": target})
+            return
+        self._serve_product(name)
+
+    def _serve_product(self, name: str) -> None:
+        status = self.server.download_status  # type: ignore[attr-defined]
+        if status is not None:
+            self.send_bytes(status, b"AccessDenied", "text/plain")
             return
         path = self.server.products.get(name)  # type: ignore[attr-defined]
         if path is None:
@@ -327,7 +347,8 @@ class AsfHandler(QuietHandler):
         self.server.searches.append(form)  # type: ignore[attr-defined]
         status = self.server.search_status  # type: ignore[attr-defined]
         if status != 200:
-            self._json(status, {"errors": [f"loopback CMR answers {status}"]})
+            errors = self.server.search_errors or [f"loopback CMR answers {status}"]  # type: ignore[attr-defined]
+            self._json(status, {"errors": errors})
             return
         items = list(self.server.items)  # type: ignore[attr-defined]
         temporal = form.get("temporal", [""])[0]
@@ -375,6 +396,9 @@ def asf_state(
         "truncate": {},
         "searches": [],
         "search_status": 200,
+        "search_errors": None,
+        "signed_query": None,
+        "download_status": None,
     }
 
 

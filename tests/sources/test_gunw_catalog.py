@@ -71,6 +71,24 @@ def test_the_real_record_parses_as_asf_search_writes_it(real_item):
     assert product.footprint().equals_exact(item_polygon(real_item), 1e-9)
 
 
+def test_a_signed_url_leaves_its_query_out_of_the_file_name(real_item):
+    """asf-search makes ``fileName`` from the URL's text, query and all; a saved search may
+    have only the URL: either way the product's file name (cache, manifest, tags) is the
+    URL path's last part, without the signature."""
+    import copy
+
+    item = copy.deepcopy(real_item)
+    for url in item["umm"]["RelatedUrls"]:
+        if url["Type"] == "GET DATA":
+            url["URL"] += "?X-Amz-Signature=ff00aa&X-Amz-Credential=AKIA%2F2020"
+    saved = _geojson([item])
+    [product] = catalog.parse_results(saved, "test")
+    assert product.file_name == REAL_NAME + ".nc" and "X-Amz-Signature=ff00aa" in product.url
+    del saved["features"][0]["properties"]["fileName"]
+    [product] = catalog.parse_results(saved, "test")
+    assert product.file_name == REAL_NAME + ".nc"
+
+
 def test_pairs_from_the_real_stack_dates(real_item, frame_dates):
     """Nearest 1-4 neighbours (as ARIA pairs them) of the frame's real acquisitions."""
     dates = [d for d in frame_dates if dt.date(2019, 10, 1) <= d <= dt.date(2021, 1, 31)]

@@ -28,8 +28,9 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import shapely
 from shapely.geometry import box, shape
@@ -105,9 +106,7 @@ def parse_feature(feature: Mapping[str, Any], where: str) -> GunwProduct | None:
     except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise ConfigError(f"{where}: product {name} has a bad geometry ({error})") from None
     url = str(properties.get("url") or "")
-    file_name = str(properties.get("fileName") or (url.rsplit("/", 1)[-1] if url else ""))
-    if not file_name:
-        file_name = f"{name}.nc"
+    file_name = _file_name(properties.get("fileName"), url) or f"{name}.nc"
     size = properties.get("bytes")
     frame = properties.get("frameNumber")
     track = properties.get("pathNumber")
@@ -125,6 +124,15 @@ def parse_feature(feature: Mapping[str, Any], where: str) -> GunwProduct | None:
         footprint_wkt=footprint.wkt,
         md5=str(properties["md5sum"]).lower() if properties.get("md5sum") else None,
     )
+
+
+def _file_name(given: Any, url: str) -> str:
+    """The product's file name (what the cache, the manifest and chip tags call it): the
+    search's ``fileName``, else the URL's last path part, never with a query. asf-search
+    builds ``fileName`` from the URL's text (``fileID + '.' + url.split('.')[-1]``), so a
+    signed URL (``...nc?X-Amz-Signature=...``) would carry its signature into all of them."""
+    name = str(given or "").partition("?")[0]
+    return name or PurePosixPath(urlsplit(url).path).name
 
 
 def check_md5(path: Path, expected: str) -> None:
