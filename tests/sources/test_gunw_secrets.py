@@ -27,8 +27,8 @@ from tests.test_secrets import CREDENTIAL, SIGNATURE, TOKEN, assert_no_secret, c
 from helpers.asf_loopback import AsfHandler, asf_state, route_asf_sessions
 from helpers.loopback import serve
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.sources.base import RenderContext, RetryPolicy
 from m3leo_tiles.fetch.worker import reason_of
+from m3leo_tiles.sources.base import RenderContext, RetryPolicy
 
 # test_gunw's fixtures (the replica world, the LA tiles, a credential-free HOME, fresh worker
 # sessions) and its adapter as a run builds it.
