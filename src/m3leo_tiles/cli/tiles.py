@@ -13,54 +13,12 @@ from typing import Annotated, Any
 
 import typer
 
-try:  # typer 0.2x vendors click; its exceptions are what a bad option raises
-    from typer._click.exceptions import ClickException, UsageError
-except ImportError:  # pragma: no cover (a typer that uses click itself)
-    from click.exceptions import ClickException, UsageError
-
 from m3leo_tiles import __version__
-from m3leo_tiles.core.errors import ConfigError, M3leoError
+from m3leo_tiles.cli.common import exit_code_of_interrupt, metavars_for_people, run_app
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.core.redact import redact
 
-
-def _metavars_for_people() -> None:
-    """Help that names values as people write them: ``--aoi NAME``, ``RECIPE``.
-
-    typer 0.2x prints each parameter's Python type (``<str>``, ``<bool>`` after every switch,
-    ``<list[str]>``) and a required argument as ``{recipe}``. Every option here has its own
-    metavar; this drops the type after switches and arguments and the braces.
-    """
-    try:
-        from typer import core
-    except ImportError:  # pragma: no cover
-        return
-    parameter = getattr(core, "_TyperParameter", None)
-    argument = getattr(core, "TyperArgument", None)
-    if parameter is None or argument is None or not hasattr(parameter, "display_type"):
-        return
-    original = parameter.display_type
-
-    def display_type(self: Any, ctx: Any) -> str:
-        if isinstance(self, argument) or getattr(self, "is_flag", False):
-            return ""
-        if self.metavar:
-            return str(self.metavar)
-        shown = original(self, ctx)
-        if "|" in shown:  # a choice: <train|val|test> -> train|val|test
-            return shown.strip("<>")
-        return str(self.name or "").upper()
-
-    def usage_name(self: Any) -> str:
-        name = str(self.metavar or self.name).upper()
-        name = name if self.required else f"[{name}]"
-        return f"{name}..." if self.nargs != 1 else name
-
-    parameter.display_type = display_type
-    if hasattr(argument, "_usage_display_name"):
-        argument._usage_display_name = usage_name
-
-
-_metavars_for_people()
+metavars_for_people()
 
 app = typer.Typer(
     name="m3leo-tiles",
@@ -283,78 +241,89 @@ def parse_source_options(args: list[str]) -> dict[str, str | bool]:
     return values
 
 
+# fetch's arguments and options (named here, so that the command reads as its steps)
+_FetchRecipe = Annotated[
+    str,
+    typer.Argument(
+        metavar="RECIPE",
+        help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file.",
+    ),
+]
+_FetchAoi = Annotated[
+    str | None,
+    typer.Option(metavar="NAME", help="AOI name; its grid is used, or built if missing."),
+]
+_FetchGrid = Annotated[
+    Path | None,
+    typer.Option(metavar="FILE", help="A grid file (ours, or any file with identifier+geometry)."),
+]
+_FetchYear = Annotated[int | None, typer.Option(help="Year of the data (recipe default if unset).")]
+_FetchOut = Annotated[
+    Path, typer.Option(metavar="DIR", help="Output root: chips go to OUT/<aoi>/<dataset>/.")
+]
+_FetchWorkers = Annotated[
+    int | None,
+    typer.Option(metavar="N", help="Local worker processes (default: one per CPU core)."),
+]
+_FetchScheduler = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ADDRESS", help="Run on an existing dask cluster, e.g. tcp://10.0.0.5:8786."
+    ),
+]
+_FetchTiles = Annotated[
+    Path | None,
+    typer.Option(metavar="FILE", help="A text file of tile ids, one per line: only those."),
+]
+_FetchLimit = Annotated[
+    int | None, typer.Option(metavar="N", help="At most this many tiles (for trials).")
+]
+_FetchOverwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Redo every tile, even finished ones.")
+]
+_FetchSource = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="[LAYER=]PATH",
+        help="Input file(s) replacing the recipe's own, relative to the current folder; "
+        "repeat for several. For a recipe with layers: LAYER=PATH (e.g. agb=/data/a.tif).",
+    ),
+]
+_FetchCache = Annotated[
+    Path | None,
+    typer.Option(
+        help="Shared download cache for remote sources (default OUT/.cache); safe to "
+        "share between runs and workers."
+    ),
+]
+_FetchQuiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
+]
+_FetchGridsDir = Annotated[Path, typer.Option(metavar="DIR", help="Where grid files are kept.")]
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     epilog=_source_options_epilog(),
 )
 def fetch(
     ctx: typer.Context,
-    recipe: Annotated[
-        str,
-        typer.Argument(
-            metavar="RECIPE",
-            help="A built-in recipe name (see `m3leo-tiles recipes`) or a YAML file.",
-        ),
-    ],
-    aoi: Annotated[
-        str | None,
-        typer.Option(metavar="NAME", help="AOI name; its grid is used, or built if missing."),
-    ] = None,
-    grid: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE", help="A grid file (ours, or any file with identifier+geometry)."
-        ),
-    ] = None,
-    year: Annotated[
-        int | None, typer.Option(help="Year of the data (recipe default if unset).")
-    ] = None,
-    out: Annotated[
-        Path, typer.Option(metavar="DIR", help="Output root: chips go to OUT/<aoi>/<dataset>/.")
-    ] = Path("data"),
-    workers: Annotated[
-        int | None,
-        typer.Option(metavar="N", help="Local worker processes (default: one per CPU core)."),
-    ] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ADDRESS", help="Run on an existing dask cluster, e.g. tcp://10.0.0.5:8786."
-        ),
-    ] = None,
+    recipe: _FetchRecipe,
+    aoi: _FetchAoi = None,
+    grid: _FetchGrid = None,
+    year: _FetchYear = None,
+    out: _FetchOut = Path("data"),
+    workers: _FetchWorkers = None,
+    scheduler: _FetchScheduler = None,
     split: Annotated[Split | None, typer.Option(help="Only the tiles of this split.")] = None,
-    tiles: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="A text file of tile ids, one per line: only those."),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(metavar="N", help="At most this many tiles (for trials).")
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Redo every tile, even finished ones.")
-    ] = False,
-    source: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="[LAYER=]PATH",
-            help="Input file(s) replacing the recipe's own, relative to the current folder; "
-            "repeat for several. For a recipe with layers: LAYER=PATH (e.g. agb=/data/a.tif).",
-        ),
-    ] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option(
-            help="Shared download cache for remote sources (default OUT/.cache); safe to "
-            "share between runs and workers."
-        ),
-    ] = None,
-    quiet: Annotated[
-        bool,
-        typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
-    ] = False,
-    grids_dir: Annotated[
-        Path, typer.Option(metavar="DIR", help="Where grid files are kept.")
-    ] = Path("grids"),
+    tiles: _FetchTiles = None,
+    limit: _FetchLimit = None,
+    overwrite: _FetchOverwrite = False,
+    source: _FetchSource = None,
+    cache: _FetchCache = None,
+    quiet: _FetchQuiet = False,
+    grids_dir: _FetchGridsDir = Path("grids"),
 ) -> None:
     """Make the chips of RECIPE for every tile of a grid, resuming where the last run stopped.
 
@@ -397,6 +366,12 @@ def fetch(
         )
     except KeyboardInterrupt as error:  # typer would turn it into a silent exit 130
         raise typer.Exit(_interrupted(error)) from None
+    _say_fetch_report(report, quiet)
+    raise typer.Exit(report.exit_code)
+
+
+def _say_fetch_report(report: Any, quiet: bool) -> None:
+    """The summary on stdout (stderr with --quiet, only when tiles failed) and the warnings."""
     if not quiet:
         typer.echo(report.summary())
     elif report.failed:
@@ -409,7 +384,6 @@ def fetch(
             "and fetch.log; rerun the same command to retry them",
             err=True,
         )
-    raise typer.Exit(report.exit_code)
 
 
 @app.command()
@@ -594,11 +568,9 @@ def version() -> None:
 
 def _interrupted(error: KeyboardInterrupt) -> int:
     """Say in one line that a run was stopped; the exit code a shell expects for the signal."""
-    from m3leo_tiles.core.signals import Terminated
-
     text = str(error) or "interrupted; finished work is kept, rerun the same command to resume"
     typer.echo(redact(text), err=True)
-    return 143 if isinstance(error, Terminated) else 130
+    return exit_code_of_interrupt(error)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -608,21 +580,4 @@ def main(argv: list[str] | None = None) -> None:
     (a bad option value too: one ``error:`` line, not a box), 130 interrupted (Ctrl-C),
     143 terminated (SIGTERM during a fetch).
     """
-    try:
-        code = app(args=argv, prog_name="m3leo-tiles", standalone_mode=False)
-    except UsageError as error:  # unknown option, bad choice such as --split vall
-        where = error.ctx.command_path if error.ctx is not None else "m3leo-tiles"
-        message = " ".join(error.format_message().split())
-        typer.echo(f"error: {redact(message)} (see `{where} --help`)", err=True)
-        sys.exit(2)
-    except ClickException as error:
-        typer.echo(f"error: {redact(' '.join(error.format_message().split()))}", err=True)
-        sys.exit(error.exit_code)
-    except typer.Abort:
-        sys.exit(_interrupted(KeyboardInterrupt()))
-    except M3leoError as error:
-        typer.echo(f"error: {redact(str(error))}", err=True)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM during a fetch (runner.Terminated)
-        sys.exit(_interrupted(error))
-    sys.exit(code if isinstance(code, int) else 0)
+    run_app(app, argv, "m3leo-tiles", on_interrupt=_interrupted)

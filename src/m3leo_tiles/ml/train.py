@@ -1,6 +1,7 @@
 """``m3leo-train``: train the paper's baseline on fetched chips, resumably, with curves.
 
-One command, from chips to a trained model and pictures::
+One command (``m3leo_tiles.cli.train``; notebooks call ``train(TrainConfig(...))``), from
+chips to a trained model and pictures::
 
     m3leo-train --task esawc --aoi conus --epochs 20 --out runs/esawc
     m3leo-train --out runs/esawc --resume          # after Ctrl-C: carries on where it stopped
@@ -19,21 +20,19 @@ that finished after the last checkpoint (and is therefore redone) is not listed 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from m3leo_tiles.core import strict_json
 from m3leo_tiles.core.atomic import replacing, write_text
-from m3leo_tiles.core.errors import ConfigError, M3leoError
-from m3leo_tiles.core.redact import redact
+from m3leo_tiles.core.errors import ConfigError
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.csv"
@@ -441,149 +440,9 @@ def finish(
 # --- command line --------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but bad usage is one ``error:`` line and exit 2, as in m3leo-tiles."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {redact(message)} (see m3leo-train --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _bands(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    found = {}
-    for value in values:
-        name, sep, bands = value.partition("=")
-        if not sep or not bands:
-            raise ConfigError(f"--bands takes DATASET=BAND,BAND: {value!r}")
-        found[name.strip()] = _csv(bands)
-    return found
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="m3leo-train",
-        description=(
-            "Train the M3LEO paper's baseline (a UNet with half the usual channels and bilinear "
-            "upsampling) on fetched chips. Each epoch writes checkpoints/last.pt and a row of "
-            "metrics.csv; the end writes test_metrics.json, curves.png and predictions.png."
-        ),
-        epilog=(
-            "examples:\n"
-            "  m3leo-train --task esawc --aoi conus --epochs 20 --out runs/esawc\n"
-            "  m3leo-train --out runs/esawc --resume\n"
-            "  m3leo-train --target agb --target-type continuous --inputs s1grd \\\n"
-            "      --grid grids/conus/tiles.geojson --device cuda --out runs/agb"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--task", choices=["esawc", "agb", "ghsbuilts"], help="a paper task preset")
-    p.add_argument("--target", help="any target dataset (with --target-type)")
-    p.add_argument("--target-type", choices=["categorical", "continuous"])
-    p.add_argument("--target-bands", type=_csv, default=(), help="target band(s) (default: first)")
-    p.add_argument("--classes", help="class values in index order (10,20,...) or esa-worldcover")
-    p.add_argument("--inputs", type=_csv, help="input datasets, e.g. s1grd,s2srm")
-    p.add_argument(
-        "--bands", action="append", default=[], help="DATASET=BAND,BAND (repeatable): bands to use"
-    )
-    p.add_argument("--root", default=None, help="the --out folder of fetch (default: data)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--grid", help="grid file with the splits")
-    where.add_argument("--aoi", help="AOI name: its grid under --grids-dir")
-    p.add_argument("--grids-dir", default=None, help="where grids are kept (default: grids)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs in all (default 10)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 8")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
-    p.add_argument("--seed", type=int, default=None, help="default 0; same seed, same run on CPU")
-    p.add_argument("--width", type=int, default=None, help="UNet's first width (paper: 32)")
-    p.add_argument("--chip-size", type=int, default=None, help="pixels (default: finest input)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 0)")
-    p.add_argument(
-        "--reader-threads",
-        type=int,
-        default=None,
-        help="read batches ahead in N threads instead of --workers processes",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--no-normalize", action="store_true", help="feed raw values")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    out = Path(args.out)
-    given = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "device": args.device, "seed": args.seed, "width": args.width,
-        "chip_size": args.chip_size, "workers": args.workers, "root": args.root,
-        "threads": args.threads, "reader_threads": args.reader_threads,
-        "grids_dir": args.grids_dir,
-    }  # fmt: skip
-    if args.resume:
-        if not (out / CONFIG_NAME).exists():
-            raise ConfigError(
-                f"no run to resume in {out} (no {CONFIG_NAME}); start one without --resume"
-            )
-        stored = TrainConfig.from_json((out / CONFIG_NAME).read_text(encoding="utf-8"))
-        # The run is defined by its config; only more epochs and where it runs may change.
-        where = {"epochs", "device", "workers", "reader_threads", "threads"}
-        allowed = {k: v for k, v in given.items() if k in where}
-        return replace(stored, **{k: v for k, v in allowed.items() if v is not None})
-    classes: str | tuple[int, ...] | None = args.classes
-    if classes and classes[0].isdigit():
-        try:
-            classes = tuple(int(v) for v in _csv(classes))
-        except ValueError:
-            raise ConfigError(f"--classes takes integers or a preset name: {classes!r}") from None
-    return TrainConfig(
-        out=str(out),
-        task=args.task,
-        target=args.target,
-        target_type=args.target_type,
-        target_bands=args.target_bands,
-        classes=classes,
-        inputs=args.inputs or (),
-        bands=_bands(args.bands),
-        grid=args.grid,
-        aoi=args.aoi,
-        normalize=not args.no_normalize,
-        **{k: v for k, v in given.items() if v is not None},
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    # SIGTERM (a batch scheduler's time limit) stops a run as Ctrl-C does: said, exit 143
-    from m3leo_tiles.core.signals import Terminated, sigterm_as_interrupt
+    """``m3leo-train``, now ``m3leo_tiles.cli.train:main``: kept for the console scripts that
+    installs made before the move still hold (their ``bin/m3leo-train`` imports this)."""
+    from m3leo_tiles.cli.train import main as command_main
 
-    args = parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        with sigterm_as_interrupt():
-            result = train(config, resume=args.resume, progress=not args.quiet)
-    except M3leoError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt as error:
-        terminated = isinstance(error, Terminated)
-        print(
-            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; finished epochs are "
-            f"kept in {args.out}/checkpoints/last.pt; resume with: "
-            f"m3leo-train --out {args.out} --resume",
-            file=sys.stderr,
-        )
-        sys.exit(143 if terminated else 130)
-    metric = "miou" if "miou" in result else "rmse"
-    print(
-        f"{result['split']} {metric} {result[metric]:.4f} over {result['tiles']} tiles → "
-        f"{Path(args.out) / TEST_METRICS_NAME}, {CURVES_NAME}, {PREDICTIONS_NAME}"
-    )
-
-
-if __name__ == "__main__":
-    main()
+    command_main(argv)
