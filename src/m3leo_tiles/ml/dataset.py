@@ -18,6 +18,10 @@ Why it is built this way:
 * Nodata and NaN become 0 after normalisation (the band's mean), so they never reach a model.
 * Per-tile band lists (GUNW pairs, ``20200117_20200105_unwrapped_phase``) are selected per
   tile by a ``PairRule`` and padded to a fixed number of pairs, with flags.
+
+The concerns live beside it: ``ml.pairs`` (``PairRule``), ``ml.classes`` (class values to
+indices, legends of recipes), ``ml.inputs`` (what is known of each input, per-chip steps);
+this module assembles samples and batches from them.
 """
 
 from __future__ import annotations
@@ -26,32 +30,57 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
 from m3leo_tiles.core.enums import Split
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.dataset.chipsets import (
-    ChipInfo,
     ChipSet,
     PairBand,
     find_dataset,
     grid_path_for,
     ids_of_split,
-    parse_pair_band,
     read_chip_info,
     valid_mask,
 )
 from m3leo_tiles.ml.batches import empty_tensor, make_loader
+from m3leo_tiles.ml.classes import (
+    CLASS_PRESETS,
+    ESA_WORLDCOVER_CLASSES,
+    IGNORE_INDEX,
+    RECIPE_CLASSES,
+    ClassMap,
+)
+from m3leo_tiles.ml.inputs import (
+    InputSpec,
+    invalid_mask,
+    make_input,
+    make_target,
+    read_chip_array,
+    resize,
+)
+from m3leo_tiles.ml.pairs import PairRule, dates_of, index_pair_bands
 from m3leo_tiles.tools.pack import current_pack, open_pack
-from m3leo_tiles.tools.stats import DatasetStats, ensure_train_stats, read_stats
+from m3leo_tiles.tools.stats import DatasetStats, ensure_train_stats
+
+__all__ = [
+    "CLASS_PRESETS",
+    "ESA_WORLDCOVER_CLASSES",
+    "IGNORE_INDEX",
+    "RECIPE_CLASSES",
+    "M3LEODataset",
+    "NoChipsError",
+    "PairRule",
+    "invalid_mask",
+    "read_chip_array",
+    "resize",
+]
 
 
 class NoChipsError(ConfigError):
@@ -59,128 +88,6 @@ class NoChipsError(ConfigError):
 
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-"""Class index of target pixels without a class (nodata): torch's CrossEntropyLoss default."""
-
-ESA_WORLDCOVER_CLASSES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
-CLASS_PRESETS: Mapping[str, tuple[int, ...]] = {"esa-worldcover": ESA_WORLDCOVER_CLASSES}
-RECIPE_CLASSES: Mapping[str, str] = {"esawc": "esa-worldcover"}
-"""Recipes whose chips hold class values of a known legend (the paper's ESA WorldCover)."""
-
-
-@dataclass(frozen=True)
-class PairRule:
-    """Which pairs of a per-tile pair input make up a sample, and how many.
-
-    ``count`` pairs are kept (padded with zero channels and flags when a tile has fewer),
-    chosen among those within ``start``..``end`` (both dates of the pair inside) and at most
-    ``max_baseline_days`` apart, ordered by ``order``: ``shortest`` baseline first (ties:
-    latest first), ``longest`` first, or ``latest`` reference date first.
-    """
-
-    count: int = 4
-    order: str = "shortest"
-    start: date | None = None
-    end: date | None = None
-    max_baseline_days: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ConfigError(f"PairRule.count must be at least 1, got {self.count}")
-        if self.order not in {"shortest", "longest", "latest"}:
-            raise ConfigError(f"PairRule.order must be shortest, longest or latest: {self.order}")
-
-    def choose(self, pairs: Sequence[tuple[date, date]]) -> list[tuple[date, date]]:
-        kept = []
-        for reference, secondary in set(pairs):
-            first, last = min(reference, secondary), max(reference, secondary)
-            if self.start is not None and first < self.start:
-                continue
-            if self.end is not None and last > self.end:
-                continue
-            if self.max_baseline_days is not None and (last - first).days > self.max_baseline_days:
-                continue
-            kept.append((reference, secondary))
-
-        def baseline(pair: tuple[date, date]) -> int:
-            return abs((pair[0] - pair[1]).days)
-
-        if self.order == "shortest":
-            kept.sort(key=lambda p: (baseline(p), -p[0].toordinal(), -p[1].toordinal()))
-        elif self.order == "longest":
-            kept.sort(key=lambda p: (-baseline(p), -p[0].toordinal(), -p[1].toordinal()))
-        else:
-            kept.sort(key=lambda p: (-p[0].toordinal(), -p[1].toordinal()))
-        return kept[: self.count]
-
-
-@dataclass(frozen=True)
-class _Input:
-    """One input dataset as the sampler sees it (picklable: paths and numbers only)."""
-
-    name: str
-    folder: Path
-    ids: frozenset[str]
-    bands: tuple[str, ...]  # selected band names, or the layers of a pair input
-    band_index: tuple[int, ...]  # positions in the chip (fixed band lists)
-    nodata: float | None
-    mean: np.ndarray | None  # per selected band (normalize=True)
-    std: np.ndarray | None
-    pairs: PairRule | None  # set for per-tile pair inputs
-    packed: bool
-
-    @property
-    def channels(self) -> int:
-        return len(self.bands) * (self.pairs.count if self.pairs else 1)
-
-
-def _date_number(day: date) -> int:
-    return day.year * 10000 + day.month * 100 + day.day
-
-
-def read_chip_array(path: Path) -> np.ndarray:
-    """(bands, H, W) of a chip file; tifffile for our chips, rasterio for anything else."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            array = page.asarray()
-            if array.ndim == 2:
-                return array[None]
-            if page.planarconfig == tifffile.PLANARCONFIG.CONTIG:
-                return np.moveaxis(array, -1, 0)
-            return array
-    except (ValueError, TypeError, NotImplementedError, tifffile.TiffFileError):
-        import rasterio
-
-        with rasterio.open(path) as dataset:
-            return dataset.read()
-
-
-def invalid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """Pixels without a value (nodata, NaN), or None when there are none (the common case)."""
-    invalid = None
-    if data.dtype.kind == "f":
-        invalid = ~np.isfinite(data)
-    if nodata is not None and not np.isnan(nodata):
-        equal = data == nodata
-        invalid = equal if invalid is None else invalid | equal
-    return invalid if invalid is not None and invalid.any() else None
-
-
-def resize(tensor: torch.Tensor, size: int, categorical: bool = False) -> torch.Tensor:
-    """(C, H, W) to (C, size, size): bilinear (antialiased when shrinking) or nearest."""
-    if tensor.shape[-2:] == (size, size):
-        return tensor
-    if categorical:
-        return F.interpolate(tensor[None].float(), size=(size, size), mode="nearest")[0]
-    shrinking = tensor.shape[-1] > size
-    return F.interpolate(
-        tensor[None], size=(size, size), mode="bilinear", align_corners=False,
-        antialias=shrinking,
-    )[0]  # fmt: skip
 
 
 class M3LEODataset(Dataset):
@@ -217,58 +124,107 @@ class M3LEODataset(Dataset):
         grids_dir: str | Path = "grids",
         use_pack: bool = True,
     ) -> None:
-        from m3leo_tiles.grid import read_grid
-
         inputs = list(inputs)
-        if not inputs:
-            raise ConfigError("give at least one input dataset")
-        if len(set(inputs)) != len(inputs):
-            raise ConfigError(f"inputs repeat a dataset: {inputs}")
-        if split is not None and split not in {s.value for s in Split}:
-            raise ConfigError(f"unknown split {split!r}; use train, val or test")
+        bands = dict(bands or {})
+        _check_arguments(inputs, split)
         self.root = Path(root)
-        grid_file = grid_path_for(grid, "", Path(grids_dir))
-        if not grid_file.exists():
-            raise ConfigError(f"grid {grid_file} not found; make it with `m3leo-tiles grid`")
-        the_grid = read_grid(grid_file)
-        self._grid_file, self._grids_dir = grid_file, Path(grids_dir)
-        self.aoi = the_grid.aoi
+        the_grid = self._open_grid(grid, Path(grids_dir))
         self.split = split
         self.normalize = normalize
         self.transforms = transforms
-        bands = dict(bands or {})
+        self.inputs: tuple[InputSpec, ...] = self._open_inputs(
+            inputs, bands, normalize, pairs, use_pack
+        )
+        self.input_names = tuple(inputs)
+        self.target_name = target
+        self.target: InputSpec | None = None
+        self.categorical = False
+        self.classes: tuple[int, ...] = ()
+        self._class_map: ClassMap | None = None
+        splits = dict(the_grid.splits)
+        if split is not None and not splits:
+            raise ConfigError(f"the grid {self._grid_file} has no splits; pass split=None")
+        target_set = None
+        if target is not None:
+            target_set = ChipSet.open(find_dataset(target, self.root, self.aoi))
+            self._open_target(target_set, target_type, target_bands, classes, use_pack)
+        self._choose_tiles(the_grid, splits, target_set)
+        finest = max(self._chip_width(i) for i in self.inputs)
+        self.chip_size = int(chip_size or finest)
+        self.channel_names: tuple[str, ...] = tuple(
+            name for spec in self.inputs for name in spec.channel_names()
+        )
+        self._pair_bands: dict[str, dict[str, list[PairBand]]] = {
+            spec.name: index_pair_bands(spec.folder, spec.ids, self.tile_ids)
+            for spec in self.inputs
+            if spec.pairs is not None
+        }
+        self._open_packs()
+
+    # --- construction steps --------------------------------------------------------------
+
+    def _open_grid(self, grid: str | Path, grids_dir: Path) -> Any:
+        """The grid (a file, or an AOI's under ``grids_dir``); sets the AOI it is of."""
+        from m3leo_tiles.grid import read_grid
+
+        grid_file = grid_path_for(grid, "", grids_dir)
+        if not grid_file.exists():
+            raise ConfigError(f"grid {grid_file} not found; make it with `m3leo-tiles grid`")
+        the_grid = read_grid(grid_file)
+        self._grid_file, self._grids_dir = grid_file, grids_dir
+        self.aoi = the_grid.aoi
+        return the_grid
+
+    def _open_inputs(
+        self,
+        inputs: Sequence[str],
+        bands: Mapping[str, Sequence[str]],
+        normalize: bool,
+        pairs: PairRule | Mapping[str, PairRule] | None,
+        use_pack: bool,
+    ) -> tuple[InputSpec, ...]:
         unknown = set(bands) - set(inputs)
         if unknown:
             raise ConfigError(f"bands given for datasets that are not inputs: {sorted(unknown)}")
-
         chipsets = {name: ChipSet.open(find_dataset(name, self.root, self.aoi)) for name in inputs}
-        self.inputs: tuple[_Input, ...] = tuple(
-            self._make_input(name, chipsets[name], bands.get(name), normalize, pairs, use_pack)
+        return tuple(
+            make_input(name, chipsets[name], bands.get(name), normalize, pairs, use_pack)
             for name in inputs
         )
-        self.input_names = tuple(inputs)
 
-        splits = dict(the_grid.splits)
-        if split is not None and not splits:
-            raise ConfigError(f"the grid {grid_file} has no splits; pass split=None")
+    def _open_target(
+        self,
+        chipset: ChipSet,
+        target_type: str | None,
+        target_bands: Sequence[str] | None,
+        classes: Sequence[int] | str | None,
+        use_pack: bool,
+    ) -> None:
+        """The target's spec; its class map (and classes) when it is categorical."""
+
+        def train_stats() -> DatasetStats:
+            return ensure_train_stats(chipset.folder, self._grid_file, self._grids_dir, log.info)
+
+        self.target, self._class_map = make_target(
+            chipset, target_type, target_bands, classes, use_pack, train_stats
+        )
+        self.categorical = self._class_map is not None
+        if self._class_map is not None:
+            self.classes = self._class_map.classes
+
+    def _choose_tiles(
+        self, the_grid: Any, splits: dict[str, str], target_set: ChipSet | None
+    ) -> None:
+        """The split's tiles with a target chip (with a target), else with any input chip."""
+        split = self.split
         tiles = {tile.identifier: tile for tile in the_grid.tiles}
-
-        self.target_name = target
-        self.target: _Input | None = None
-        self.categorical = False
-        self.classes: tuple[int, ...] = ()
-        self._lookup: np.ndarray | None = None
-        if target is not None:
-            target_set = ChipSet.open(find_dataset(target, self.root, self.aoi))
+        if target_set is not None:
             candidates = ids_of_split(target_set.ids & tiles.keys(), splits, split)
-            self.target = self._make_target(
-                target_set, target_type, target_bands, classes, use_pack
-            )
-            where = f"target {target}"
+            where = f"target {self.target_name}"
         else:
             every = frozenset().union(*(i.ids for i in self.inputs))
             candidates = ids_of_split(every & tiles.keys(), splits, split)
-            where = f"inputs {', '.join(inputs)}"
+            where = f"inputs {', '.join(self.input_names)}"
         if not candidates:
             raise NoChipsError(
                 f"no chips of split {split!r} for {where} under {self.root}/{self.aoi}; "
@@ -277,12 +233,8 @@ class M3LEODataset(Dataset):
         self.tile_ids: tuple[str, ...] = tuple(candidates)
         self._tiles = {i: tiles[i] for i in candidates}
 
-        finest = max(self._chip_width(i) for i in self.inputs)
-        self.chip_size = int(chip_size or finest)
-        self.channel_names: tuple[str, ...] = tuple(
-            name for spec in self.inputs for name in self._channel_names(spec)
-        )
-        self._pair_bands = self._index_pair_bands()
+    def _open_packs(self) -> None:
+        """Rows of the packs that match their chips; memory maps are opened per process."""
         self._pack_rows: dict[str, dict[str, int]] = {}
         self._with_nodata: dict[str, frozenset[str]] = {}  # packed: chips that need a mask
         for spec in (*self.inputs, self.target):
@@ -292,135 +244,24 @@ class M3LEODataset(Dataset):
                     self._pack_rows[spec.name] = index.row_of()
                     if index.with_nodata is not None:
                         self._with_nodata[spec.name] = index.with_nodata
-        self._maps: dict[tuple[int, str], np.ndarray] = {}
+        self._packs: dict[tuple[int, str], np.ndarray] = {}  # (pid, input): its memory map
 
-    # --- construction helpers ------------------------------------------------------------
-
-    def _make_input(
-        self,
-        name: str,
-        chipset: ChipSet,
-        wanted: Sequence[str] | None,
-        normalize: bool,
-        pairs: PairRule | Mapping[str, PairRule] | None,
-        use_pack: bool,
-    ) -> _Input:
-        if not chipset.ids:
-            raise ConfigError(f"input {name} ({chipset.folder}) holds no chips; run fetch first")
-        info = read_chip_info(chipset.first_chip())
-        pair_bands = [
-            parse_pair_band(b, m) for b, m in zip(info.bands, info.band_metadata, strict=True)
-        ]
-        is_pairs = all(p is not None for p in pair_bands)
-        rule: PairRule | None = None
-        if is_pairs:
-            rule = pairs.get(name, PairRule()) if isinstance(pairs, Mapping) else pairs
-            rule = rule or PairRule()
-            layers = list(dict.fromkeys(p.layer for p in pair_bands if p is not None))
-            selected = tuple(wanted or layers)
-            index: tuple[int, ...] = ()
-        else:
-            selected = tuple(wanted or info.bands)
-            missing = [b for b in selected if b not in info.bands]
-            if missing:
-                raise ConfigError(
-                    f"unknown band(s) {', '.join(missing)} of {name}; it has: "
-                    f"{', '.join(info.bands)}"
-                )
-            index = tuple(info.bands.index(b) for b in selected)
-        mean = std = None
-        if normalize:
-            mean, std = _moments(read_stats(chipset.folder, "train"), selected, chipset)
-        packed = use_pack and not is_pairs and current_pack(chipset) is not None
-        if use_pack and not is_pairs and not packed and (chipset.folder / "pack").exists():
-            warnings.warn(
-                f"the pack of {name} does not match its chips (fetch changed them); reading "
-                f"the chips. Rerun `m3leo-tiles pack {chipset.folder}`",
-                stacklevel=3,
-            )
-        return _Input(
-            name, chipset.folder, chipset.ids, selected, index, info.nodata, mean, std, rule,
-            packed,
-        )  # fmt: skip
-
-    def _make_target(
-        self,
-        chipset: ChipSet,
-        target_type: str | None,
-        target_bands: Sequence[str] | None,
-        classes: Sequence[int] | str | None,
-        use_pack: bool,
-    ) -> _Input:
-        info = read_chip_info(chipset.first_chip())
-        selected = tuple(target_bands or info.bands[:1])
-        missing = [b for b in selected if b not in info.bands]
-        if missing:
-            raise ConfigError(
-                f"unknown band(s) {', '.join(missing)} of target {chipset.name}; it has: "
-                f"{', '.join(info.bands)}"
-            )
-        recipe = _recipe_of(chipset.name)
-        if classes is None and target_type in (None, "categorical") and recipe in RECIPE_CLASSES:
-            classes = RECIPE_CLASSES[recipe]
-        if target_type is None:
-            target_type = "categorical" if classes is not None else "continuous"
-        if target_type not in {"categorical", "continuous"}:
-            raise ConfigError(f"target type must be categorical or continuous: {target_type!r}")
-        self.categorical = target_type == "categorical"
-
-        def train_stats() -> DatasetStats:
-            return ensure_train_stats(chipset.folder, self._grid_file, self._grids_dir, log.info)
-
-        if self.categorical:
-            if len(selected) != 1:
-                raise ConfigError("a categorical target has one band; choose it with target_bands")
-            self.classes = _class_values(classes, chipset, info, train_stats)
-            self._lookup = _lookup_table(self.classes)
-        return _Input(
-            chipset.name, chipset.folder, chipset.ids, selected,
-            tuple(info.bands.index(b) for b in selected), info.nodata, None, None, None,
-            use_pack,
-        )  # fmt: skip
-
-    def _chip_width(self, spec: _Input) -> int:
+    def _chip_width(self, spec: InputSpec) -> int:
         chipset = ChipSet(spec.name, self.aoi, spec.folder, spec.ids)
         return read_chip_info(chipset.first_chip()).width
-
-    def _channel_names(self, spec: _Input) -> list[str]:
-        if spec.pairs is None:
-            return [f"{spec.name}:{b}" for b in spec.bands]
-        return [f"{spec.name}:pair{k}:{b}" for k in range(spec.pairs.count) for b in spec.bands]
-
-    def _index_pair_bands(self) -> dict[str, dict[str, list[PairBand]]]:
-        """Band lists of every chip of pair inputs in this split (read once, here)."""
-        found: dict[str, dict[str, list[PairBand]]] = {}
-        for spec in self.inputs:
-            if spec.pairs is None:
-                continue
-            per_tile: dict[str, list[PairBand]] = {}
-            for identifier in self.tile_ids:
-                if identifier in spec.ids:
-                    info: ChipInfo = read_chip_info(spec.folder / f"{identifier}.tif")
-                    per_tile[identifier] = [
-                        p
-                        for b, m in zip(info.bands, info.band_metadata, strict=True)
-                        if (p := parse_pair_band(b, m)) is not None
-                    ]
-            found[spec.name] = per_tile
-        return found
 
     # --- reading -------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self.tile_ids)
 
-    def _raw(self, spec: _Input, identifier: str) -> np.ndarray:
+    def _raw(self, spec: InputSpec, identifier: str) -> np.ndarray:
         rows = self._pack_rows.get(spec.name)
         if rows is not None:
             key = (os.getpid(), spec.name)  # one memory map per process, opened there
-            array = self._maps.get(key)
+            array = self._packs.get(key)
             if array is None:
-                array = self._maps[key] = open_pack(spec.folder)
+                array = self._packs[key] = open_pack(spec.folder)
             return np.asarray(array[rows[identifier]])
         return read_chip_array(spec.folder / f"{identifier}.tif")
 
@@ -452,7 +293,7 @@ class M3LEODataset(Dataset):
             out.copy_(resize(values, size))
 
     def _fill_input(
-        self, spec: _Input, identifier: str, out: torch.Tensor, filled: np.ndarray
+        self, spec: InputSpec, identifier: str, out: torch.Tensor, filled: np.ndarray
     ) -> bool:
         """One input's channels of a sample into ``out``; ``filled`` marks channels left 0.
 
@@ -481,7 +322,7 @@ class M3LEODataset(Dataset):
         position: dict[tuple[date, date, str], int] = {}
         for i, p in enumerate(bands):  # pairs of equal dates (two tracks): the first
             position.setdefault((p.reference, p.secondary, p.layer), i)
-        chosen_pairs = spec.pairs.choose([(p.reference, p.secondary) for p in bands])
+        chosen_pairs = spec.pairs.choose(dates_of(bands))
         layer_count = len(spec.bands)
         for k, (reference, secondary) in enumerate(chosen_pairs):
             for j, layer in enumerate(spec.bands):
@@ -501,9 +342,7 @@ class M3LEODataset(Dataset):
         """The pairs each pair input used for sample ``index`` (for inspection)."""
         identifier = self.tile_ids[index]
         return {
-            spec.name: spec.pairs.choose(
-                [(p.reference, p.secondary) for p in self._pair_bands[spec.name][identifier]]
-            )
+            spec.name: spec.pairs.choose(dates_of(self._pair_bands[spec.name][identifier]))
             for spec in self.inputs
             if spec.pairs is not None and identifier in spec.ids
         }
@@ -513,22 +352,23 @@ class M3LEODataset(Dataset):
         raw = self._raw(self.target, identifier)[list(self.target.band_index)]
         size = (self.chip_size, self.chip_size)
         if self.categorical:
-            assert self._lookup is not None
+            classes = self._class_map
+            assert classes is not None
             values = raw[0]
             native = values.shape == size
             out = slots["mask"].numpy()
             if values.dtype.kind == "u" and values.dtype.itemsize <= 2:
                 # one gather through a table over every value the dtype can hold
-                table = self._full_lookup(values.dtype)
+                table = classes.full_table(values.dtype)
                 if native:
                     np.take(table, values, out=out)
                     return
                 index = table[values]
             else:
                 values = values.astype(np.int64)
-                inside = (values >= 0) & (values < self._lookup.size)
+                inside = (values >= 0) & (values < classes.lookup.size)
                 index = np.full(values.shape, IGNORE_INDEX, dtype=np.int64)
-                index[inside] = self._lookup[values[inside]]
+                index[inside] = classes.lookup[values[inside]]
                 invalid = invalid_mask(values, self.target.nodata)
                 if invalid is not None:
                     index[invalid] = IGNORE_INDEX
@@ -541,21 +381,6 @@ class M3LEODataset(Dataset):
         values = raw.astype(np.float32)
         values[~valid] = np.nan
         slots["target"].copy_(resize(torch.from_numpy(values), self.chip_size, categorical=True))
-
-    def _full_lookup(self, dtype: np.dtype) -> np.ndarray:
-        """Class index of every value of an unsigned 8/16-bit dtype (nodata: ignored)."""
-        key = (os.getpid(), f"lookup-{dtype}")
-        table = self._maps.get(key)
-        if table is None:
-            assert self._lookup is not None and self.target is not None
-            table = np.full(1 << (8 * dtype.itemsize), IGNORE_INDEX, dtype=np.int64)
-            known = min(table.size, self._lookup.size)
-            table[:known] = self._lookup[:known]
-            nodata = self.target.nodata
-            if nodata is not None and float(nodata).is_integer() and 0 <= nodata < table.size:
-                table[int(nodata)] = IGNORE_INDEX
-            self._maps[key] = table
-        return table
 
     def batch_buffers(self, count: int, shared: bool) -> dict[str, torch.Tensor]:
         """Empty tensors for ``count`` samples (the tensor keys of a batch, in its order)."""
@@ -649,10 +474,14 @@ class M3LEODataset(Dataset):
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _recipe_of(dataset: str) -> str:
-    """``agb-2020`` → ``agb``: the recipe a dataset folder was made from."""
-    head, _, tail = dataset.rpartition("-")
-    return head if head and tail.isdigit() and len(tail) == 4 else dataset
+def _check_arguments(inputs: list[str], split: str | None) -> None:
+    """Mistakes the arguments show by themselves, before anything is read."""
+    if not inputs:
+        raise ConfigError("give at least one input dataset")
+    if len(set(inputs)) != len(inputs):
+        raise ConfigError(f"inputs repeat a dataset: {inputs}")
+    if split is not None and split not in {s.value for s in Split}:
+        raise ConfigError(f"unknown split {split!r}; use train, val or test")
 
 
 def _bounds(tile: Any) -> tuple[float, float, float, float]:
@@ -660,52 +489,3 @@ def _bounds(tile: Any) -> tuple[float, float, float, float]:
     if bounds is not None:
         return tuple(map(float, bounds))
     return (tile.west, tile.south, tile.east, tile.north)
-
-
-def _moments(
-    stats: DatasetStats, bands: Sequence[str], chipset: ChipSet
-) -> tuple[np.ndarray, np.ndarray]:
-    if stats.chips == 0:
-        raise ConfigError(f"statistics of {chipset.name} cover no chips; rerun stats")
-    mean = np.array([stats.band(b).mean for b in bands], dtype=np.float32)
-    std = np.array([stats.band(b).std for b in bands], dtype=np.float32)
-    std[~(std > 0)] = 1.0  # a constant band: centre it, do not divide by zero
-    return mean, std
-
-
-def _class_values(
-    classes: Sequence[int] | str | None,
-    chipset: ChipSet,
-    info: ChipInfo,
-    train_stats: Callable[[], DatasetStats],
-) -> tuple[int, ...]:
-    """Class values in index order: given, a preset, or those the train statistics recorded
-    (``train_stats`` computes them when missing, as m3leo-train does)."""
-    if isinstance(classes, str):
-        if classes not in CLASS_PRESETS:
-            raise ConfigError(
-                f"unknown class preset {classes!r}; known: {', '.join(CLASS_PRESETS)}"
-            )
-        return CLASS_PRESETS[classes]
-    if classes is not None:
-        values = tuple(int(c) for c in classes)
-    else:
-        band = train_stats().band(info.bands[0])
-        if band.values is None:
-            raise ConfigError(
-                f"target {chipset.name} has more than 256 values; it is not categorical"
-            )
-        nodata = info.nodata
-        values = tuple(
-            int(v) for v in sorted(band.values, key=int) if nodata is None or int(v) != nodata
-        )
-    if len(set(values)) != len(values) or any(v < 0 for v in values):
-        raise ConfigError(f"class values must be distinct and >= 0: {values}")
-    return values
-
-
-def _lookup_table(classes: Sequence[int]) -> np.ndarray:
-    table = np.full(max(classes) + 1, IGNORE_INDEX, dtype=np.int64)
-    for position, value in enumerate(classes):
-        table[value] = position
-    return table

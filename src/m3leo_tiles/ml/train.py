@@ -314,12 +314,49 @@ def _train(
     stop_after: int | None,
 ) -> dict[str, Any]:
     import torch
-    from tqdm import tqdm
 
     from m3leo_tiles.ml.unet import UNet, parameter_count
 
     out = Path(config.out)
     checkpoint_path = out / "checkpoints" / "last.pt"
+    _check_run(config, resume, checkpoint_path)
+    _seed_everything(config.seed)
+    if config.device == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data = build_data(config, log)
+    categorical = data.train.categorical
+    outputs = data.train.num_classes if categorical else len(data.train.target.bands)
+    model = UNet(len(data.train.channel_names), outputs, config.width).to(config.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    run = _Run(config, data, model, optimizer, outputs, checkpoint_path)
+    if resume:
+        run.restore(log)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG_NAME, config.to_json() + "\n")
+    _write_metrics(out / METRICS_NAME, run.history)
+    log(
+        f"{data.train!r}; UNet width {config.width}: {parameter_count(model):,} parameters; "
+        f"{config.device}"
+    )
+    for done_now, epoch in enumerate(range(run.start, config.epochs + 1)):
+        if stop_after is not None and done_now >= stop_after:
+            return {}
+        began = time.perf_counter()
+        row = run.train_epoch(epoch, progress)
+        row.update(run.validate())
+        row["seconds"] = time.perf_counter() - began
+        run.save(row)
+        log(
+            " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+        )
+    return finish(model, data, config, run.history, outputs)
+
+
+def _check_run(config: TrainConfig, resume: bool, checkpoint_path: Path) -> None:
+    """Settings that cannot run, a run that would be overwritten; sets torch's threads."""
+    import torch
+
+    out = Path(config.out)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but torch sees no CUDA device; use --device cpu")
     if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0 or config.width < 1:
@@ -330,89 +367,105 @@ def _train(
         if config.threads < 1:
             raise ConfigError("--threads must be at least 1")
         torch.set_num_threads(config.threads)
-    _seed_everything(config.seed)
-    if config.device == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    data = build_data(config, log)
-    categorical = data.train.categorical
-    metric = "miou" if categorical else "rmse"
-    outputs = data.train.num_classes if categorical else len(data.train.target.bands)
-    model = UNet(len(data.train.channel_names), outputs, config.width).to(config.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: list[dict[str, Any]] = []
-    start = 1
-    best = None
-    if resume:
-        if not checkpoint_path.exists():
+
+
+@dataclass
+class _Run:
+    """One training run's moving parts, and its steps: restore, train an epoch, validate, save.
+
+    ``history`` holds one row per finished epoch; ``best`` the best validation metric so far
+    (higher mIoU, lower RMSE); ``start`` the first epoch still to train.
+    """
+
+    config: TrainConfig
+    data: Data
+    model: Any
+    optimizer: Any
+    outputs: int
+    checkpoint_path: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    start: int = 1
+
+    @property
+    def metric(self) -> str:
+        return "miou" if self.data.train.categorical else "rmse"
+
+    def restore(self, log: Callable[[str], None]) -> None:
+        """Model, optimiser, RNG state and history from ``checkpoints/last.pt``."""
+        import torch
+
+        if not self.checkpoint_path.exists():
+            out = Path(self.config.out)
             raise ConfigError(f"nothing to resume in {out}: no checkpoints/last.pt")
         # on the CPU: the RNG state must stay a CPU tensor; load_state_dict moves the rest
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        history = list(state["history"])
-        best = state.get("best")
-        start = int(state["epoch"]) + 1
-        log(f"resuming {out} after epoch {state['epoch']}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CONFIG_NAME, config.to_json() + "\n")
-    _write_metrics(out / METRICS_NAME, history)
-    log(
-        f"{data.train!r}; UNet width {config.width}: {parameter_count(model):,} parameters; "
-        f"{config.device}"
-    )
-    for done_now, epoch in enumerate(range(start, config.epochs + 1)):
-        if stop_after is not None and done_now >= stop_after:
-            return {}
-        began = time.perf_counter()
-        model.train()
+        self.history = list(state["history"])
+        self.best = state.get("best")
+        self.start = int(state["epoch"]) + 1
+        log(f"resuming {Path(self.config.out)} after epoch {state['epoch']}")
+
+    def train_epoch(self, epoch: int, progress: bool) -> dict[str, Any]:
+        """One pass over the train split; the row's train loss and metric."""
+        from tqdm import tqdm
+
+        config, data = self.config, self.data
+        self.model.train()
         loader = _loader(data.train, config, shuffle=True, epoch=epoch)
-        meter = Meter(categorical, outputs, data.target_mean, data.target_std)
+        meter = Meter(data.train.categorical, self.outputs, data.target_mean, data.target_std)
         bar = tqdm(
             loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress,
             file=sys.stderr, dynamic_ncols=True,
         )  # fmt: skip
         for batch in bar:
             batch = _to(batch, config.device)
-            optimizer.zero_grad()
-            output = model(batch["image"])
-            loss = compute_loss(output, batch, categorical, data.target_mean, data.target_std)
+            self.optimizer.zero_grad()
+            output = self.model(batch["image"])
+            loss = compute_loss(
+                output, batch, data.train.categorical, data.target_mean, data.target_std
+            )
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             meter.add(loss.item(), output.detach(), batch)
             bar.set_postfix(loss=f"{meter.loss_sum / meter.batches:.4f}")
         trained = meter.result()
-        row: dict[str, Any] = {
-            "epoch": epoch, "train_loss": trained["loss"], f"train_{metric}": trained[metric],
+        return {
+            "epoch": epoch, "train_loss": trained["loss"],
+            f"train_{self.metric}": trained[self.metric],
         }  # fmt: skip
-        if data.val is not None:
-            loader = _loader(data.val, config, False)
-            result = _evaluate(model, loader, data, config.device, outputs)
-            row["val_loss"], row[f"val_{metric}"] = result["loss"], result[metric]
-        else:
-            row["val_loss"], row[f"val_{metric}"] = math.nan, math.nan
-        row["seconds"] = time.perf_counter() - began
-        history.append(row)
-        value = row[f"val_{metric}"]
+
+    def validate(self) -> dict[str, float]:
+        """The row's validation loss and metric (NaN without a val split)."""
+        if self.data.val is None:
+            return {"val_loss": math.nan, f"val_{self.metric}": math.nan}
+        loader = _loader(self.data.val, self.config, False)
+        result = _evaluate(self.model, loader, self.data, self.config.device, self.outputs)
+        return {"val_loss": result["loss"], f"val_{self.metric}": result[self.metric]}
+
+    def save(self, row: dict[str, Any]) -> None:
+        """Add the epoch's row; write last.pt (and best.pt when it improved) and metrics.csv."""
+        import torch
+
+        self.history.append(row)
+        value = row[f"val_{self.metric}"]
+        categorical = self.data.train.categorical
         improved = not math.isnan(value) and (
-            best is None or (value > best if categorical else value < best)
+            self.best is None or (value > self.best if categorical else value < self.best)
         )
         if improved:
-            best = value
+            self.best = value
         state = {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(), "history": history, "best": best,
-            "config": asdict(config),
+            "epoch": row["epoch"], "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+            "history": self.history, "best": self.best, "config": asdict(self.config),
         }  # fmt: skip
-        _save_atomically(state, checkpoint_path)
+        _save_atomically(state, self.checkpoint_path)
         if improved:
-            _save_atomically(state, out / "checkpoints" / "best.pt")
-        _write_metrics(out / METRICS_NAME, history)
-        shown = " ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-        )
-        log(shown)
-    return finish(model, data, config, history, outputs)
+            _save_atomically(state, self.checkpoint_path.parent / "best.pt")
+        _write_metrics(Path(self.config.out) / METRICS_NAME, self.history)
 
 
 def finish(

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from helpers.chip_tree import ChipTree, make_chip_tree
-from m3leo_tiles.ml.train import TrainConfig, main, train
+from helpers.cli import assert_one_error_line
+from m3leo_tiles.cli.train import main
+from m3leo_tiles.ml.train import TrainConfig, train
 from m3leo_tiles.ml.unet import PAPER_WIDTH, UNet, parameter_count
 
 TRAIN = Path(sys.executable).parent / "m3leo-train"
@@ -125,10 +127,7 @@ def test_paper_unet_parameter_count() -> None:
 def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as stopped:
         main(argv)
-    assert stopped.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
+    return assert_one_error_line(stopped.value.code, capsys.readouterr().err)
 
 
 def test_bad_input_is_one_line_and_exit_2(
