@@ -36,57 +36,66 @@ app = typer.Typer(
 # --- grid commands (grid, aois) ------------------------------------------------------------
 from m3leo_tiles.core.enums import GridFormat  # noqa: E402  (typer reads it from the module's globals)
 
+# grid's options (named here, so that the command reads as its steps)
+_GridAoi = Annotated[
+    str,
+    typer.Option(
+        help="A built-in AOI (see `m3leo-tiles aois`) or a GeoJSON/GeoPackage/shapefile/WKT "
+        "file in any CRS."
+    ),
+]
+_GridOut = Annotated[
+    Path | None,
+    typer.Option(help="Folder for tiles.geojson and splits.csv (default: grids/<aoi>)."),
+]
+_GridFormat = Annotated[
+    GridFormat, typer.Option("--format", help="geojson (EPSG:4326) or GeoParquet.")
+]
+_GridAngle = Annotated[
+    float | None,
+    typer.Option(
+        help="Direction the bands run, radians clockwise from west (0: west-east strips, "
+        "1.57: north-south); default: the paper's angle for built-in AOIs, else 0.9."
+    ),
+]
+_GridRatios = Annotated[
+    str, typer.Option(help="Bands of train:val:test in each repeat of the pattern.")
+]
+_GridSeed = Annotated[
+    int,
+    typer.Option(
+        help="Start the train/val/test pattern this many bands later (0-4 for 3:1:1 give "
+        "the five distinct deals; same seed, same splits)."
+    ),
+]
+_GridQuiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")
+]
+_GridYes = Annotated[
+    bool,
+    typer.Option("--yes", help="Grid an AOI of more than 3 million tiles (refused without it)."),
+]
+_GridName = Annotated[
+    str | None,
+    typer.Option(
+        help="The AOI's name in the grid and its folders (default: the built-in name or "
+        "the file's stem); what `fetch --aoi NAME` then uses."
+    ),
+]
+
 
 @app.command()
 def grid(
-    aoi: Annotated[
-        str,
-        typer.Option(
-            help="A built-in AOI (see `m3leo-tiles aois`) or a GeoJSON/GeoPackage/shapefile/WKT "
-            "file in any CRS."
-        ),
-    ],
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Folder for tiles.geojson and splits.csv (default: grids/<aoi>)."),
-    ] = None,
-    format: Annotated[
-        GridFormat, typer.Option("--format", help="geojson (EPSG:4326) or GeoParquet.")
-    ] = GridFormat.GEOJSON,
+    aoi: _GridAoi,
+    out: _GridOut = None,
+    format: _GridFormat = GridFormat.GEOJSON,
     bands: Annotated[int, typer.Option(help="Number of parallel split bands.")] = 60,
-    angle: Annotated[
-        float | None,
-        typer.Option(
-            help="Direction the bands run, radians clockwise from west (0: west-east strips, "
-            "1.57: north-south); default: the paper's angle for built-in AOIs, else 0.9."
-        ),
-    ] = None,
-    ratios: Annotated[
-        str, typer.Option(help="Bands of train:val:test in each repeat of the pattern.")
-    ] = "3:1:1",
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Start the train/val/test pattern this many bands later (0-4 for 3:1:1 give "
-            "the five distinct deals; same seed, same splits)."
-        ),
-    ] = 0,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")
-    ] = False,
-    yes: Annotated[
-        bool,
-        typer.Option(
-            "--yes", help="Grid an AOI of more than 3 million tiles (refused without it)."
-        ),
-    ] = False,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            help="The AOI's name in the grid and its folders (default: the built-in name or "
-            "the file's stem); what `fetch --aoi NAME` then uses."
-        ),
-    ] = None,
+    angle: _GridAngle = None,
+    ratios: _GridRatios = "3:1:1",
+    seed: _GridSeed = 0,
+    quiet: _GridQuiet = False,
+    yes: _GridYes = False,
+    name: _GridName = None,
 ) -> None:
     """Lay the global 4480 m tile grid over an AOI; split it into train/val/test.
 
