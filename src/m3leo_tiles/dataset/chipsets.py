@@ -11,7 +11,6 @@ A dataset is named by its folder (``OUT/<aoi>/<recipe>[-<year>]``); ``agb`` also
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import numpy as np
 
 from m3leo_tiles.core.enums import Split, TileStatus
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.dataset.layout import DatasetLayout
+from m3leo_tiles.dataset.manifest import read_manifest
 
 PAIR_BAND = re.compile(r"^(\d{8})_(\d{8})(?:_[AD]\d{3})?_(.+)$")
 """Band names of per-tile pair products (GUNW): ``<reference>_<secondary>_<layer>``, with
@@ -136,7 +136,7 @@ class ChipSet:
     ids: frozenset[str]
 
     def path(self, tile_id: str) -> Path:
-        return self.folder / f"{tile_id}.tif"
+        return DatasetLayout(self.folder).chip(tile_id)
 
     def first_chip(self) -> Path:
         if not self.ids:
@@ -155,22 +155,16 @@ def chip_ids(folder: Path) -> frozenset[str]:
     Folders written by something else (no manifest) count every ``*.tif``. Hidden partial
     files never end in ``.tif``, so a chip being written is never taken.
     """
-    present = {
-        entry.name[:-4]
-        for entry in os.scandir(folder)
-        if entry.name.endswith(".tif") and not entry.name.startswith(".")
-    }
-    manifest = Path(folder) / MANIFEST_NAME
-    if not manifest.exists():
+    layout = DatasetLayout(Path(folder))
+    present = layout.chip_ids()
+    if not layout.manifest.exists():
         return frozenset(present)
-    rows = read_manifest(manifest)
+    rows = read_manifest(layout.manifest)
     return frozenset(i for i, row in rows.items() if row.status is TileStatus.OK and i in present)
 
 
 def _is_dataset_folder(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / MANIFEST_NAME).exists() or any(p.suffix == ".tif" for p in path.iterdir())
-    )
+    return DatasetLayout(path).looks_like_dataset()
 
 
 def find_dataset(name: str | Path, root: Path = Path("data"), aoi: str | None = None) -> Path:

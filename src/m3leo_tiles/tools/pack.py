@@ -29,8 +29,8 @@ from m3leo_tiles.core import strict_json
 from m3leo_tiles.core.atomic import FOLDER_MODE
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.dataset.chipsets import ChipSet, parse_pair_band, read_chip_info, valid_mask
+from m3leo_tiles.dataset.layout import PACK_DIR, DatasetLayout
 
-PACK_DIR = "pack"
 ARRAY_NAME = "chips.npy"
 INDEX_NAME = "index.json"
 
@@ -39,7 +39,7 @@ def files_fingerprint(folder: Path, ids: Iterable[str]) -> str:
     """Hash of each chip's name, size and modification time: changes when any chip does."""
     digest = hashlib.sha1()
     for identifier in sorted(ids):
-        info = os.stat(Path(folder) / f"{identifier}.tif")
+        info = os.stat(DatasetLayout(Path(folder)).chip(identifier))
         digest.update(f"{identifier}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -60,7 +60,7 @@ class PackIndex:
 
 
 def pack_dir(folder: Path) -> Path:
-    return Path(folder) / PACK_DIR
+    return DatasetLayout(Path(folder)).pack
 
 
 def read_pack_index(folder: Path) -> PackIndex | None:
