@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 from m3leo_tiles.core.enums import Split, TileStatus
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.manifest import read_manifest
+from m3leo_tiles.dataset.nodata import valid_mask as valid_mask  # its old home: re-exported
 
 PAIR_BAND = re.compile(r"^(\d{8})_(\d{8})(?:_[AD]\d{3})?_(.+)$")
 """Band names of per-tile pair products (GUNW): ``<reference>_<secondary>_<layer>``, with
@@ -114,16 +113,6 @@ def read_chip_info(path: Path) -> ChipInfo:
             crs=str(dataset.crs),
             bounds=tuple(dataset.bounds),
         )
-
-
-def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Pixels that hold a value: not the chip's nodata and not NaN."""
-    valid = np.ones(data.shape, dtype=bool)
-    if data.dtype.kind == "f":
-        valid &= np.isfinite(data)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= data != nodata
-    return valid
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ from m3leo_tiles.dataset.chipsets import (
     ids_of_split,
     parse_pair_band,
     read_chip_info,
-    valid_mask,
 )
+from m3leo_tiles.dataset.nodata import invalid_mask, valid_mask
 from m3leo_tiles.ml.batches import empty_tensor, make_loader
 from m3leo_tiles.tools.pack import current_pack, open_pack
 from m3leo_tiles.tools.stats import DatasetStats, ensure_train_stats, read_stats
@@ -157,17 +157,6 @@ def read_chip_array(path: Path) -> np.ndarray:
 
         with rasterio.open(path) as dataset:
             return dataset.read()
-
-
-def invalid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """Pixels without a value (nodata, NaN), or None when there are none (the common case)."""
-    invalid = None
-    if data.dtype.kind == "f":
-        invalid = ~np.isfinite(data)
-    if nodata is not None and not np.isnan(nodata):
-        equal = data == nodata
-        invalid = equal if invalid is None else invalid | equal
-    return invalid if invalid is not None and invalid.any() else None
 
 
 def resize(tensor: torch.Tensor, size: int, categorical: bool = False) -> torch.Tensor:
