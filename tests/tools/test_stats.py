@@ -17,7 +17,7 @@ from m3leo_tiles.dataset.chipsets import ChipSet, ids_of_split, load_splits, val
 from m3leo_tiles.tools.stats import FLOAT_BINS, compute_stats, read_stats, stats_path, write_stats
 
 CLI = Path(sys.executable).parent / "m3leo-tiles"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
