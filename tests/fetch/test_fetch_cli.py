@@ -22,7 +22,7 @@ import geopandas as gpd
 import pytest
 import rasterio
 
-from helpers.cli import cli_env, run_cli
+from helpers.cli import assert_one_error_line, cli_env, run_cli
 from helpers.grid_files import write_grid
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.lock import LOCK_NAME
@@ -82,10 +82,7 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 
 def assert_user_error(result) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert_one_error_line(result.returncode, result.stderr)
 
 
 @requires_raster
