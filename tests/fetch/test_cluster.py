@@ -96,3 +96,43 @@ def test_script_from_stdin_is_a_config_error(tmp_path: Path) -> None:
     assert done.returncode != 0
     last = done.stderr.splitlines()[-1]
     assert last.startswith("m3leo_tiles.core.errors.ConfigError") and "<stdin>" in last
+
+
+# --- our cluster or the user's -------------------------------------------------------------
+
+
+def test_an_existing_scheduler_is_used_and_left_running(cluster) -> None:
+    from m3leo_tiles.fetch.cluster import dask_client
+
+    with dask_client(5, cluster.scheduler_address) as client:  # --workers: not ours to start
+        assert len(client.nthreads()) == len(cluster.workers) == 2
+    assert cluster.status.name == "running" and len(cluster.workers) == 2
+
+
+def test_a_local_cluster_needs_a_worker() -> None:
+    from m3leo_tiles.fetch.cluster import dask_client
+
+    with (
+        pytest.raises(ConfigError, match="--workers must be at least 1, got 0"),
+        dask_client(0, None),
+    ):
+        pass
+
+
+def test_a_worker_re_running_the_script_stops_in_one_line(monkeypatch) -> None:
+    import multiprocessing
+
+    from m3leo_tiles.fetch.cluster import refuse_in_starting_worker
+
+    refuse_in_starting_worker()  # the driver itself: nothing happens
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(SystemExit, match=r"^error: fetch\(\) ran again while a dask worker"):
+        refuse_in_starting_worker()
+
+
+def test_no_budget_without_a_limit(cluster) -> None:
+    from m3leo_tiles.fetch.cluster import request_budget
+
+    with Client(cluster.scheduler_address, timeout=20) as client:
+        assert request_budget(client, None, "unused") is None
+        assert request_budget(client, 0, "unused") is None

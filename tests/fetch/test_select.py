@@ -54,3 +54,49 @@ def test_more_workers_than_cores_warns(
     assert again.skipped == 2  # no cluster is started
     assert f"--workers {too_many} is more than the" in capsys.readouterr().err
     assert f"--workers {too_many} is more than the" in (first.dataset_dir / "fetch.log").read_text()
+
+
+# --- the selection itself, without a run ------------------------------------------------------
+
+
+def test_a_tiles_file_ignores_comments_and_blank_lines(tmp_path: Path) -> None:
+    from m3leo_tiles.fetch.select import read_tile_ids
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# mine\n\nA  # first\nB\n")
+    assert read_tile_ids(ids) == ["A", "B"]
+    ids.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="lists no tile ids"):
+        read_tile_ids(ids)
+    with pytest.raises(ConfigError, match="cannot read tiles file"):
+        read_tile_ids(tmp_path / "missing.txt")
+
+
+def test_the_default_grid_is_the_only_one(tmp_path: Path) -> None:
+    from m3leo_tiles.fetch.select import find_default_grid
+
+    grids = tmp_path / "grids"
+    with pytest.raises(ConfigError, match="no grid found under"):
+        find_default_grid(grids)
+    only = write_grid(grids / "a" / "tiles.geojson", ROME_TILES, aoi="a")
+    assert find_default_grid(grids) == only
+    write_grid(grids / "b" / "tiles.geojson", ROME_TILES, aoi="b")
+    with pytest.raises(ConfigError, match="several grids under"):
+        find_default_grid(grids)
+
+
+def test_select_narrows_and_says_what_it_left_out(tmp_path: Path) -> None:
+    from m3leo_tiles.fetch.select import check_choice, select_tiles
+
+    grid = write_grid(tmp_path / "g.geojson", ROME_TILES)
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{ROME_TILES[1].identifier}\nnot-a-tile\n")
+    chosen = select_tiles(grid, "train", ids, warnings=("first",))
+    assert [t.identifier for t in chosen.tiles] == [ROME_TILES[1].identifier]
+    assert chosen.aoi == "t" and chosen.notes == (f"grid: {grid.resolve()} (2 tiles)",)
+    assert chosen.warnings[0] == "first" and "not-a-tile" in chosen.warnings[1]
+    assert len(select_tiles(grid, limit=1).tiles) == 1
+    with pytest.raises(ConfigError, match="give either --aoi or --grid, not both"):
+        check_choice("a", grid, None)
+    with pytest.raises(ConfigError, match="--limit must be at least 1, got 0"):
+        check_choice(None, None, 0)
