@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import assert_one_error_line
 from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.grid import Tile, read_grid
 
@@ -77,10 +78,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, message) -> 
     (tmp_path / "arctic.wkt").write_text("POLYGON ((10 80, 20 80, 20 86, 10 80))")
     before = _files(tmp_path)
     done = run("grid", *args, cwd=tmp_path)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
+    assert_one_error_line(done.returncode, done.stderr, message)
     assert _files(tmp_path) == before and not (tmp_path / "grids").exists()
 
 

@@ -70,8 +70,15 @@ def test_real_aoi_overlap_is_bounded_by_its_seams() -> None:
 
 
 def test_overlap_across_the_antimeridian(country) -> None:
-    cells = lattice_cells(country("Fiji"))
-    assert seam_report(cells).overlap_km2 > 0  # the 60|1 seam at 180° is measured too
+    aoi = country("Fiji")
+    cells = lattice_cells(aoi)
+    report = seam_report(cells)
+    assert set(cells.zone.tolist()) == {1, 60}
+    length = _seam_length_km(aoi, {1, 60})  # the 60|1 seam at 180° is measured too
+    assert length > 0
+    assert 0.5 * TILE_KM * length < report.overlap_km2 < 1.5 * TILE_KM * length
+    flagged = cells.lons[report.flags]  # only tiles that reach the seam are flagged
+    assert len(flagged) and (np.abs(flagged).max(axis=1) > 180.0 - 0.06).all()
 
 
 def test_seam_overlap_km2_of_plain_tiles() -> None:

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,33 @@ def replacing(path: Path, *, durable: bool = False, suffix: str = TEMPORARY_SUFF
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink()
+
+
+@contextmanager
+def replacing_folder(path: Path) -> Iterator[Path]:
+    """A new hidden folder beside ``path`` (``.<name>.<pid>.<random>.tmp``) to fill; on success
+    it takes ``path``'s place whole, on failure it is removed and ``path`` stays as it was.
+
+    ``mkdtemp`` makes a fresh name, never one someone planted a link at; a link planted at
+    ``path`` itself is replaced, not followed. An older folder is moved aside before the
+    rename and removed after it. The folder gets an ordinary folder's permissions, not
+    ``mkdtemp``'s 0700 (which would hide it from the group).
+    """
+    path = Path(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.",
+                                    suffix=TEMPORARY_SUFFIX, dir=path.parent))  # fmt: skip
+    os.chmod(staging, FOLDER_MODE)
+    try:
+        yield staging
+        old = staging.with_suffix(".old")  # as unique as the staging folder
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_bytes(path: Path, payload: bytes, *, durable: bool = False,

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import rasterio
 
 from m3leo_tiles import __version__
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, write_bytes
-from m3leo_tiles.core.errors import DiskFullError
+from m3leo_tiles.core.errors import DiskFullError, first_line
 from m3leo_tiles.core.redact import redact
 from m3leo_tiles.dataset.geotiff import ChipEncoder
+from m3leo_tiles.dataset.nodata import missing_mask
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import PixelGrid
@@ -140,18 +140,13 @@ def chip_problem(path: Path, expected: Written | None = None) -> str | None:
             with rasterio.MemoryFile(payload) as memory, memory.open() as dataset:
                 dataset.read()
     except Exception as error:  # any GDAL complaint: not a whole chip
-        text = str(error).strip().splitlines()
-        return f"GDAL cannot read it whole ({text[0] if text else type(error).__name__})"
+        return f"GDAL cannot read it whole ({first_line(error)})"
     return None
 
 
 def chip_is_empty(chip: Chip, nodata: float | None) -> bool:
     """True when every pixel is nodata (or NaN): such a tile is recorded ``empty``, no file."""
-    data = chip.data
-    missing = np.isnan(data) if data.dtype.kind == "f" else np.zeros(data.shape, dtype=bool)
-    if nodata is not None and not np.isnan(nodata):
-        missing |= data == nodata
-    return bool(missing.all())
+    return bool(missing_mask(chip.data, nodata, finite=False).all())
 
 
 def read_chip_tags(path: Path) -> dict[str, str]:

@@ -11,18 +11,17 @@ A dataset is named by its folder (``OUT/<aoi>/<recipe>[-<year>]``); ``agb`` also
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 from m3leo_tiles.core.enums import Split, TileStatus
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
+from m3leo_tiles.dataset.layout import DatasetLayout
+from m3leo_tiles.dataset.manifest import read_manifest
+from m3leo_tiles.dataset.nodata import valid_mask as valid_mask  # its old home: re-exported
 
 PAIR_BAND = re.compile(r"^(\d{8})_(\d{8})(?:_[AD]\d{3})?_(.+)$")
 """Band names of per-tile pair products (GUNW): ``<reference>_<secondary>_<layer>``, with
@@ -116,16 +115,6 @@ def read_chip_info(path: Path) -> ChipInfo:
         )
 
 
-def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Pixels that hold a value: not the chip's nodata and not NaN."""
-    valid = np.ones(data.shape, dtype=bool)
-    if data.dtype.kind == "f":
-        valid &= np.isfinite(data)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= data != nodata
-    return valid
-
-
 @dataclass(frozen=True)
 class ChipSet:
     """One dataset folder ``OUT/<aoi>/<dataset>`` and the tiles that have a finished chip."""
@@ -136,7 +125,7 @@ class ChipSet:
     ids: frozenset[str]
 
     def path(self, tile_id: str) -> Path:
-        return self.folder / f"{tile_id}.tif"
+        return DatasetLayout(self.folder).chip(tile_id)
 
     def first_chip(self) -> Path:
         if not self.ids:
@@ -155,22 +144,16 @@ def chip_ids(folder: Path) -> frozenset[str]:
     Folders written by something else (no manifest) count every ``*.tif``. Hidden partial
     files never end in ``.tif``, so a chip being written is never taken.
     """
-    present = {
-        entry.name[:-4]
-        for entry in os.scandir(folder)
-        if entry.name.endswith(".tif") and not entry.name.startswith(".")
-    }
-    manifest = Path(folder) / MANIFEST_NAME
-    if not manifest.exists():
+    layout = DatasetLayout(Path(folder))
+    present = layout.chip_ids()
+    if not layout.manifest.exists():
         return frozenset(present)
-    rows = read_manifest(manifest)
+    rows = read_manifest(layout.manifest)
     return frozenset(i for i, row in rows.items() if row.status is TileStatus.OK and i in present)
 
 
 def _is_dataset_folder(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / MANIFEST_NAME).exists() or any(p.suffix == ".tif" for p in path.iterdir())
-    )
+    return DatasetLayout(path).looks_like_dataset()
 
 
 def find_dataset(name: str | Path, root: Path = Path("data"), aoi: str | None = None) -> Path:

@@ -22,8 +22,9 @@ import psutil
 from m3leo_tiles.core import strict_json
 from m3leo_tiles.core.atomic import open_no_follow, refuse_link
 from m3leo_tiles.core.errors import LockedError
+from m3leo_tiles.dataset.layout import LOCK_NAME as LOCK_NAME  # its old home: re-exported
+from m3leo_tiles.dataset.layout import DatasetLayout
 
-LOCK_NAME = ".m3leo.lock"
 UNREADABLE_LOCK_GRACE_S = 30.0
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class DatasetLock:
     """Context manager holding ``<folder>/.m3leo.lock`` for the life of one run."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_NAME
+        self.path = DatasetLayout(folder).lock
         self._held = False
 
     def acquire(self) -> None:

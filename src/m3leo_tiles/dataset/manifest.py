@@ -23,8 +23,8 @@ from typing import TextIO
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_append, write_text
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.redact import redact
+from m3leo_tiles.dataset.layout import MANIFEST_NAME as MANIFEST_NAME  # its old home: re-exported
 
-MANIFEST_NAME = "manifest.csv"
 COLUMNS = (
     "identifier", "status", "reason", "inputs", "seconds", "recipe_hash", "finished_at",
     "bytes", "crc32", "input_id",

@@ -1,5 +1,6 @@
-"""Turning the tiles of a grid into chips: the run and its API (``api``), what is left to do
-(``plan``), batches on dask workers (``dispatch``, ``worker``) and the cluster (``cluster``).
+"""Turning the tiles of a grid into chips: which tiles (``select``), what is left to do
+(``plan``), batches on dask workers (``dispatch``, ``worker``), the cluster (``cluster``), the
+run's log (``runlog``) and the run with its API (``api``).
 
 ``fetch`` and ``fetch_tiles`` are what notebooks call; the CLI's ``fetch`` is a thin layer over
 them.

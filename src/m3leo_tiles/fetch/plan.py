@@ -8,13 +8,13 @@ inputs once; groups are cut into batches sized to keep every thread busy.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.manifest import INPUT_SEPARATOR, ManifestRow, now_iso, one_line
 from m3leo_tiles.sources.base import SourceAdapter
 
@@ -112,6 +112,76 @@ def size_problem(row: ManifestRow, size: int | None) -> str | None:
     return None
 
 
+@dataclass
+class _Decisions:
+    """What the plan decided so far, tile by tile (made into a ``Plan`` at the end)."""
+
+    todo: list[Item] = field(default_factory=list)
+    adopted: list[ManifestRow] = field(default_factory=list)
+    refreshed: list[ManifestRow] = field(default_factory=list)
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    changed: int = 0
+    skipped: int = 0
+
+
+def _input_ids(adapter: SourceAdapter, tiles: Sequence[GridTile],
+               inputs_of: Mapping[str, Sequence[str]]) -> dict[str, str]:  # fmt: skip
+    """Each tile's inputs' identity; tiles sharing inputs ask the source once."""
+    identities: dict[tuple[str, ...], str] = {}
+    input_ids: dict[str, str] = {}
+    for tile in tiles:
+        inputs = tuple(inputs_of.get(tile.identifier, ()))
+        input_id = identities.get(inputs)
+        if input_id is None:
+            input_id = identities[inputs] = adapter.input_identity(inputs) if inputs else ""
+        input_ids[tile.identifier] = input_id
+    return input_ids
+
+
+def _keep_finished_chip(row: ManifestRow, size: int, path: Path, input_id: str,
+                        decided: _Decisions) -> bool:  # fmt: skip
+    """Whether the ``ok`` row of a chip present on disk stands: a chip of another size, or
+    (an old manifest without a size) one GDAL cannot read whole, is damaged and made again."""
+    from m3leo_tiles.dataset.chipfile import Written, chip_problem
+
+    problem = size_problem(row, size)
+    if problem is None and row.bytes is None:  # an old manifest: read it once, then record it
+        problem = chip_problem(path)
+        if problem is None:
+            written = Written.of(path.read_bytes())
+            decided.refreshed.append(replace(row, bytes=written.size, crc32=written.crc32,
+                                             input_id=input_id))  # fmt: skip
+            return True
+    if problem is not None:
+        decided.damaged.append((row.identifier, problem))
+        return False
+    if not row.input_id:
+        decided.refreshed.append(replace(row, input_id=input_id))
+    return True
+
+
+def _is_done(row: ManifestRow, inputs: tuple[str, ...], input_id: str, size: int | None,
+             path: Path, decided: _Decisions) -> bool:  # fmt: skip
+    """Whether a tile with a row of this recipe stays done: same inputs, and a whole chip for
+    ``ok`` (``empty`` and ``no-source`` have none); a failed tile, or an ``ok`` one whose chip
+    is gone, is made again."""
+    if not _same_inputs(row, inputs, input_id):
+        decided.changed += 1
+        return False
+    if row.status is TileStatus.OK:
+        return size is not None and _keep_finished_chip(row, size, path, input_id, decided)
+    if not row.status.is_done:
+        return False
+    if not row.input_id and inputs:
+        decided.refreshed.append(replace(row, input_id=input_id))
+    return True
+
+
+def _no_source_row(tile: GridTile, recipe_hash: str) -> ManifestRow:
+    return ManifestRow(tile.identifier, TileStatus.NO_SOURCE, "no input covers this tile", (),
+                       0.0, recipe_hash, now_iso())  # fmt: skip
+
+
 def make_plan(
     adapter: SourceAdapter,
     tiles: Sequence[GridTile],
@@ -123,84 +193,35 @@ def make_plan(
     """Plan every tile (what decides "done" includes its inputs now), then keep as done only
     tiles whose row has this recipe's hash, the same inputs (paths and identity) and, for a
     chip, a file of the recorded size (or, when an old manifest has no size, that GDAL reads
-    whole)."""
-    from m3leo_tiles.dataset.chipfile import Written, chip_problem
-
+    whole). A chip without a row is adopted when it is ours (``_adopt``)."""
+    layout = DatasetLayout(Path(dataset_dir))
     recipe_hash = adapter.recipe.recipe_hash
-    sizes: dict[str, int] = {}
-    with os.scandir(dataset_dir) as entries:
-        for entry in entries:
-            if entry.name.endswith(".tif") and not entry.name.startswith("."):
-                sizes[entry.name] = entry.stat().st_size
+    sizes = layout.chip_sizes()
     inputs_of = adapter.plan(tiles) if tiles else {}
-    identities: dict[tuple[str, ...], str] = {}
-    input_ids: dict[str, str] = {}
-    todo: list[tuple[GridTile, tuple[str, ...]]] = []
-    adopted: list[ManifestRow] = []
-    refreshed: list[ManifestRow] = []
-    damaged: list[tuple[str, str]] = []
-    changed = 0
-    skipped = 0
+    input_ids = _input_ids(adapter, tiles, inputs_of)
+    decided = _Decisions()
     for tile in tiles:
         identifier = tile.identifier
         inputs = tuple(inputs_of.get(identifier, ()))
-        input_id = identities.get(inputs)
-        if input_id is None:
-            input_id = identities[inputs] = adapter.input_identity(inputs) if inputs else ""
-        input_ids[identifier] = input_id
-        name = f"{identifier}.tif"
-        row = rows.get(identifier)
+        input_id, row, path = input_ids[identifier], rows.get(identifier), layout.chip(identifier)
         if not overwrite and row is not None and row.recipe_hash == recipe_hash:
-            if not _same_inputs(row, inputs, input_id):
-                changed += 1
-            elif row.status is TileStatus.OK and name in sizes:
-                problem = size_problem(row, sizes[name])
-                if problem is not None:
-                    damaged.append((identifier, problem))
-                elif row.bytes is None:  # an old manifest: read it once, then record it
-                    problem = chip_problem(dataset_dir / name)
-                    if problem is not None:
-                        damaged.append((identifier, problem))
-                    else:
-                        written = Written.of((dataset_dir / name).read_bytes())
-                        refreshed.append(replace(row, bytes=written.size, crc32=written.crc32,
-                                                 input_id=input_id))  # fmt: skip
-                        skipped += 1
-                        continue
-                else:
-                    if not row.input_id:
-                        refreshed.append(replace(row, input_id=input_id))
-                    skipped += 1
-                    continue
-            elif row.status is not TileStatus.OK and row.status.is_done:
-                if not row.input_id and inputs:
-                    refreshed.append(replace(row, input_id=input_id))
-                skipped += 1
+            if _is_done(row, inputs, input_id, sizes.get(identifier), path, decided):
+                decided.skipped += 1
                 continue
-        elif not overwrite and row is None and name in sizes:
-            kept = _adopt(dataset_dir / name, identifier, recipe_hash, inputs, input_id)
+        elif not overwrite and row is None and identifier in sizes:
+            kept = _adopt(path, identifier, recipe_hash, inputs, input_id)
             if kept is not None:
-                adopted.append(kept)
+                decided.adopted.append(kept)
                 continue
-        todo.append((tile, inputs))
+        decided.todo.append((tile, inputs))
 
     groups: dict[Hashable, list[Item]] = {}
     no_source: list[ManifestRow] = []
-    for tile, inputs in todo:
+    for tile, inputs in decided.todo:
         if not inputs:
-            no_source.append(
-                ManifestRow(
-                    tile.identifier,
-                    TileStatus.NO_SOURCE,
-                    "no input covers this tile",
-                    (),
-                    0.0,
-                    recipe_hash,
-                    now_iso(),
-                )
-            )
+            no_source.append(_no_source_row(tile, recipe_hash))
         else:
             groups.setdefault(adapter.batch_key(inputs), []).append((tile, inputs))
     grouped = tuple(tuple(group) for group in groups.values())
-    return Plan(skipped, tuple(adopted), tuple(no_source), grouped, input_ids,
-                tuple(refreshed), tuple(damaged), changed)  # fmt: skip
+    return Plan(decided.skipped, tuple(decided.adopted), tuple(no_source), grouped, input_ids,
+                tuple(decided.refreshed), tuple(decided.damaged), decided.changed)  # fmt: skip

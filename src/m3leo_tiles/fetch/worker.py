@@ -28,6 +28,7 @@ from m3leo_tiles.core import events
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import RUN_STOPPERS, EmptyTileError, SourceError, first_line
 from m3leo_tiles.core.redact import redact
+from m3leo_tiles.dataset.layout import chip_name
 from m3leo_tiles.dataset.manifest import ManifestRow, now_iso
 from m3leo_tiles.sources.base import Chip, RenderContext, SourceAdapter
 
@@ -166,7 +167,7 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
                             "input_id": batch.input_ids.get(tile.identifier, "")}  # fmt: skip
                     payload = encode_chip(outcome, grid, recipe, tags)
                     writes[len(rows)] = writer.submit(
-                        write_bytes_atomically, folder / f"{tile.identifier}.tif", payload
+                        write_bytes_atomically, folder / chip_name(tile.identifier), payload
                     )
                     status, reason = TileStatus.OK, ""
             except RUN_STOPPERS:

@@ -47,8 +47,8 @@ from m3leo_tiles.dataset.chipsets import (
     grid_path_for,
     ids_of_split,
     read_chip_info,
-    valid_mask,
 )
+from m3leo_tiles.dataset.nodata import valid_mask
 from m3leo_tiles.ml.batches import empty_tensor, make_loader
 from m3leo_tiles.ml.classes import (
     CLASS_PRESETS,

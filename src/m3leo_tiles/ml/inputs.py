@@ -168,17 +168,6 @@ def read_chip_array(path: Path) -> np.ndarray:
             return dataset.read()
 
 
-def invalid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """Pixels without a value (nodata, NaN), or None when there are none (the common case)."""
-    invalid = None
-    if data.dtype.kind == "f":
-        invalid = ~np.isfinite(data)
-    if nodata is not None and not np.isnan(nodata):
-        equal = data == nodata
-        invalid = equal if invalid is None else invalid | equal
-    return invalid if invalid is not None and invalid.any() else None
-
-
 def resize(tensor: torch.Tensor, size: int, categorical: bool = False) -> torch.Tensor:
     """(C, H, W) to (C, size, size): bilinear (antialiased when shrinking) or nearest."""
     if tensor.shape[-2:] == (size, size):

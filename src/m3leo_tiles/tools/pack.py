@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from m3leo_tiles.core import strict_json
-from m3leo_tiles.core.atomic import FOLDER_MODE
+from m3leo_tiles.core.atomic import replacing_folder
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.dataset.chipsets import ChipSet, parse_pair_band, read_chip_info, valid_mask
+from m3leo_tiles.dataset.chipsets import ChipInfo, ChipSet, parse_pair_band, read_chip_info
+from m3leo_tiles.dataset.layout import PACK_DIR as PACK_DIR  # where callers looked for it
+from m3leo_tiles.dataset.layout import DatasetLayout
+from m3leo_tiles.dataset.nodata import valid_mask
 
-PACK_DIR = "pack"
 ARRAY_NAME = "chips.npy"
 INDEX_NAME = "index.json"
 
@@ -39,7 +39,7 @@ def files_fingerprint(folder: Path, ids: Iterable[str]) -> str:
     """Hash of each chip's name, size and modification time: changes when any chip does."""
     digest = hashlib.sha1()
     for identifier in sorted(ids):
-        info = os.stat(Path(folder) / f"{identifier}.tif")
+        info = os.stat(DatasetLayout(Path(folder)).chip(identifier))
         digest.update(f"{identifier}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -60,7 +60,7 @@ class PackIndex:
 
 
 def pack_dir(folder: Path) -> Path:
-    return Path(folder) / PACK_DIR
+    return DatasetLayout(Path(folder)).pack
 
 
 def read_pack_index(folder: Path) -> PackIndex | None:
@@ -99,10 +99,61 @@ def current_pack(chipset: ChipSet) -> PackIndex | None:
     return index
 
 
-def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> PackIndex:
-    """Write the pack of the dataset in ``folder`` (replacing an older one whole)."""
+def _copy_chips(chipset: ChipSet, ids: list[str], first: ChipInfo, path: Path,
+                progress: Callable[[int, int], None] | None) -> set[str]:  # fmt: skip
+    """Copy every chip into the array at ``path``, one row each; the ids of chips holding
+    nodata or NaN. Chips of other bands or size than the first cannot be packed."""
     import rasterio
 
+    with_nodata: set[str] = set()
+    array = np.lib.format.open_memmap(
+        path,
+        mode="w+",
+        dtype=np.dtype(first.dtype),
+        shape=(len(ids), len(first.bands), first.height, first.width),
+    )
+    for row, identifier in enumerate(ids):
+        with rasterio.open(chipset.path(identifier)) as dataset:
+            names = tuple(d or f"band_{i + 1}" for i, d in enumerate(dataset.descriptions))
+            if names != first.bands or (dataset.height, dataset.width) != (
+                first.height,
+                first.width,
+            ):
+                raise ConfigError(
+                    f"cannot pack {chipset.name}: chip {identifier} has bands {names} of "
+                    f"{dataset.height}x{dataset.width} px, the first has {first.bands} of "
+                    f"{first.height}x{first.width} (per-tile band lists are read from the "
+                    "chips, not packed)"
+                )
+            array[row] = data = dataset.read()
+            if not valid_mask(data, first.nodata).all():
+                with_nodata.add(identifier)
+        if progress:
+            progress(row + 1, len(ids))
+    array.flush()
+    del array
+    return with_nodata
+
+
+def _write_index(path: Path, index: PackIndex) -> None:
+    strict_json.write(  # a NaN nodata is written null: same mask for float chips
+        path,
+        {
+            "ids": list(index.ids),
+            "bands": list(index.bands),
+            "dtype": index.dtype,
+            "nodata": index.nodata,
+            "height": index.height,
+            "width": index.width,
+            "fingerprint": index.fingerprint,
+            # chips without any nodata/NaN pixel need no mask when read
+            "with_nodata": sorted(index.with_nodata or ()),
+        },
+    )
+
+
+def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> PackIndex:
+    """Write the pack of the dataset in ``folder`` (replacing an older one whole)."""
     chipset = ChipSet.open(Path(folder))
     ids = sorted(chipset.ids)
     if not ids:
@@ -115,68 +166,15 @@ def pack(folder: Path, progress: Callable[[int, int], None] | None = None) -> Pa
             "Dataset reads them from the chips"
         )
     fingerprint = files_fingerprint(chipset.folder, ids)
-    # A fresh folder (mkdtemp: never a name someone planted a link at), renamed into place.
-    staging = Path(tempfile.mkdtemp(prefix=f".{PACK_DIR}.{os.getpid()}.", suffix=".tmp",
-                                    dir=chipset.folder))  # fmt: skip
-    os.chmod(staging, FOLDER_MODE)  # mkdtemp's 0700 would hide the pack from the group
-    with_nodata: set[str] = set()
-    try:
-        array = np.lib.format.open_memmap(
-            staging / ARRAY_NAME,
-            mode="w+",
-            dtype=np.dtype(first.dtype),
-            shape=(len(ids), len(first.bands), first.height, first.width),
-        )
-        for row, identifier in enumerate(ids):
-            with rasterio.open(chipset.path(identifier)) as dataset:
-                names = tuple(d or f"band_{i + 1}" for i, d in enumerate(dataset.descriptions))
-                if names != first.bands or (dataset.height, dataset.width) != (
-                    first.height,
-                    first.width,
-                ):
-                    raise ConfigError(
-                        f"cannot pack {chipset.name}: chip {identifier} has bands {names} of "
-                        f"{dataset.height}x{dataset.width} px, the first has {first.bands} of "
-                        f"{first.height}x{first.width} (per-tile band lists are read from the "
-                        "chips, not packed)"
-                    )
-                array[row] = data = dataset.read()
-                if not valid_mask(data, first.nodata).all():
-                    with_nodata.add(identifier)
-            if progress:
-                progress(row + 1, len(ids))
-        array.flush()
-        del array
+    with replacing_folder(pack_dir(chipset.folder)) as staging:
+        with_nodata = _copy_chips(chipset, ids, first, staging / ARRAY_NAME, progress)
         index = PackIndex(
             tuple(ids), first.bands, first.dtype, first.nodata, first.height, first.width,
             fingerprint, frozenset(with_nodata),
         )  # fmt: skip
-        strict_json.write(  # a NaN nodata is written null: same mask for float chips
-            staging / INDEX_NAME,
-            {
-                "ids": list(index.ids),
-                "bands": list(index.bands),
-                "dtype": index.dtype,
-                "nodata": index.nodata,
-                "height": index.height,
-                "width": index.width,
-                "fingerprint": index.fingerprint,
-                # chips without any nodata/NaN pixel need no mask when read
-                "with_nodata": sorted(index.with_nodata or ()),
-            },
-        )
+        _write_index(staging / INDEX_NAME, index)
         if files_fingerprint(chipset.folder, ids) != fingerprint:
             raise ConfigError(f"chips of {chipset.name} changed while packing; rerun pack")
-        target = pack_dir(chipset.folder)
-        old = staging.with_suffix(".old")  # as unique as the staging folder
-        if target.is_symlink():  # a link planted at the pack's name: replaced, not followed
-            target.unlink()
-        elif target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return index
 
 

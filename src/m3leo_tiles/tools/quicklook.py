@@ -21,7 +21,9 @@ from PIL import Image, ImageDraw, ImageFont
 from rasterio.errors import RasterioError
 
 from m3leo_tiles.core.atomic import replacing
-from m3leo_tiles.core.errors import ConfigError
+from m3leo_tiles.core.errors import ConfigError, first_line
+from m3leo_tiles.dataset.layout import DatasetLayout
+from m3leo_tiles.dataset.nodata import valid_mask
 
 GRID_COLOUR = (255, 210, 0)
 NODATA_COLOUR = (40, 40, 40)
@@ -55,11 +57,7 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _to_rgb(stack: np.ndarray, nodata: float | None) -> np.ndarray:
     """(bands, H, W) → (H, W, 3): three bands as RGB, otherwise the first band in grey."""
     bands = stack[:3] if stack.shape[0] >= 3 else stack[:1]
-    valid = np.ones(bands.shape[1:], dtype=bool)
-    for band in bands:
-        valid &= np.isfinite(band)
-        if nodata is not None:
-            valid &= band != nodata
+    valid = valid_mask(bands, nodata).all(axis=0)
     channels = [_stretch(band, valid) for band in bands]
     if len(channels) == 1:
         channels = channels * 3
@@ -102,8 +100,7 @@ def _readable(path: Path) -> tuple[str, str | None]:
             dataset.read()  # every block: a truncated chip fails here, not half-drawn later
             return str(dataset.crs), None
     except (RasterioError, OSError) as error:
-        text = str(error).strip().splitlines()
-        return "", text[0] if text else type(error).__name__
+        return "", first_line(error)
 
 
 def dataset_panels(
@@ -117,7 +114,7 @@ def dataset_panels(
     A chip GDAL cannot read whole (damaged, truncated) is left out and reported through
     ``warn``, so one bad file never hides the rest of a dataset.
     """
-    chips = sorted(dataset_dir.glob("*.tif"))[:max_tiles]
+    chips = sorted(DatasetLayout(dataset_dir).chips().values())[:max_tiles]
     by_crs: dict[str, list[Path]] = defaultdict(list)
     for path in chips:
         crs, problem = _readable(path)

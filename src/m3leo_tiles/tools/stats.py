@@ -40,6 +40,7 @@ from m3leo_tiles.dataset.chipsets import (
     load_splits,
     valid_mask,
 )
+from m3leo_tiles.dataset.layout import DatasetLayout
 
 PERCENTILES = (1.0, 2.0, 5.0, 25.0, 50.0, 75.0, 95.0, 98.0, 99.0)
 FLOAT_BINS = 65_536
@@ -47,7 +48,7 @@ MAX_CLASS_VALUES = 256
 
 
 def stats_path(folder: Path, split: str = "train") -> Path:
-    return Path(folder) / f"stats-{split}.json"
+    return DatasetLayout(Path(folder)).stats(split)
 
 
 def ids_fingerprint(ids: Iterable[str]) -> str:

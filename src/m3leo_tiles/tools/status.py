@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from m3leo_tiles.core.enums import TileStatus
-from m3leo_tiles.dataset.manifest import MANIFEST_NAME, ManifestRow, read_manifest
+from m3leo_tiles.dataset.layout import DatasetLayout, datasets_under, is_chip_name, tile_of
+from m3leo_tiles.dataset.manifest import ManifestRow, read_manifest
 from m3leo_tiles.fetch.plan import size_problem
 
 
@@ -59,9 +60,9 @@ def run_state(folder: Path) -> str:
     A lock whose process is alive on this host is a live run; one whose process is gone is
     stale (the next fetch takes it over); one from another host cannot be checked from here.
     """
-    from m3leo_tiles.dataset.lock import LOCK_NAME, is_live, read_owner
+    from m3leo_tiles.dataset.lock import is_live, read_owner
 
-    path = folder / LOCK_NAME
+    path = DatasetLayout(folder).lock
     if not path.exists():
         return ""
     owner = read_owner(path)
@@ -100,13 +101,13 @@ def _folder_size(folder: Path) -> tuple[int, dict[str, int]]:
             if entry.is_file(follow_symlinks=False):
                 size = entry.stat(follow_symlinks=False).st_size
                 total += size
-                if entry.name.endswith(".tif") and not entry.name.startswith("."):
-                    chips[entry.name.removesuffix(".tif")] = size
+                if is_chip_name(entry.name):
+                    chips[tile_of(entry.name)] = size
     return total, chips
 
 
 def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> DatasetStatus:
-    manifest = folder / MANIFEST_NAME
+    manifest = DatasetLayout(folder).manifest
     rows = read_manifest(manifest)
     counts = Counter(row.status for row in rows.values())
     missing = None
@@ -137,14 +138,6 @@ def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> D
     )
 
 
-def _is_dataset_folder(folder: Path) -> bool:
-    from m3leo_tiles.dataset.lock import LOCK_NAME
-
-    if (folder / MANIFEST_NAME).exists() or (folder / LOCK_NAME).exists():
-        return True
-    return any(p.suffix == ".tif" for p in folder.iterdir())
-
-
 def status(
     out: Path = Path("data"), grids_dir: Path = Path("grids"), grid: Path | None = None
 ) -> list[DatasetStatus]:
@@ -161,13 +154,10 @@ def status(
 
         given = read_grid(grid)  # a bad file is the user's error: GridError, exit 2
         cache[given.aoi] = frozenset(t.identifier for t in given.tiles)
-    found = []
-    for folder in sorted(p for p in out.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
-        if not _is_dataset_folder(folder):
-            continue
-        aoi = folder.parent.name
-        found.append(dataset_status(folder, aoi, _grid_ids(aoi, Path(grids_dir), cache)))
-    return found
+    return [
+        dataset_status(layout.folder, layout.aoi, _grid_ids(layout.aoi, Path(grids_dir), cache))
+        for layout in datasets_under(out, locked=True)
+    ]
 
 
 def _size(n: int) -> str:
@@ -248,10 +238,11 @@ def verify_dataset(folder: Path) -> Verification:
     from m3leo_tiles.dataset.lock import DatasetLock
     from m3leo_tiles.dataset.manifest import ManifestWriter, now_iso
 
-    rows = read_manifest(folder / MANIFEST_NAME)
+    layout = DatasetLayout(folder)
+    rows = read_manifest(layout.manifest)
     damaged: list[tuple[str, str]] = []
     checked = 0
-    chips = {p.stem: p for p in folder.glob("*.tif") if not p.name.startswith(".")}
+    chips = layout.chips()
     for identifier in sorted(chips):
         row = rows.get(identifier)
         expected = None
@@ -267,7 +258,7 @@ def verify_dataset(folder: Path) -> Verification:
     marked = False
     if damaged:
         try:
-            with DatasetLock(folder), ManifestWriter(folder / MANIFEST_NAME) as writer:
+            with DatasetLock(folder), ManifestWriter(layout.manifest) as writer:
                 writer.write(
                     ManifestRow(ident, TileStatus.FAILED, f"damaged chip: {why}",
                                 rows[ident].inputs if ident in rows else (), 0.0,

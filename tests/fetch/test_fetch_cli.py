@@ -22,7 +22,8 @@ import geopandas as gpd
 import pytest
 import rasterio
 
-from helpers.cli import cli_env, run_cli
+from helpers.cli import assert_one_error_line, cli_env, run_cli
+from helpers.grid_files import write_grid
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.lock import LOCK_NAME
 from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
@@ -30,7 +31,7 @@ from m3leo_tiles.grid.tile import Tile
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: helpers import from there
 CLI = Path(sys.executable).parent / "m3leo-tiles"
 WORLDCOVER = "landcover/ESA_WorldCover_10m_2021_v200_N00E006_Map.tif"
 LAND = Tile.from_point(6.60, 0.25)  # São Tomé island
@@ -51,21 +52,6 @@ def _have_raster() -> bool:
 
 
 requires_raster = pytest.mark.skipif(not _have_raster(), reason="raster source not built yet")
-
-
-def write_grid(path: Path, tiles: list[Tile], aoi: str = "testaoi") -> Path:
-    frame = gpd.GeoDataFrame(
-        {
-            "identifier": [t.identifier for t in tiles],
-            "aoi": [aoi] * len(tiles),
-            "split": ["train"] * len(tiles),
-        },
-        geometry=[t.lonlat_polygon() for t in tiles],
-        crs="EPSG:4326",
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_file(path, driver="GeoJSON")
-    return path
 
 
 def write_recipe(path: Path, source: str = "raster", **extra) -> Path:
@@ -96,10 +82,7 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 
 def assert_user_error(result) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert_one_error_line(result.returncode, result.stderr)
 
 
 @requires_raster

@@ -14,6 +14,7 @@ import pytest
 
 import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import cli_env, run_cli
+from helpers.grid_files import write_grid
 from helpers.gssic_tiles import cell_name, small_recipe, write_mirror
 from helpers.loopback import serve_files_in_process
 from m3leo_tiles.core.enums import TileStatus
@@ -22,7 +23,6 @@ from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.fetch import api as runner
 from m3leo_tiles.fetch.api import fetch_tiles
 from m3leo_tiles.grid.tile import Tile
-from test_cli_fetch import write_grid
 
 pytestmark = pytest.mark.slow
 

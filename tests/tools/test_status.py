@@ -1,4 +1,4 @@
-"""`status` tells the truth (issue #8 items 9 and 11): a live run apart from a finished one,
+"""`status` tells the truth: counts against the grid, a live run apart from a finished one,
 chips without a manifest, 'missing' from a grid given as a file, and what it looked for."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import fake_runs
 from helpers.cli import assert_one_error_line, call_cli
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.lock import LOCK_NAME, DatasetLock
@@ -112,3 +113,40 @@ def test_a_chip_of_another_size_than_recorded_is_not_counted_ok(
     assert code == 0
     line = table.splitlines()[1]
     assert line.split()[2:6] == ["2", "0", "0", "1"] and "1 damaged chips" in line
+
+
+def test_status_counts_against_the_grid(cluster, tmp_path: Path) -> None:
+    import geopandas as gpd
+
+    from m3leo_tiles.tools.status import format_status_table, status
+
+    out = tmp_path / "data"
+    fake_runs.run(
+        cluster,
+        fake_runs.recipe(empty=[fake_runs.IDS[1]], uncovered=[fake_runs.IDS[2]]),
+        out,
+        tiles=fake_runs.TILES[:5],
+    )
+    grids = tmp_path / "grids"
+    (grids / "testaoi").mkdir(parents=True)
+    gpd.GeoDataFrame(
+        {"identifier": fake_runs.IDS, "aoi": ["testaoi"] * len(fake_runs.IDS)},
+        geometry=[t.lonlat_polygon() for t in fake_runs.TILES],
+        crs="EPSG:4326",
+    ).to_file(grids / "testaoi" / "tiles.geojson", driver="GeoJSON")
+    (found,) = status(out, grids)
+    assert (found.aoi, found.dataset) == ("testaoi", "fake")
+    assert (found.ok, found.empty, found.no_source, found.failed) == (3, 1, 1, 0)
+    assert found.missing == len(fake_runs.IDS) - 5 and found.size_bytes > 0
+    table = format_status_table([found]).splitlines()
+    assert table[1].split()[:7] == [
+        "testaoi",
+        "fake",
+        "3",
+        "1",
+        "1",
+        "0",
+        str(len(fake_runs.IDS) - 5),
+    ]
+    (unknown,) = status(out, tmp_path / "no-grids")
+    assert unknown.missing is None and "?" in format_status_table([unknown])
