@@ -48,7 +48,7 @@ from m3leo_tiles.dataset.chipsets import (
     ids_of_split,
     read_chip_info,
 )
-from m3leo_tiles.dataset.nodata import valid_mask
+from m3leo_tiles.dataset.nodata import invalid_mask, valid_mask
 from m3leo_tiles.ml.batches import empty_tensor, make_loader
 from m3leo_tiles.ml.classes import (
     CLASS_PRESETS,
@@ -59,7 +59,6 @@ from m3leo_tiles.ml.classes import (
 )
 from m3leo_tiles.ml.inputs import (
     InputSpec,
-    invalid_mask,
     make_input,
     make_target,
     read_chip_array,
