@@ -30,7 +30,7 @@ from m3leo_tiles.sources.base import (
     FetchOptions,
     RenderContext,
     RetryPolicy,
-    SourceAdapter,
+    PerTileSource,
     SourceOption,
 )
 
@@ -97,7 +97,7 @@ def test_retry_policy_retries_only_transient_errors_with_injected_time() -> None
     assert len(slept) == 4  # five tries, four waits
 
 
-class Flaky(SourceAdapter):
+class Flaky(PerTileSource):
     name = "flaky-inline"
     retry_policy = RetryPolicy(attempts=3, base_delay_s=45.0, max_delay_s=600.0, jitter=0.0)
 
@@ -109,7 +109,7 @@ class Flaky(SourceAdapter):
     def plan(self, tiles):
         return {}
 
-    def render(self, tile, inputs):
+    def render_tile(self, tile, inputs):
         self.calls += 1
         if self.calls <= self.failures:
             raise TransientSourceError("429 quota")
@@ -205,13 +205,13 @@ def test_every_tile_gets_exactly_one_row(tmp_path: Path, params, failed, reason)
 
 
 def test_empty_tile_error_is_recorded_empty_with_its_reason(cluster, tmp_path: Path) -> None:
-    class NoImage(SourceAdapter):
+    class NoImage(PerTileSource):
         name = "no-image-inline"
 
         def plan(self, tiles):
             return {}
 
-        def render(self, tile, inputs):
+        def render_tile(self, tile, inputs):
             raise EmptyTileError("no Sentinel-2 image in 2020-03")
 
     [(_, outcome)] = NoImage(fake_recipe("fake-synthetic")).render_many(
@@ -286,7 +286,7 @@ def test_encoder_template_cache_is_bounded() -> None:
 # --- options declared by sources -------------------------------------------------------------
 
 
-class WithOptions(SourceAdapter):
+class WithOptions(PerTileSource):
     name = "with-options-inline"
     cli_options = (
         SourceOption("svc-url", "where the service is", env="M3LEO_SVC_URL", default="https://x"),
@@ -296,7 +296,7 @@ class WithOptions(SourceAdapter):
     def plan(self, tiles):
         return {}
 
-    def render(self, tile, inputs):
+    def render_tile(self, tile, inputs):
         raise AssertionError
 
 

@@ -178,7 +178,7 @@ def test_early_stop_needs_the_same_reason_and_no_success() -> None:
 
 
 def test_network_failures_name_the_host() -> None:
-    from m3leo_tiles.sources.raster import _network_reason
+    from m3leo_tiles.sources.raster.adapter import _network_reason
 
     text = _network_reason(
         "/vsicurl/https://dap.ceda.ac.uk/neodc/x.tif",

@@ -263,7 +263,9 @@ def fetch_tiles(
     options = request.fetch_options(recipe)
     adapter = get_source(recipe.source)(recipe, options)
     check_run_options(adapter)
-    adapter.check()
+    filled = adapter.check()
+    if filled is not recipe:  # the source filled what the recipe left out: fetch with that
+        recipe, adapter = filled, type(adapter)(filled, options)
     dataset_dir = _make_dataset_dir(Path(request.out), request.aoi,
                                     recipe.dataset_name(options.year))  # fmt: skip
     counts: Counter[TileStatus] = Counter()
@@ -446,7 +448,7 @@ def _budget(client: Client, adapter: SourceAdapter) -> Budget | None:
         return None
     name = request_budget(client, limit, f"m3leo-{adapter.name}-{uuid.uuid4().hex[:8]}")
     log.info("request budget: %d in flight across %d workers", limit, len(client.nthreads()))
-    return Budget(name=str(name), limit=int(limit), threads=int(limit))
+    return Budget(name=str(name), limit=int(limit))
 
 
 class _LiveTiles:

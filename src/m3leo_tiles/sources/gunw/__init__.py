@@ -41,7 +41,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -53,11 +52,6 @@ from m3leo_tiles.core import strict_json
 from m3leo_tiles.core.atomic import write_text
 from m3leo_tiles.core.errors import ConfigError, CredentialsError, SourceError, first_line
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
-from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
-from m3leo_tiles.sources._gunw_catalog import GunwProduct
-
-if TYPE_CHECKING:
-    from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.sources.base import (
     Chip,
     FetchOptions,
@@ -66,8 +60,13 @@ from m3leo_tiles.sources.base import (
     SourceOption,
     TileInputs,
     refuse_unknown_params,
-    register,
 )
+from m3leo_tiles.sources.download import fetch_each
+from m3leo_tiles.sources.gunw import _earthdata, _gunw_catalog, _gunw_read
+from m3leo_tiles.sources.gunw._gunw_catalog import GunwProduct
+
+if TYPE_CHECKING:
+    from m3leo_tiles.recipes import Recipe
 
 PARAMS = {"max_baseline_days", "layers", "search_chunk_degrees"}
 DEFAULT_MAX_BASELINE_DAYS = 72
@@ -138,10 +137,8 @@ class _WorkerSession:
         return session
 
 
-@register
 class GunwSource(SourceAdapter):
     name = "gunw"
-    description = "ARIA Sentinel-1 GUNW interferograms via asf-search: every pair of the year"
     cli_options = (
         SourceOption(
             "search-results",
@@ -224,7 +221,7 @@ class GunwSource(SourceAdapter):
             raise ConfigError("the gunw source needs a cache folder for products; give --cache DIR")
         return Path(self.options.cache_dir).expanduser()
 
-    def check(self) -> None:
+    def check(self) -> Recipe:
         recipe = self.recipe
         if self.year is None:
             raise ConfigError(f"recipe {recipe.name!r} makes one dataset per year; give --year")
@@ -245,6 +242,7 @@ class GunwSource(SourceAdapter):
             raise ConfigError(f"--search-results {saved}: no such file")
         self._index_sources()
         _earthdata.find_credentials(self.hosts.edl)  # a half-set env or broken .netrc: now
+        return recipe
 
     def _index_sources(self) -> dict[str, str]:
         """Product files in ``--source`` folders (or named directly), by file name."""
@@ -383,13 +381,6 @@ class GunwSource(SourceAdapter):
 
     # --- rendering (worker) ----------------------------------------------------------------
 
-    def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
-        paths = {name: self._product_path(name, None) for name in inputs}
-        [(_, outcome)] = self._render_chunk([(tile, inputs)], paths)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
     def render_many(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
     ) -> Iterator[tuple[GridTile, Chip | Exception]]:
@@ -429,23 +420,15 @@ class GunwSource(SourceAdapter):
         holding a slot of the run's request budget); a failure is kept for its tiles only."""
         names = list(dict.fromkeys(name for _, inputs in items for name in inputs))
 
-        def fetch(name: str) -> str | Exception:
-            try:
-                return self._product_path(name, context)
-            except Exception as error:  # (fails only the tiles that need it)
-                return error
-
         catalog = self.catalog
         missing = [
             n
             for n in names
             if n in catalog and n not in self.local and not self._cached(catalog[n])
         ]
-        threads = min(context.threads, len(missing))
-        if threads <= 1:
-            return {name: fetch(name) for name in names}
-        with ThreadPoolExecutor(threads, thread_name_prefix="m3leo-gunw-download") as pool:
-            return dict(zip(names, pool.map(fetch, names), strict=True))
+        threads = min(context.threads, len(missing))  # products already here need no thread
+        return fetch_each(names, lambda name: self._product_path(name, context), threads,
+                          "m3leo-gunw-download")  # fmt: skip
 
     def _render_chunk(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], paths: Mapping[str, str]
