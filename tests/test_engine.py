@@ -28,9 +28,9 @@ from m3leo_tiles.recipes import Recipe, parse_recipe
 from m3leo_tiles.sources.base import (
     Chip,
     FetchOptions,
+    PerTileSource,
     RenderContext,
     RetryPolicy,
-    PerTileSource,
     SourceOption,
 )
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import cli_env
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError, SystematicFailure
@@ -178,7 +177,7 @@ def test_early_stop_needs_the_same_reason_and_no_success() -> None:
 
 
 def test_network_failures_name_the_host() -> None:
-    from m3leo_tiles.sources.raster.adapter import _network_reason
+    from m3leo_tiles.sources.raster.warp import _network_reason
 
     text = _network_reason(
         "/vsicurl/https://dap.ceda.ac.uk/neodc/x.tif",

@@ -20,7 +20,6 @@ import pytest
 import rasterio
 from distributed import Client, LocalCluster
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest

@@ -262,6 +262,16 @@ def _windows(where: str, value: Any) -> tuple[TimeWindow, ...]:
     return tuple(windows)
 
 
+def _bands(where: str, bands: Any, may_be_empty: bool) -> list[str]:
+    """The recipe's band names: unique strings (none when its chips or its source name them)."""
+    if not (isinstance(bands, list) and (bands or may_be_empty)
+            and all(isinstance(b, str) for b in bands)):  # fmt: skip
+        raise _fail(where, "bands", "must be a non-empty list of band names")
+    if len(set(bands)) != len(bands):
+        raise _fail(where, "bands", "band names must be unique")
+    return bands
+
+
 def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     """Build and validate a Recipe from parsed YAML; ``where`` names it in errors.
 
@@ -295,14 +305,7 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     # What the recipe leaves out: a source that reads its inputs on the driver (raster) fills
     # it from the files themselves; another source refuses a recipe without bands.
     from_source = tuple(k for k in FILLABLE if k not in data)
-    bands = data.get("bands", [] if bands_per_tile or "bands" in from_source else None)
-    if bands is None:
-        raise _fail(where, "bands", "is required (or set bands_per_tile: true)")
-    if not (isinstance(bands, list) and (bands or bands_per_tile or "bands" in from_source)
-            and all(isinstance(b, str) for b in bands)):  # fmt: skip
-        raise _fail(where, "bands", "must be a non-empty list of band names")
-    if len(set(bands)) != len(bands):
-        raise _fail(where, "bands", "band names must be unique")
+    bands = _bands(where, data.get("bands", []), bands_per_tile or "bands" in from_source)
     resampling = data.get("resampling", "nearest")
     if resampling not in {m.value for m in ResamplingMethod}:
         allowed = ", ".join(m.value for m in ResamplingMethod)

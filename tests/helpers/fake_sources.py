@@ -178,4 +178,3 @@ class FakeVersioned(PerTileSource):
         grid = tile.pixel_grid(self.recipe.resolution)
         data = np.ones((len(self.recipe.bands), grid.height, grid.width))
         return Chip(data.astype(self.recipe.dtype), tuple(self.recipe.bands))
-

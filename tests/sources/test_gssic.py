@@ -367,9 +367,10 @@ def test_band_resampling_overrides_the_recipe_for_matching_bands(tmp_path: Path,
 )  # fmt: skip
 def test_bad_layer_params_are_one_line_errors(tmp_path: Path, change, message) -> None:
     from m3leo_tiles.core.errors import ConfigError
+    from m3leo_tiles.sources.base import check_recipe
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        small_recipe(tmp_path, **change)
+        check_recipe(small_recipe(tmp_path, **change))  # the source checks its params
 
 
 def test_bands_must_be_the_generated_layers(tmp_path: Path, mirror: Path) -> None:

@@ -131,9 +131,7 @@ def test_defaults_that_cannot_be_decided_are_asked_for(tmp_path: Path, shared_da
 
 
 def test_sources_that_cannot_read_their_inputs_up_front_still_need_bands(tmp_path: Path) -> None:
-    import helpers.fake_sources  # noqa: F401
-
-    recipe = parse_recipe({"source": "fake-synthetic", "resolution": 448}, "test", tmp_path / "f.yaml")
+    recipe = parse_recipe({"source": "fake-synthetic", "resolution": 448}, "t", tmp_path / "f.yaml")
     with pytest.raises(ConfigError, match="key 'bands': is required"):
         check_recipe(recipe)  # the parser imports no source: the source refuses it
 

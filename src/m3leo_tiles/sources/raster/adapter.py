@@ -1,66 +1,40 @@
-"""The ``raster`` source's adapter: check, plan, warp and download (see the package doc)."""
+"""The ``raster`` source: its recipe checked against the files, and the plan (see the package
+doc); rendering is in ``warp``, downloads in ``remote``."""
 
 from __future__ import annotations
 
-import fnmatch
 import glob
-import itertools
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import rasterio
 import shapely
-from rasterio.enums import Resampling
 from rasterio.env import get_gdal_config, set_gdal_config
-from rasterio.errors import RasterioError, RasterioIOError
-from rasterio.warp import reproject
+from rasterio.errors import RasterioIOError
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from m3leo_tiles.core.enums import ResamplingMethod
 from m3leo_tiles.core.errors import (
-    RUN_STOPPERS,
     ConfigError,
-    EmptyTileError,
-    SourceError,
-    TransientSourceError,
-    first_line,
 )
-from m3leo_tiles.grid.tile import GridTile, PixelGrid, lonlat_polygons
+from m3leo_tiles.grid.tile import GridTile, lonlat_polygons
 from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.sources._gdal import (
-    OPEN_DATASETS_PER_WORKER,
-    TRANSIENT_MESSAGES,
     footprint_lonlat,
-    forget_dataset,
-    forget_datasets_using,
     is_remote,
-    names_a_missing_file,
-    open_dataset,
-    read_problem,
-    scratch_raster,
     with_copies_across_the_antimeridian,
 )
 from m3leo_tiles.sources.base import (
-    Chip,
-    Item,
-    Outcome,
     PerTileSource,
-    RenderContext,
     SourceOption,
     TileInputs,
     identity_digest,
-    render_each,
     whole_number,
 )
-from m3leo_tiles.sources.download import fetch_each
-from m3leo_tiles.sources.raster import vrt
 from m3leo_tiles.sources.raster.defaults import (
     Sample,
     band_indexes_of,
@@ -81,6 +55,8 @@ from m3leo_tiles.sources.raster.paths import (
     local_file,
     where_from,
 )
+from m3leo_tiles.sources.raster.remote import RemoteInputs
+from m3leo_tiles.sources.raster.warp import Warping
 
 FILES_CHECKED_PER_LAYER = 16  # opened up front to check bands and types against the recipe
 # GDAL 3.6 (OSGeo/gdal#6560) made ``sum`` conserve totals when the target pixel is smaller
@@ -93,7 +69,7 @@ WORKER_BLOCK_CACHE_MB = 256  # GDAL's block cache per worker process (see setup_
 log = logging.getLogger("m3leo_tiles.fetch")
 
 
-class RasterSource(PerTileSource):
+class RasterSource(RemoteInputs, Warping, PerTileSource):
     name = "raster"
     # A recipe may leave out bands, dtype and nodata: check() reads them from the input files.
     fills_recipe_defaults: ClassVar[bool] = True
@@ -113,7 +89,6 @@ class RasterSource(PerTileSource):
     @classmethod
     def check_params(cls, params: Mapping[str, Any], where: str) -> None:
         check_params(params, where, cls.name)
-
 
     def layers(self) -> list[Layer]:
         """The recipe's mosaics after ``--source`` overrides and ``{year}`` substitution."""
@@ -274,7 +249,6 @@ class RasterSource(PerTileSource):
                 samples.append((layer.name, path, file_info(path)))
         return samples
 
-
     def setup_worker(self) -> None:
         """Bound GDAL's block cache in each worker process (unless GDAL_CACHEMAX is set).
 
@@ -400,296 +374,12 @@ class RasterSource(PerTileSource):
             return west + degrees > f_west or west < f_east
         return west < f_east and west + degrees > f_west
 
-    # --- rendering (worker) ----------------------------------------------------------------
-
-    def render_tile(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
-        data, fill, used = self._warp(tile.pixel_grid(self.recipe.resolution), inputs)
-        chip = Chip(self._encode(data, fill), self.recipe.bands, {"inputs": ";".join(used)})
-        tags = self.band_metadata()
-        return replace(chip, band_metadata=tags) if tags else chip
-
-    def band_metadata(self) -> tuple[Mapping[str, str], ...]:
-        """Per band tags from ``band_metadata`` globs (later globs override earlier keys)."""
-        globs = self.recipe.params.get("band_metadata") or {}
-        tags: list[dict[str, str]] = []
-        for band in self.recipe.bands:
-            merged: dict[str, str] = {}
-            for pattern, values in globs.items():
-                if fnmatch.fnmatchcase(band, pattern):
-                    merged.update({key: _tag(value) for key, value in values.items()})
-            tags.append(merged)
-        return tuple(tags) if any(tags) else ()
-
-    def _resampling(self, band: str) -> Resampling:
-        method = self.recipe.resampling.value
-        for pattern, value in (self.recipe.params.get("band_resampling") or {}).items():
-            if band and fnmatch.fnmatchcase(band, pattern):
-                method = value
-        return Resampling[method]
-
-    def _fill(self) -> tuple[str, float]:
-        work_dtype = self.recipe.dtype if self.recipe.scale == 1.0 else "float64"
-        if self.recipe.nodata is not None:
-            return work_dtype, self.recipe.nodata
-        return work_dtype, np.nan if np.dtype(work_dtype).kind == "f" else 0
-
-    def _warp(self, grid: PixelGrid, inputs: tuple[str, ...]) -> tuple[np.ndarray, float, list]:
-        """Every layer's inputs warped onto ``grid`` in turn (sorted by path): where inputs
-        overlap, the last one's valid pixels win, as in a GDAL VRT mosaic. The cells of a
-        templated product are mosaicked first and warped once (see the module docstring)."""
-        recipe = self.recipe
-        work_dtype, fill = self._fill()
-        scratch = scratch_raster(len(recipe.bands), grid, work_dtype)
-        scratch.reset(grid, fill)
-        templated = "tile_degrees" in recipe.params
-        keep = 2 * len(inputs) + 2  # this tile's files and mosaics stay open for the next
-        used: list[str] = []
-        layers = []
-        for name, items in itertools.groupby(map(self._split, inputs), key=lambda x: x[0]):
-            found = (self._open_input(path, templated, keep) for _, path in items)
-            layers.append((name, [item for item in found if item is not None]))
-        if templated and self._layered:
-            layers = self._warp_stacked(layers, grid, scratch, fill, keep, used)
-        for name, opened in layers:
-            targets = [recipe.bands.index(name) + 1] if name else scratch.all_bands
-            if templated and len(opened) > 1:
-                mosaic = vrt.mosaic(opened, recipe.params.get("src_nodata"), keep)
-                if mosaic is not None:
-                    used.extend(path for path, _ in opened)
-                    opened = [(mosaic.name, mosaic)]
-            for path, dataset in opened:
-                indexes = [1] if name else self._band_indexes(dataset)
-                if len(indexes) != len(targets):
-                    raise SourceError(
-                        f"{path} gives {len(indexes)} bands but the recipe names {len(targets)}"
-                    )
-                self._reproject(dataset, indexes, scratch, targets, fill, self._resampling(name),
-                                path)  # fmt: skip
-                if not path.startswith("<"):
-                    used.append(path)
-        return scratch.read(), fill, used
-
-    def _reproject(
-        self,
-        dataset: rasterio.DatasetReader,
-        indexes: list[int],
-        scratch: Any,
-        targets: list[int],
-        fill: float,
-        resampling: Resampling,
-        label: str,
-    ) -> None:
-        try:
-            reproject(
-                source=rasterio.band(dataset, indexes),
-                destination=scratch.band(targets),
-                src_nodata=self.recipe.params.get("src_nodata", dataset.nodata),
-                dst_nodata=fill,
-                resampling=resampling,
-                init_dest_nodata=False,
-            )
-        except (RasterioError, OSError) as error:
-            forget_dataset(dataset.name)
-            raise SourceError(f"cannot read input {_label(label)}: {first_line(error)}"
-                              ) from None  # fmt: skip
-
-    def _warp_stacked(self, layers: list, grid: PixelGrid, scratch: Any, fill: float,
-                      keep: int, used: list[str]) -> list:  # fmt: skip
-        """Layers on one cell layout warped in ONE multi-band ``reproject`` where that equals
-        warping each alone; returns the layers still to be warped one by one.
-
-        GDAL computes the coordinates and kernel weights once for all bands of a warp, so 64
-        GSSIC layers cost about a fifth of 64 warps. The pixels are the same as per-layer
-        warps only where no kernel meets nodata or the raster's edge (GDAL's multi-band warp
-        treats validity differently there: measured, a few values per thousand differ), so
-        the tile's source window is read first and, if any layer has nodata in it or the
-        window leaves the cells, the tile falls back to one warp per layer; so does a stack
-        whose read fails, so that the error names the file.
-        """
-        groups: dict[Resampling, list] = {}
-        for name, opened in layers:
-            if opened:
-                groups.setdefault(self._resampling(name), []).append((name, opened))
-        remaining = []
-        for resampling, group in groups.items():
-            stack = vrt.stack(group, self.recipe.params.get("src_nodata"), keep)
-            if stack is None or not vrt.readable_and_clean(stack, grid):
-                remaining.extend(group)
-                continue
-            targets = [self.recipe.bands.index(name) + 1 for name, _ in group]
-            indexes = list(range(1, len(group) + 1))
-            try:
-                self._reproject(stack, indexes, scratch, targets, fill, resampling, stack.name)
-            except SourceError:  # GDAL's "Read failed" names no file: the layers warped one
-                scratch.fill(targets, fill)  # by one name the one that cannot be read
-                remaining.extend(group)
-                continue
-            used.extend(label for _, opened in group for label, _ in opened)
-        return remaining
-
-    def _open_input(
-        self, path: str, templated: bool, keep: int = OPEN_DATASETS_PER_WORKER
-    ) -> tuple[str, rasterio.DatasetReader] | None:
-        """The input opened (downloaded first with ``remote: download``), or None when it is a
-        cell the tiled product does not have (open sea): no data there, not a failure."""
-        if is_remote(path) and self._downloads():
-            local = self._download(path, templated)
-            if local is None:
-                return None
-            try:  # named by its URL in the chip's inputs; the VRT reads the dataset's file
-                return path.removeprefix("/vsicurl/"), open_dataset(local, keep)
-            except RasterioIOError as error:
-                raise SourceError(f"cannot open {local}: {first_line(error, str(local))}") from None
-        try:
-            return path, open_dataset(path, keep)
-        except RasterioIOError as error:
-            if templated and names_a_missing_file(path, str(error)):
-                return None
-            if is_remote(path) and any(text in str(error) for text in TRANSIENT_MESSAGES):
-                raise TransientSourceError(_network_reason(path, error)) from None
-            raise SourceError(f"cannot open input {path}: {first_line(error, path)}") from None
-
-    def render_many(self, items: Sequence[Item], context: RenderContext) -> Iterator[Outcome]:
-        """With ``remote: download``: the batch's files are fetched first, concurrently within
-        the request budget, then its chips are made one after the other in this thread, so
-        every file is opened once per batch rather than once per thread."""
-        if not self._downloads():
-            yield from super().render_many(items, context)
-            return
-        templated = "tile_degrees" in self.recipe.params
-        remote = sorted({path for _, inputs in items for item in inputs
-                         if is_remote(path := self._split(item)[1])})  # fmt: skip
-
-        def fetch(path: str) -> str | None:
-            with context.slot():
-                return self._download(path, templated)
-
-        fetched = fetch_each(remote, fetch, context.threads, "m3leo-download")
-        # a file that failed fails its tiles without being tried again; a full disk stops all
-        failed = {path: value for path, value in fetched.items() if isinstance(value, Exception)}
-        stopper = next((e for e in failed.values() if isinstance(e, RUN_STOPPERS)), None)
-        if stopper is not None:
-            raise stopper
-        ready = []
-        for tile, inputs in items:
-            paths = (self._split(item)[1] for item in inputs)
-            error = next((failed[path] for path in paths if path in failed), None)
-            if error is None:
-                ready.append((tile, inputs))
-            else:
-                yield tile, error
-        sequential = RenderContext(threads=1, slot=context.slot, sleep=context.sleep)
-        inputs_of = {tile.identifier: inputs for tile, inputs in ready}
-        for tile, outcome in super().render_many(ready, sequential):
-            if isinstance(outcome, Exception) and not isinstance(
-                outcome, (TransientSourceError, EmptyTileError, *RUN_STOPPERS)
-            ):
-                outcome = self._heal(tile, inputs_of[tile.identifier], outcome, sequential)
-            yield tile, outcome
-
-    def _heal(self, tile: GridTile, inputs: tuple[str, ...], error: Exception,
-              context: RenderContext) -> Chip | Exception:  # fmt: skip
-        """A tile that failed on files of the download cache: the damaged ones (GDAL cannot
-        read them whole) are dropped, downloaded again, and the tile is tried once more; a
-        second failure names the file. A tile that failed for another reason keeps it."""
-        from m3leo_tiles.sources.download import drop_cached
-
-        damaged = self._damaged_downloads(inputs)
-        if not damaged:
-            return error
-        for local, seen, problem in damaged:
-            log.warning("cached %s cannot be read (%s): downloading it again", local.name, problem)
-            drop_cached(local, seen)
-            forget_datasets_using(str(local))
-        [(_, second)] = render_each(self, [(tile, inputs)], context, self.render_tile)
-        if isinstance(second, RUN_STOPPERS):
-            raise second
-        if not isinstance(second, Exception):
-            return second
-        still = self._damaged_downloads(inputs)
-        if not still:
-            return second
-        local, _, problem = still[0]
-        return SourceError(f"cannot read cached {local.name} (downloaded again): {problem}")
-
-    def _damaged_downloads(self, inputs: tuple[str, ...]
-                           ) -> list[tuple[Path, os.stat_result, str]]:  # fmt: skip
-        """(file, its stat, why) for each of the tile's cached downloads that GDAL cannot
-        read whole; only called after a failure, as it decodes every file."""
-        damaged = []
-        for item in inputs:
-            path = self._split(item)[1]
-            if not is_remote(path):
-                continue
-            local = self._cache_path(path)
-            try:
-                seen = local.stat()
-            except FileNotFoundError:
-                continue
-            problem = read_problem(str(local))
-            if problem is not None:
-                damaged.append((local, seen, problem))
-        return damaged
-
-    def _downloads(self) -> bool:
-        return self.recipe.params.get("remote") == "download" and bool(self.options.cache_dir)
-
-    def downloads(self) -> bool:
-        return self._downloads() and bool(self.concurrency())
-
-    def all_downloaded(self, planned: Iterable[tuple[str, ...]]) -> bool:
-        remote = {path for inputs in planned for item in inputs
-                  if is_remote(path := self._split(item)[1])}  # fmt: skip
-        return all(self._cache_path(path).is_file() for path in remote)
-
-    def _download(self, path: str, templated: bool) -> str | None:
-        """A remote file copied whole into ``<cache>/<host>/<path>`` (atomic, locked per file,
-        shared by every worker and run), or None for a missing cell of a tiled product."""
-        from m3leo_tiles.sources.download import MissingRemoteFile, cached_download
-
-        url = path.removeprefix("/vsicurl/")
-        local = self._cache_path(path)
-        try:
-            return str(cached_download(url, local.parent, name=local.name))
-        except MissingRemoteFile:
-            if templated:
-                return None
-            raise SourceError(f"input {url} does not exist (HTTP 404)") from None
-
-    def _cache_path(self, path: str) -> Path:
-        """Where ``remote: download`` keeps a remote input: ``<cache>/raster/<scheme>/<host>/
-        <path>`` (the URL's own layout, so that files of one name in two folders differ)."""
-        scheme, _, rest = path.removeprefix("/vsicurl/").partition("://")
-        folder, _, name = rest.partition("?")[0].rpartition("/")
-        return Path(self.options.cache_dir or ".") / "raster" / scheme / folder / name
-
     def _split(self, item: str) -> tuple[str, str]:
         """``layer=path`` of a layered recipe, or ``("", path)``."""
         if not self._layered:
             return "", item
         name, _, path = item.partition(LAYER_SEPARATOR)
         return name, path
-
-    def _band_indexes(self, dataset: rasterio.DatasetReader) -> list[int]:
-        indexes = self.recipe.params.get("band_indexes")
-        return list(indexes) if indexes else list(range(1, dataset.count + 1))
-
-    def _encode(self, data: np.ndarray, fill: float) -> np.ndarray:
-        """Apply the recipe's scale and cast to its dtype, keeping nodata as nodata.
-
-        Scaled values are rounded (not truncated) and clipped into an integer dtype's range,
-        so that 0.9999 × 10000 stays 9999 and a negative value never wraps to 65535.
-        """
-        recipe = self.recipe
-        if recipe.scale == 1.0:
-            return data
-        valid = ~np.isnan(data) if np.isnan(fill) else data != fill
-        scaled = data * recipe.scale
-        if np.dtype(recipe.dtype).kind in "iu":
-            limits = np.iinfo(recipe.dtype)
-            scaled = np.clip(np.rint(np.nan_to_num(scaled)), limits.min, limits.max)
-        out_fill = recipe.nodata if recipe.nodata is not None else fill
-        return np.where(valid, scaled, out_fill).astype(recipe.dtype)
 
 
 def _year_list(years: Sequence[int]) -> str:
@@ -707,28 +397,6 @@ def _year_list(years: Sequence[int]) -> str:
 def gdal_version() -> tuple[int, int]:
     major, minor = rasterio.__gdal_version__.split(".")[:2]
     return int(major), int(minor)
-
-
-def _network_reason(path: str, error: BaseException) -> str:
-    """What a user reads when a remote input cannot be reached: the host and the network,
-    not GDAL's "does not exist in the file system" (which it says for any failed request)."""
-    from urllib.parse import urlsplit
-
-    at = path.find("://")
-    start = path.rfind("/", 0, at) + 1 if at > 0 else 0
-    url = path[start:] if at > 0 else path
-    host = urlsplit(url).hostname or url
-    text = first_line(error)
-    detail = "" if "does not exist in the file system" in text else f" ({text})"
-    return f"network: could not reach {host}{detail}; check the connection and rerun"
-
-
-def _tag(value: Any) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def _label(path: str) -> str:
-    return "mosaic of cells" if path.startswith("<") else path
 
 
 def _check_bands(recipe: Recipe, samples: Sequence[Sample]) -> None:
@@ -751,4 +419,3 @@ def _check_bands(recipe: Recipe, samples: Sequence[Sample]) -> None:
                 f"({', '.join(recipe.bands)}) but {path} gives {len(indexes)}; list "
                 f"{len(indexes)} names in bands, or pick bands with band_indexes"
             )
-

@@ -60,9 +60,8 @@ def check_params(params: Mapping[str, Any], where: str, source: str = "raster") 
         isinstance(footprint, list) and len(footprint) == 4
         and all(isinstance(v, int | float) for v in footprint)
     ):  # fmt: skip
-        raise ConfigError(
-            f"{where}: key 'params.footprint': [west, south, east, north] in degrees"
-        )
+        raise ConfigError(f"{where}: key 'params.footprint': [west, south, east, north] in degrees")
+
 
 def _check_layer_params(params: Mapping[str, Any], where: str) -> None:
     """``layer_grids``, ``root``, ``band_metadata``, ``band_resampling`` and ``remote``."""
@@ -103,9 +102,7 @@ def _check_layer_params(params: Mapping[str, Any], where: str) -> None:
         for number in ("scale", "offset"):
             value = tags.get(number, 0)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(
-                    f"{where}: key 'params.band_metadata': {number} must be a number"
-                )
+                raise ConfigError(f"{where}: key 'params.band_metadata': {number} must be a number")
     methods = params.get("band_resampling") or {}
     allowed = {m.value for m in ResamplingMethod}
     if not isinstance(methods, dict) or not set(methods.values()) <= allowed:
@@ -113,6 +110,7 @@ def _check_layer_params(params: Mapping[str, Any], where: str) -> None:
             f"{where}: key 'params.band_resampling': a mapping band glob → one of "
             f"{', '.join(sorted(allowed))}"
         )
+
 
 def spec_lists(params: Mapping[str, Any], where: str) -> list[list[str]]:
     raw = [params["inputs"]] if "inputs" in params else None
