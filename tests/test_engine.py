@@ -32,6 +32,7 @@ from m3leo_tiles.sources.base import (
     RenderContext,
     RetryPolicy,
     SourceOption,
+    check_recipe,
 )
 
 ORIGIN = Tile.from_point(4.5, 43.6)
@@ -243,8 +244,9 @@ def test_recipe_with_per_tile_bands_needs_no_band_list(tmp_path: Path) -> None:
 
     recipe = parse_recipe(yaml.safe_load(PER_TILE_YAML), "per-tile.yaml", tmp_path / "p.yaml")
     assert recipe.bands_per_tile and recipe.bands == ()
-    with pytest.raises(ConfigError, match="bands"):
-        parse_recipe({"source": "fake-synthetic", "resolution": 224}, "x.yaml")
+    with pytest.raises(ConfigError, match="bands"):  # refused by the source, which needs them
+        check_recipe(parse_recipe({"source": "fake-synthetic", "resolution": 224}, "x.yaml",
+                                  tmp_path / "x.yaml"))  # fmt: skip
 
 
 def test_per_tile_bands_end_to_end_through_the_cli(tmp_path: Path, monkeypatch) -> None:

@@ -46,7 +46,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -56,9 +56,6 @@ from m3leo_tiles.core.retry import RetryPolicy
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import GridTile
     from m3leo_tiles.recipes import Recipe
-
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
