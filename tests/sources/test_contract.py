@@ -98,6 +98,20 @@ def test_whole_number_options_share_one_rule() -> None:
             base.whole_number(bad, "--x: {value}")
 
 
+def test_a_batch_fetches_each_file_once_and_keeps_failures_apart() -> None:
+    from m3leo_tiles.sources.download import fetch_each
+
+    def fetch(key: str) -> str:
+        if key == "bad":
+            raise SourceError("HTTP 404")
+        return key.upper()
+
+    for threads in (1, 3):
+        got = fetch_each(["a", "bad", "c"], fetch, threads, "test")
+        assert list(got) == ["a", "bad", "c"] and got["a"] == "A" and got["c"] == "C"
+        assert isinstance(got["bad"], SourceError)
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 

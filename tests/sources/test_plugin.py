@@ -45,6 +45,14 @@ def _env(installed: Path) -> dict[str, str]:
     return env
 
 
+def _grid(path: Path, tiles: list[Tile]) -> Path:
+    columns = {"identifier": [t.identifier for t in tiles], "aoi": ["rome"] * len(tiles),
+               "split": ["train"] * len(tiles)}  # fmt: skip
+    polygons = [t.lonlat_polygon() for t in tiles]
+    gpd.GeoDataFrame(columns, geometry=polygons, crs="EPSG:4326").to_file(path)
+    return path
+
+
 def test_the_plugins_recipe_is_listed(installed: Path, tmp_path: Path) -> None:
     (tmp_path / "recipes").mkdir()
     shutil.copy(PLUGIN / "plugin-recipe.yaml", tmp_path / "recipes")
@@ -56,10 +64,7 @@ def test_the_plugins_recipe_is_listed(installed: Path, tmp_path: Path) -> None:
 
 
 def test_fetch_with_the_plugin_through_the_cli(installed: Path, tmp_path: Path) -> None:
-    grid = tmp_path / "grid.geojson"
-    gpd.GeoDataFrame({"identifier": [t.identifier for t in TILES], "aoi": ["rome"] * 2,
-                      "split": ["train"] * 2}, geometry=[t.lonlat_polygon() for t in TILES],
-                     crs="EPSG:4326").to_file(grid)  # fmt: skip
+    grid = _grid(tmp_path / "grid.geojson", TILES)
     recipe = PLUGIN / "plugin-recipe.yaml"
     args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "out", "--workers", "1"]
     done = run_cli(args, cwd=tmp_path, env=_env(installed))
@@ -73,3 +78,24 @@ def test_fetch_with_the_plugin_through_the_cli(installed: Path, tmp_path: Path) 
     without = run_cli(args, cwd=tmp_path, env=cli_env())  # not installed: one clear error
     assert without.returncode == 2
     assert "'checkerboard' is not one of" in without.stderr
+
+
+def test_a_broken_plugin_fails_only_its_own_recipes(tmp_path: Path) -> None:
+    """A package whose source cannot be imported: every command works, and fetching one of
+    its recipes is one error line naming the entry point (exit 2)."""
+    info = tmp_path / "site" / "m3leo_broken-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: m3leo-broken\nVersion: 0\n")
+    (info / "entry_points.txt").write_text("[m3leo_tiles.sources]\nbroken = m3leo_nowhere:X\n")
+    env = _env(tmp_path / "site")
+    listed = run_cli(["recipes"], cwd=tmp_path, env=env)
+    assert listed.returncode == 0 and "demo-dem" in listed.stdout, listed.stderr
+    recipe = tmp_path / "b.yaml"
+    recipe.write_text("source: broken\nresolution: 448\nbands: [v]\n")
+    grid = _grid(tmp_path / "grid.geojson", TILES[:1])
+    done = run_cli(["fetch", recipe, "--grid", grid, "--out", tmp_path / "out"], cwd=tmp_path,
+                   env=env)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == 1 and "source 'broken' cannot be loaded" in lines[0], done.stderr
+    assert "m3leo_nowhere:X of m3leo-broken" in lines[0]
