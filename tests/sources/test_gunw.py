@@ -42,7 +42,8 @@ from m3leo_tiles.core.errors import ConfigError, CredentialsError, SourceError
 from m3leo_tiles.grid.lattice import grid_geometry
 from m3leo_tiles.recipes import load_recipe
 from m3leo_tiles.sources.base import FetchOptions, RenderContext
-from m3leo_tiles.sources.gunw import GunwSource, _earthdata, _gunw_read, _WorkerSession
+from m3leo_tiles.sources.gunw import GunwSource, _earthdata, _gunw_read
+from m3leo_tiles.sources.gunw.adapter import _WorkerSession
 
 LA_BOX = shapely.box(-118.0629, 33.9371, -117.9371, 34.0629)
 USER, PASSWORD = "alice", "correct-horse-battery"
