@@ -5,6 +5,10 @@ the pixel encoding (dtype, scale, nodata) and the band names. It is data so that
 datasets without writing code, and so that its content hash can tell a rerun whether the chips
 on disk were made by the same recipe. Validation happens on load, with messages that name the
 file, the key and what is allowed: a typo must never silently become a default.
+
+Loading imports no source: the ``source`` must be an installed source's name (entry points),
+and the source checks its own ``params`` and the keys the recipe left out when it is used
+(``sources.base.check_recipe``; ``list_recipes`` does it for ``m3leo-tiles recipes``).
 """
 
 from __future__ import annotations
