@@ -36,20 +36,24 @@ from tests.helpers.ee_emulator import serve_earthengine  # noqa: E402
 from bench_fetch import PeakRss, write_section  # noqa: E402
 from m3leo_tiles.grid.tile import Tile  # noqa: E402
 from m3leo_tiles.recipes import load_recipe  # noqa: E402
-from m3leo_tiles.sources.base import SourceAdapter, register  # noqa: E402
+from m3leo_tiles.sources.base import render_each  # noqa: E402
 from m3leo_tiles.sources.earthengine import EarthEngineSource  # noqa: E402
 
 
-@register
 class NaiveEarthEngine(EarthEngineSource):
-    """The baseline: the same requests, one at a time per worker (no threads, no budget)."""
+    """The baseline: the same requests, one at a time per worker (no threads, no budget).
+
+    Registered as ``earthengine-naive`` by bench/m3leo_tiles_bench_sources-0.dist-info (the
+    ``bench`` folder is on the path), the way any source outside the package is."""
 
     name = "earthengine-naive"
 
     def concurrency(self) -> None:  # type: ignore[override]
         return None
 
-    render_many = SourceAdapter.render_many  # the engine's plain per-tile path
+    def render_many(self, items, context):  # the contract's plain per-tile path
+        self._initialize()
+        return render_each(self, items, context, lambda tile, _: self._render(tile, context))
 
 
 def tiles(count: int) -> list[Tile]:

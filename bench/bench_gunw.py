@@ -47,9 +47,8 @@ from helpers.gunw_netcdf import ProductSpec, write_product  # noqa: E402
 from m3leo_tiles.dataset.chipfile import write_chip  # noqa: E402
 from m3leo_tiles.grid.lattice import grid_geometry  # noqa: E402
 from m3leo_tiles.recipes import load_recipe  # noqa: E402
-from m3leo_tiles.sources import _gunw_read  # noqa: E402
 from m3leo_tiles.sources.base import FetchOptions, RenderContext  # noqa: E402
-from m3leo_tiles.sources.gunw import GunwSource  # noqa: E402
+from m3leo_tiles.sources.gunw import GunwSource, _gunw_read  # noqa: E402
 
 FRAME = (-117.5, 34.0, -116.5, 35.0)
 RESOLUTION = 89.6

@@ -14,6 +14,10 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 SHARED_DATA = Path(os.environ.get("M3LEO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+# The test adapters are declared by a dist-info there (entry points), as CLI subprocesses see it.
+SITE = str(HERE / "helpers" / "site")
+if SITE not in sys.path:
+    sys.path.insert(0, SITE)
 
 
 @pytest.fixture(scope="session")

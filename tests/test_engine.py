@@ -28,10 +28,11 @@ from m3leo_tiles.recipes import Recipe, parse_recipe
 from m3leo_tiles.sources.base import (
     Chip,
     FetchOptions,
+    PerTileSource,
     RenderContext,
     RetryPolicy,
-    SourceAdapter,
     SourceOption,
+    check_recipe,
 )
 
 ORIGIN = Tile.from_point(4.5, 43.6)
@@ -97,7 +98,7 @@ def test_retry_policy_retries_only_transient_errors_with_injected_time() -> None
     assert len(slept) == 4  # five tries, four waits
 
 
-class Flaky(SourceAdapter):
+class Flaky(PerTileSource):
     name = "flaky-inline"
     retry_policy = RetryPolicy(attempts=3, base_delay_s=45.0, max_delay_s=600.0, jitter=0.0)
 
@@ -109,7 +110,7 @@ class Flaky(SourceAdapter):
     def plan(self, tiles):
         return {}
 
-    def render(self, tile, inputs):
+    def render_tile(self, tile, inputs):
         self.calls += 1
         if self.calls <= self.failures:
             raise TransientSourceError("429 quota")
@@ -205,13 +206,13 @@ def test_every_tile_gets_exactly_one_row(tmp_path: Path, params, failed, reason)
 
 
 def test_empty_tile_error_is_recorded_empty_with_its_reason(cluster, tmp_path: Path) -> None:
-    class NoImage(SourceAdapter):
+    class NoImage(PerTileSource):
         name = "no-image-inline"
 
         def plan(self, tiles):
             return {}
 
-        def render(self, tile, inputs):
+        def render_tile(self, tile, inputs):
             raise EmptyTileError("no Sentinel-2 image in 2020-03")
 
     [(_, outcome)] = NoImage(fake_recipe("fake-synthetic")).render_many(
@@ -243,8 +244,9 @@ def test_recipe_with_per_tile_bands_needs_no_band_list(tmp_path: Path) -> None:
 
     recipe = parse_recipe(yaml.safe_load(PER_TILE_YAML), "per-tile.yaml", tmp_path / "p.yaml")
     assert recipe.bands_per_tile and recipe.bands == ()
-    with pytest.raises(ConfigError, match="bands"):
-        parse_recipe({"source": "fake-synthetic", "resolution": 224}, "x.yaml")
+    with pytest.raises(ConfigError, match="bands"):  # refused by the source, which needs them
+        check_recipe(parse_recipe({"source": "fake-synthetic", "resolution": 224}, "x.yaml",
+                                  tmp_path / "x.yaml"))  # fmt: skip
 
 
 def test_per_tile_bands_end_to_end_through_the_cli(tmp_path: Path, monkeypatch) -> None:
@@ -286,7 +288,7 @@ def test_encoder_template_cache_is_bounded() -> None:
 # --- options declared by sources -------------------------------------------------------------
 
 
-class WithOptions(SourceAdapter):
+class WithOptions(PerTileSource):
     name = "with-options-inline"
     cli_options = (
         SourceOption("svc-url", "where the service is", env="M3LEO_SVC_URL", default="https://x"),
@@ -296,7 +298,7 @@ class WithOptions(SourceAdapter):
     def plan(self, tiles):
         return {}
 
-    def render(self, tile, inputs):
+    def render_tile(self, tile, inputs):
         raise AssertionError
 
 

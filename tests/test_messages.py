@@ -11,7 +11,7 @@ from rasterio.errors import RasterioIOError
 from shapely.geometry import box
 
 from m3leo_tiles.core.errors import ConfigError, first_line
-from m3leo_tiles.sources.raster import _file_info
+from m3leo_tiles.sources.raster.defaults import file_info
 
 
 def _gdal_error(path: Path) -> RasterioIOError:
@@ -25,7 +25,7 @@ def test_a_message_names_the_file_once(tmp_path: Path) -> None:
     garbage.write_bytes(b"garbage")
     for path in (garbage, tmp_path / "missing.tif"):
         with pytest.raises(ConfigError) as raised:
-            _file_info(str(path))
+            file_info(str(path))
         text = str(raised.value)
         assert text.startswith(f"cannot open source {path}: ") and text.count(path.name) == 1
     assert first_line(_gdal_error(garbage), str(garbage)) == (

@@ -9,7 +9,7 @@ import yaml
 
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.recipes import list_recipes, load_recipe, parse_recipe
-from m3leo_tiles.sources.base import FetchOptions, get_source
+from m3leo_tiles.sources.base import FetchOptions, check_recipe, get_source
 
 GOOD = {
     "name": "mine",
@@ -117,7 +117,7 @@ def test_invalid_recipes_name_file_key_and_what_is_allowed(
 ) -> None:
     path = write(tmp_path, {**GOOD, **change})
     with pytest.raises(ConfigError, match=message) as caught:
-        load_recipe(path)
+        check_recipe(load_recipe(path))  # params: checked by the source, after parsing
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 

@@ -5,6 +5,10 @@ the pixel encoding (dtype, scale, nodata) and the band names. It is data so that
 datasets without writing code, and so that its content hash can tell a rerun whether the chips
 on disk were made by the same recipe. Validation happens on load, with messages that name the
 file, the key and what is allowed: a typo must never silently become a default.
+
+Loading imports no source: the ``source`` must be an installed source's name (entry points),
+and the source checks its own ``params`` and the keys the recipe left out when it is used
+(``sources.base.check_recipe``; ``list_recipes`` does it for ``m3leo-tiles recipes``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +28,7 @@ import yaml
 from m3leo_tiles.core.enums import ResamplingMethod
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.core.names import ALLOWED, name_problem
-from m3leo_tiles.grid.tile import pixels_per_side
+from m3leo_tiles.core.tilesize import pixels_per_side
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -58,8 +62,9 @@ class Recipe:
     default_year: int | None = None
     bands_per_tile: bool = False  # the source names each chip's bands (GUNW: one per pair)
     path: str | None = field(default=None, compare=False)
-    # Keys the recipe left out for its source to fill from the input files (bands, dtype,
-    # nodata), when the source can (``fills_recipe_defaults``); empty once filled.
+    # Keys the recipe left out (bands, dtype, nodata): a source that reads its inputs on the
+    # driver fills them (``fills_recipe_defaults``; empty once filled), another uses the
+    # defaults and refuses a recipe without bands (``SourceAdapter.check_recipe``).
     from_source: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -154,7 +159,16 @@ def _recipe_files(folder: Path) -> list[Path]:
 
 def list_recipes(extra_dirs: Sequence[Path] = ()) -> list[RecipeInfo]:
     """Every recipe that can be fetched by name, the first in search order winning a name;
-    broken files are listed with their error (under their file name)."""
+    broken files are listed with their error (under their file name), checked by their
+    source too (its ``params``): this imports the sources, which parsing alone never does."""
+    from m3leo_tiles.sources.base import check_recipe
+
+    return _recipe_infos(extra_dirs, check_recipe)
+
+
+def _recipe_infos(
+    extra_dirs: Sequence[Path], check: Callable[[Recipe], object] | None = None
+) -> list[RecipeInfo]:
     infos: dict[str, RecipeInfo] = {}
     seen: set[Path] = set()
     for origin, folder in recipe_dirs(extra_dirs):
@@ -164,6 +178,8 @@ def list_recipes(extra_dirs: Sequence[Path] = ()) -> list[RecipeInfo]:
             seen.add(path.resolve())
             try:
                 recipe = load_recipe_file(path)
+                if check is not None:
+                    check(recipe)
                 info = RecipeInfo(recipe.name, recipe.description, recipe.source, path, origin)
             except ConfigError as error:
                 info = RecipeInfo(path.stem, f"INVALID: {error}", "?", path, origin)
@@ -176,14 +192,17 @@ def list_recipes(extra_dirs: Sequence[Path] = ()) -> list[RecipeInfo]:
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe by name (``agb``: the one ``m3leo-tiles recipes`` lists) or by YAML path."""
+    """A recipe by name (``agb``: the one ``m3leo-tiles recipes`` lists) or by YAML path.
+
+    Its source is not imported: the source checks its own ``params`` when an adapter is built
+    (``sources.base.check_recipe``), so a reader of datasets never loads rasterio for it."""
     text = str(name_or_path)
     candidate = Path(text).expanduser()
     if candidate.suffix in RECIPE_SUFFIXES or os.sep in text:
         if not candidate.is_file():
             raise ConfigError(f"recipe file {candidate} does not exist")
         return load_recipe_file(candidate)
-    infos = list_recipes()
+    infos = _recipe_infos(())
     for info in infos:
         if info.name == text:
             return load_recipe_file(info.path)
@@ -247,9 +266,23 @@ def _windows(where: str, value: Any) -> tuple[TimeWindow, ...]:
     return tuple(windows)
 
 
+def _bands(where: str, bands: Any, may_be_empty: bool) -> list[str]:
+    """The recipe's band names: unique strings (none when its chips or its source name them)."""
+    if not (isinstance(bands, list) and (bands or may_be_empty)
+            and all(isinstance(b, str) for b in bands)):  # fmt: skip
+        raise _fail(where, "bands", "must be a non-empty list of band names")
+    if len(set(bands)) != len(bands):
+        raise _fail(where, "bands", "band names must be unique")
+    return bands
+
+
 def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
-    """Build and validate a Recipe from parsed YAML; ``where`` names it in errors."""
-    from m3leo_tiles.sources.base import available_sources
+    """Build and validate a Recipe from parsed YAML; ``where`` names it in errors.
+
+    The source is known by name only (installed entry points, nothing imported); what its
+    ``params`` may hold, and whether it fills the keys left out, the source checks after
+    (``sources.base.check_recipe``)."""
+    from m3leo_tiles.sources.base import source_names
 
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a recipe must be a mapping of keys, got {type(data).__name__}")
@@ -261,7 +294,7 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         if key not in data:
             raise _fail(where, key, "is required")
 
-    sources = available_sources()
+    sources = source_names()
     source = data["source"]
     if source not in sources:
         raise _fail(where, "source", f"{source!r} is not one of {', '.join(sources)}")
@@ -273,18 +306,10 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     bands_per_tile = data.get("bands_per_tile", False)
     if not isinstance(bands_per_tile, bool):
         raise _fail(where, "bands_per_tile", "must be true or false")
-    # A source that reads its inputs on the driver (raster) fills what the recipe leaves out
-    # from the files themselves: band names, dtype, nodata.
-    fills = sources[source].fills_recipe_defaults
-    from_source = tuple(k for k in FILLABLE if fills and k not in data)
-    bands = data.get("bands", [] if bands_per_tile or "bands" in from_source else None)
-    if bands is None:
-        raise _fail(where, "bands", "is required (or set bands_per_tile: true)")
-    if not (isinstance(bands, list) and (bands or bands_per_tile or "bands" in from_source)
-            and all(isinstance(b, str) for b in bands)):  # fmt: skip
-        raise _fail(where, "bands", "must be a non-empty list of band names")
-    if len(set(bands)) != len(bands):
-        raise _fail(where, "bands", "band names must be unique")
+    # What the recipe leaves out: a source that reads its inputs on the driver (raster) fills
+    # it from the files themselves; another source refuses a recipe without bands.
+    from_source = tuple(k for k in FILLABLE if k not in data)
+    bands = _bands(where, data.get("bands", []), bands_per_tile or "bands" in from_source)
     resampling = data.get("resampling", "nearest")
     if resampling not in {m.value for m in ResamplingMethod}:
         allowed = ", ".join(m.value for m in ResamplingMethod)
@@ -300,7 +325,6 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise _fail(where, "params", "must be a mapping of source parameters")
-    sources[source].check_params(params, where)
     default_year = data.get("default_year")
     if default_year is not None and (not isinstance(default_year, int) or default_year < 1950):
         raise _fail(where, "default_year", f"{default_year!r} is not a year")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import call_cli
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.chipfile import chip_problem, write_bytes_atomically

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.fake_runs import IDS, TILES, recipe, run_on
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.fetch import cluster as cluster_module
@@ -61,9 +60,8 @@ def main():
 def run_script(tmp_path: Path, body: str, *, stdin: bool = False) -> subprocess.CompletedProcess:
     """A user's Python script that calls the API with its own local cluster."""
     source = SCRIPT.format(ids=IDS[:2]) + body
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    )
+    paths = [str(HERE), str(HERE / "helpers" / "site"), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))  # site: the fake sources' dist-info
     script = tmp_path / "user_script.py"
     script.write_text(source)
     command = [sys.executable, "-"] if stdin else [sys.executable, str(script)]

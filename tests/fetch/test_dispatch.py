@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import SystematicFailure
 from m3leo_tiles.dataset.lock import LOCK_NAME
@@ -55,7 +54,7 @@ def test_early_stop_needs_the_same_reason_and_no_success() -> None:
 
 
 def test_network_failures_name_the_host() -> None:
-    from m3leo_tiles.sources.raster import _network_reason
+    from m3leo_tiles.sources.raster.warp import _network_reason
 
     text = _network_reason(
         "/vsicurl/https://dap.ceda.ac.uk/neodc/x.tif",

@@ -17,7 +17,6 @@ import pytest
 import rasterio
 from distributed import Client, LocalCluster
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.fake_runs import IDS, ORIGIN, TILES, mtimes, recipe, run
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError

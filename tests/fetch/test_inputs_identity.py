@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.rome import ROME, ROME_TILES, dem_recipe, fetch_on, write_grid
 from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.fetch.api import fetch_tiles

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.fake_runs import IDS, ORIGIN, TILES, recipe
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.manifest import ManifestRow

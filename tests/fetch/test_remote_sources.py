@@ -12,7 +12,6 @@ from typing import ClassVar
 
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import cli_env, run_cli
 from helpers.grid_files import write_grid
 from helpers.gssic_tiles import cell_name, small_recipe, write_mirror

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.cli import cli_env
 from helpers.rome import ROME, dem_recipe, write_grid
 from m3leo_tiles.core.enums import TileStatus

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.rome import ROME, ROME_TILES, dem_recipe, write_grid
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.fetch.api import fetch

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from helpers.fake_runs import IDS, TILES, recipe
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import DiskFullError

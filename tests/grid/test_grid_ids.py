@@ -89,7 +89,6 @@ def test_fetch_with_an_unsafe_id_exits_2_and_writes_nothing(
     recipe.write_text(
         "source: fake-synthetic\nresolution: 448\nbands: [v]\ndtype: uint8\nnodata: 0\n"
     )
-    import helpers.fake_sources  # noqa: F401  (registers fake-synthetic)
 
     grid = _grid(tmp_path / "evil.geojson", ["fine", "../../evil"])
     code, _, err = call_cli(capsys, "fetch", recipe, "--grid", grid, "--out", tmp_path / "data")
@@ -113,7 +112,6 @@ def test_a_recipe_name_cannot_be_a_path(tmp_path: Path, name: str) -> None:
 
 def test_band_names_never_become_paths(tmp_path: Path) -> None:
     """Band and layer names are written as band descriptions only, never joined to a path."""
-    import helpers.fake_sources  # noqa: F401
     from m3leo_tiles.fetch.worker import Batch, render_batch
     from m3leo_tiles.grid.tile import Tile
     from m3leo_tiles.recipes import Recipe

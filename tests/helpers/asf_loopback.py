@@ -153,7 +153,7 @@ def derived_gunw_item(
     template: dict[str, Any], name: str, footprint: Polygon, size: int, md5: str, frame: int
 ) -> dict[str, Any]:
     """The real record rewritten to describe product ``name`` (fields asf-search reads)."""
-    from m3leo_tiles.sources._gunw_catalog import NAME
+    from m3leo_tiles.sources.gunw._gunw_catalog import NAME
 
     match = NAME.match(name)
     assert match, name

@@ -1,8 +1,9 @@
 """Run the ``m3leo-tiles`` command in a subprocess, as a user does.
 
-The subprocess (and the dask workers it starts) load ``helpers/site/sitecustomize.py``, which
-registers the test-only adapters; any PYTHONPATH already set (a checkout's ``src``) is kept
-after it, so the code under test is the one this test run imports.
+The subprocess (and the dask workers it starts) have ``helpers/site`` on their path: its
+dist-info declares the test-only adapters (entry points) and its ``sitecustomize.py`` makes
+``helpers`` importable; any PYTHONPATH already set (a checkout's ``src``) is kept after it, so
+the code under test is the one this test run imports.
 """
 
 from __future__ import annotations

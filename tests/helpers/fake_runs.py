@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import helpers.fake_sources  # noqa: F401  (registers the fake adapters)
 from m3leo_tiles.fetch.api import fetch_tiles
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.recipes import Recipe

@@ -1,5 +1,8 @@
 """Test-only adapters, registered under names no real source uses.
 
+They are installed the way a third party's sources are: by the entry points of
+``site/m3leo_tiles_test_sources-0.dist-info`` (``site/`` is on the path of every test process).
+
 ``fake-synthetic`` renders a deterministic chip per tile without reading files, steered by the
 recipe's ``params`` (which tiles are uncovered, only-nodata, failing, transient, slow), so the
 runner's bookkeeping can be tested without depending on one source's quirks. The real raster
@@ -16,13 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from m3leo_tiles.core.errors import SourceError, TransientSourceError
-from m3leo_tiles.sources.base import Chip, SourceAdapter, SourceOption, TileInputs, register
+from m3leo_tiles.sources.base import Chip, PerTileSource, SourceOption, TileInputs
+from m3leo_tiles.sources.raster import RasterSource
 
 
-@register
-class FakeSynthetic(SourceAdapter):
+class FakeSynthetic(PerTileSource):
     name = "fake-synthetic"
-    description = "test only: a deterministic chip per tile"
 
     def plan(self, tiles: Sequence) -> TileInputs:
         uncovered = set(self.recipe.params.get("uncovered", ()))
@@ -33,7 +35,7 @@ class FakeSynthetic(SourceAdapter):
             if t.identifier not in uncovered
         }
 
-    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+    def render_tile(self, tile, inputs: tuple[str, ...]) -> Chip:
         params = self.recipe.params
         time.sleep(float(params.get("sleep", 0.0)))
         fail_while = params.get("fail_while")
@@ -62,29 +64,14 @@ class FakeSynthetic(SourceAdapter):
         return Chip(data.astype(self.recipe.dtype), tuple(self.recipe.bands))
 
 
-def _register_slow_raster() -> None:
+class SlowRaster(RasterSource):
     """``slow-raster``: the real raster source, sleeping per tile so a run can be interrupted."""
-    try:
-        from m3leo_tiles.sources.base import get_source
 
-        raster = get_source("raster")
-    except Exception:  # the raster source is not there: tests needing it will say so
-        return
+    name = "slow-raster"
 
-    @register
-    class SlowRaster(raster):  # type: ignore[misc, valid-type]
-        name = "slow-raster"
-        description = "test only: the raster source, slowed down per tile"
-
-        def render(self, tile, inputs):
-            time.sleep(float(os.environ.get("M3LEO_TEST_SLEEP", "0.2")))
-            return super().render(tile, inputs)
-
-    SlowRaster.__qualname__ = "SlowRaster"  # pickled by reference on the workers
-    globals()["SlowRaster"] = SlowRaster
-
-
-_register_slow_raster()
+    def render_tile(self, tile, inputs):
+        time.sleep(float(os.environ.get("M3LEO_TEST_SLEEP", "0.2")))
+        return super().render_tile(tile, inputs)
 
 
 def _synthetic(tile, recipe, count: int) -> np.ndarray:
@@ -93,14 +80,12 @@ def _synthetic(tile, recipe, count: int) -> np.ndarray:
     return np.full((count, grid.height, grid.width), seed % 100 + 1).astype(recipe.dtype)
 
 
-@register
-class FakeHttp(SourceAdapter):
+class FakeHttp(PerTileSource):
     """``fake-http``: each chip waits on one GET to ``params.url`` (a loopback server), like a
     remote service; ``params.budget`` is its declared concurrency, ``params.setup_dir`` gets
     one file per ``setup_worker`` call (named by pid and a counter)."""
 
     name = "fake-http"
-    description = "test only: one HTTP request per chip"
     # a run-time option it declares (and ignores): options must never change a recipe's hash
     cli_options = (SourceOption("anything", "test only: a declared run-time option"),)
 
@@ -118,7 +103,7 @@ class FakeHttp(SourceAdapter):
     def plan(self, tiles: Sequence) -> TileInputs:
         return {t.identifier: (f"{self.recipe.params['url']}/{t.identifier}",) for t in tiles}
 
-    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+    def render_tile(self, tile, inputs: tuple[str, ...]) -> Chip:
         import requests
 
         response = requests.get(inputs[0], timeout=30)
@@ -127,18 +112,16 @@ class FakeHttp(SourceAdapter):
         return Chip(_synthetic(tile, self.recipe, len(self.recipe.bands)), self.recipe.bands)
 
 
-@register
-class FakeOutcomes(SourceAdapter):
+class FakeOutcomes(PerTileSource):
     """``fake-outcomes``: a ``render_many`` that skips ``params.skip`` tiles, yields
     ``params.twice`` tiles twice, and stops with a bug after ``params.break_after`` tiles."""
 
     name = "fake-outcomes"
-    description = "test only: a render_many that yields too few or too many outcomes"
 
     def plan(self, tiles: Sequence) -> TileInputs:
         return {t.identifier: ("fake://all",) for t in tiles}
 
-    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+    def render_tile(self, tile, inputs: tuple[str, ...]) -> Chip:
         return Chip(_synthetic(tile, self.recipe, len(self.recipe.bands)), self.recipe.bands)
 
     def render_many(self, items, context):
@@ -148,23 +131,21 @@ class FakeOutcomes(SourceAdapter):
                 raise RuntimeError("adapter loop broke")
             if tile.identifier in params.get("skip", ()):
                 continue
-            yield tile, self.render(tile, inputs)
+            yield tile, self.render_tile(tile, inputs)
             if tile.identifier in params.get("twice", ()):
-                yield tile, self.render(tile, inputs)
+                yield tile, self.render_tile(tile, inputs)
 
 
-@register
-class FakePerTileBands(SourceAdapter):
+class FakePerTileBands(PerTileSource):
     """``fake-per-tile-bands``: a different band list per tile (like GUNW pairs), with chip
     and band metadata, including GDAL scale and offset."""
 
     name = "fake-per-tile-bands"
-    description = "test only: band names decided per tile"
 
     def plan(self, tiles: Sequence) -> TileInputs:
         return {t.identifier: ("fake://pairs",) for t in tiles}
 
-    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+    def render_tile(self, tile, inputs: tuple[str, ...]) -> Chip:
         count = 1 + sum(map(ord, tile.identifier)) % 3
         names = tuple(
             f"2020010{i + 1}_2020010{i}_coherence_{tile.identifier}" for i in range(count)
@@ -179,14 +160,12 @@ class FakePerTileBands(SourceAdapter):
                     band_metadata)  # fmt: skip
 
 
-@register
-class FakeVersioned(SourceAdapter):
+class FakeVersioned(PerTileSource):
     """``fake-versioned``: every tile's input is one remote name, whose identity the source
     knows cheaply (the text of ``params.version_file``, as a service's version number would
     be): changing it must redo the chips, while the input names stay the same."""
 
     name = "fake-versioned"
-    description = "test only: a remote input with a version the source knows"
 
     def plan(self, tiles: Sequence) -> TileInputs:
         return {t.identifier: ("remote://product/v",) for t in tiles}
@@ -195,10 +174,7 @@ class FakeVersioned(SourceAdapter):
         version = Path(self.recipe.params["version_file"]).read_text().strip()
         return f"{';'.join(inputs)}@{version}"
 
-    def render(self, tile, inputs: tuple[str, ...]) -> Chip:
+    def render_tile(self, tile, inputs: tuple[str, ...]) -> Chip:
         grid = tile.pixel_grid(self.recipe.resolution)
         data = np.ones((len(self.recipe.bands), grid.height, grid.width))
         return Chip(data.astype(self.recipe.dtype), tuple(self.recipe.bands))
-
-
-FakeVersioned.__qualname__ = "FakeVersioned"

@@ -331,7 +331,7 @@ def reference_warp(paths, layer, grid) -> np.ndarray:
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
-    from m3leo_tiles.sources._gunw_read import layer_path
+    from m3leo_tiles.sources.gunw._gunw_read import layer_path
 
     out = np.full((grid.height, grid.width), np.nan, "float32")
     for path in paths:

@@ -30,7 +30,8 @@ from m3leo_tiles.core.errors import ConfigError, CredentialsError, EmptyTileErro
 from m3leo_tiles.grid.tile import BoxTile, Tile
 from m3leo_tiles.recipes import load_recipe
 from m3leo_tiles.sources.base import Chip, FetchOptions, RenderContext
-from m3leo_tiles.sources.earthengine import EarthEngineSource, grid_json
+from m3leo_tiles.sources.earthengine import EarthEngineSource
+from m3leo_tiles.sources.earthengine.adapter import grid_json
 
 TILE = Tile.from_point(12.5, 41.9)  # Rome, 33N
 SOUTH_TILE = Tile.from_point(-47.9, -15.8)  # Brasília, 23S
@@ -341,7 +342,7 @@ def test_an_unreachable_default_endpoint_does_not_blame_an_ee_url_never_given(
 
 
 def test_a_service_failing_every_request_is_not_called_a_timeout(emulator, monkeypatch) -> None:
-    import m3leo_tiles.sources.earthengine as module
+    import m3leo_tiles.sources.earthengine.adapter as module
 
     emulator.errors = [(500, "INTERNAL", "Internal error encountered.")] * 20
     monkeypatch.setattr(module, "INIT_TIMEOUT_S", 3.0)  # the first retries wait 2-3 s
@@ -377,7 +378,7 @@ def test_high_volume_selects_the_high_volume_endpoint(monkeypatch) -> None:
 def test_an_endpoint_that_never_answers_is_a_config_error_not_a_hang(emulator, monkeypatch):
     import socket
 
-    import m3leo_tiles.sources.earthengine as module
+    import m3leo_tiles.sources.earthengine.adapter as module
 
     with socket.socket() as silent:  # accepts connections (backlog), never answers
         silent.bind(("127.0.0.1", 0))

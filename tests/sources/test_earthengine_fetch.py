@@ -25,7 +25,7 @@ from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.manifest import MANIFEST_NAME, read_manifest
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.recipes import load_recipe
-from m3leo_tiles.sources.earthengine import grid_json
+from m3leo_tiles.sources.earthengine.adapter import grid_json
 
 pytestmark = pytest.mark.slow
 

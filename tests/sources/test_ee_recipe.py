@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.sources._ee_recipe import Window, band_chunks, parse_params
+from m3leo_tiles.sources.earthengine._ee_recipe import Window, band_chunks, parse_params
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 EE_RECIPES = ["s1grd", "s2srm", "esawc", "srtm", "modisveg", "examples/landsat8-summer"]

@@ -87,7 +87,7 @@ def expected_chip(root: Path, tile: Tile, resampling=Resampling.bilinear) -> np.
 
 def render(source, tile: Tile):
     inputs = source.plan([tile])[tile.identifier]
-    return source.render(tile, inputs), inputs
+    return source.render_tile(tile, inputs), inputs
 
 
 def test_cells_planned_per_tile(tmp_path: Path, mirror: Path) -> None:
@@ -367,9 +367,10 @@ def test_band_resampling_overrides_the_recipe_for_matching_bands(tmp_path: Path,
 )  # fmt: skip
 def test_bad_layer_params_are_one_line_errors(tmp_path: Path, change, message) -> None:
     from m3leo_tiles.core.errors import ConfigError
+    from m3leo_tiles.sources.base import check_recipe
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        small_recipe(tmp_path, **change)
+        check_recipe(small_recipe(tmp_path, **change))  # the source checks its params
 
 
 def test_bands_must_be_the_generated_layers(tmp_path: Path, mirror: Path) -> None:
@@ -410,7 +411,7 @@ def test_one_multiband_warp_where_clean_equals_per_band_warps(
     """Tiles whose source window is clean take one warp for all layers; the others (nodata
     discs, cell edges, the 1° corner) one per layer. Every chip equals the independent
     per-band reproject of the merged cells, whichever way it was made."""
-    import m3leo_tiles.sources.raster as raster
+    import m3leo_tiles.sources.raster.vrt as raster
 
     verdicts = []
 
@@ -418,14 +419,14 @@ def test_one_multiband_warp_where_clean_equals_per_band_warps(
         verdicts.append(clean := raster_clean(stack, grid, margin))
         return clean
 
-    raster_clean = raster._clean_window
-    monkeypatch.setattr(raster, "_clean_window", spy)
+    raster_clean = raster.clean_window
+    monkeypatch.setattr(raster, "clean_window", spy)
     source = source_for(small_recipe(tmp_path), sources=(str(mirror),))
     tiles = [Tile(CORNER.zone, CORNER.row + i, CORNER.col + j)
              for i in range(-3, 3) for j in range(-3, 3)]  # fmt: skip
     plan = source.plan(tiles)
     for tile in tiles:
-        chip = source.render(tile, plan[tile.identifier])
+        chip = source.render_tile(tile, plan[tile.identifier])
         np.testing.assert_array_equal(chip.data, expected_chip(mirror, tile), tile.identifier)
     assert 0 < sum(verdicts) < len(verdicts)  # both ways were taken
 

@@ -41,9 +41,9 @@ from helpers.loopback import serve
 from m3leo_tiles.core.errors import ConfigError, CredentialsError, SourceError
 from m3leo_tiles.grid.lattice import grid_geometry
 from m3leo_tiles.recipes import load_recipe
-from m3leo_tiles.sources import _earthdata, _gunw_read
 from m3leo_tiles.sources.base import FetchOptions, RenderContext
-from m3leo_tiles.sources.gunw import GunwSource, _WorkerSession
+from m3leo_tiles.sources.gunw import GunwSource, _earthdata, _gunw_read
+from m3leo_tiles.sources.gunw.adapter import _WorkerSession
 
 LA_BOX = shapely.box(-118.0629, 33.9371, -117.9371, 34.0629)
 USER, PASSWORD = "alice", "correct-horse-battery"
@@ -446,9 +446,9 @@ def test_a_recipe_may_keep_some_layers_and_bad_params_are_one_line(local_adapter
     narrow = GunwSource(recipe, source.options)
     narrow.catalog, narrow.local = source.catalog, source.local
     tile = next(t for t in tiles if len(inputs[t.identifier]) > 1)
-    chip = narrow.render(tile, inputs[tile.identifier])
+    [(_, chip)] = narrow.render_many([(tile, inputs[tile.identifier])], RenderContext())
     assert chip.band_names and all(name.endswith("_coherence") for name in chip.band_names)
-    full = source.render(tile, inputs[tile.identifier])
+    [(_, full)] = source.render_many([(tile, inputs[tile.identifier])], RenderContext())
     np.testing.assert_array_equal(chip.data, full.data[1::4])
     for bad, message in (({"layers": ["phase"]}, "params.layers"),
                          ({"max_baseline_days": -1}, "params.max_baseline_days"),

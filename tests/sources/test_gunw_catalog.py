@@ -21,7 +21,7 @@ from asf_search.search.search_generator import as_ASFProduct
 from helpers.asf_loopback import derived_gunw_item, item_polygon, real_gunw_item, stack_dates
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.sources import _gunw_catalog as catalog
+from m3leo_tiles.sources.gunw import _gunw_catalog as catalog
 
 REAL_NAME = "S1-GUNW-A-R-035-tops-20240816_20230717-020815-00124W_00037N-PP-cf9c-v3_0_1"
 

@@ -17,7 +17,7 @@ from rasterio.enums import Resampling
 from helpers.gunw_netcdf import FILL, ProductSpec, reference_warp, write_product
 from m3leo_tiles.core.errors import SourceError
 from m3leo_tiles.grid.tile import Tile
-from m3leo_tiles.sources import _gunw_read as read
+from m3leo_tiles.sources.gunw import _gunw_read as read
 
 SPEC = ProductSpec(
     dt.date(2020, 1, 17), dt.date(2020, 1, 5), 64, "A", -118.15, 33.85, -117.85, 34.15

@@ -68,7 +68,7 @@ def warp_expectation(
 def render_one(source, tile: Tile):
     inputs = source.plan([tile])[tile.identifier]
     assert inputs, f"no input planned for {tile.identifier}"
-    return source.render(tile, inputs)
+    return source.render_tile(tile, inputs)
 
 
 @pytest.mark.parametrize(
@@ -154,8 +154,8 @@ def test_uncovered_tile_plans_no_input_and_sea_tile_is_empty(
     plan = source.plan([land, sea, far])
     assert plan[far.identifier] == ()
     assert plan[land.identifier] and plan[sea.identifier]
-    assert chip_is_empty(source.render(sea, plan[sea.identifier]), recipe.nodata)
-    land_chip = source.render(land, plan[land.identifier])
+    assert chip_is_empty(source.render_tile(sea, plan[sea.identifier]), recipe.nodata)
+    land_chip = source.render_tile(land, plan[land.identifier])
     assert not chip_is_empty(land_chip, recipe.nodata)
     assert set(np.unique(land_chip.data)) <= {0, 10, 20, 30, 40, 50, 60, 80, 90, 95}
 
@@ -173,7 +173,7 @@ def test_mosaic_tile_takes_values_from_every_file(shared_data: Path, tmp_path: P
     source = adapter(recipe)
     inputs = source.plan([tile])[tile.identifier]
     assert len(inputs) >= 2
-    chip = source.render(tile, inputs)
+    chip = source.render_tile(tile, inputs)
 
     # Independently: each piece warped onto the grid; where pieces overlap the last one wins.
     parts = [warp_expectation(p, tile, 89.6, Resampling.nearest, "float32", -9999) for p in paths]
@@ -274,7 +274,7 @@ def test_tile_templates_plan_cells_and_missing_cells_are_no_data(
     )
     assert lower.plan([inside])[inside.identifier] == (str(tmp_path / "N30W100.tif"),)
     # No such cell file: the product has no data there (open sea), not a failure.
-    assert chip_is_empty(source.render(inside, plan[inside.identifier]), -9999)
+    assert chip_is_empty(source.render_tile(inside, plan[inside.identifier]), -9999)
 
     # Materialise cell N40W100 from real data placed there (the SRTM tile, shifted).
     with rasterio.open(f"zip://{shared_data / 'dem/N10W110.hgt.zip'}!N10W110.hgt") as srtm:
@@ -286,7 +286,7 @@ def test_tile_templates_plan_cells_and_missing_cells_are_no_data(
         }
     with rasterio.open(tmp_path / "N40W100.tif", "w", **profile) as cell:
         cell.write(data + 100, 1)
-    chip = source.render(inside, plan[inside.identifier])
+    chip = source.render_tile(inside, plan[inside.identifier])
     assert not chip_is_empty(chip, -9999) and chip.data.min() >= 100
 
 
@@ -354,7 +354,7 @@ def test_batch_of_tiles_equals_each_tile_alone(shared_data: Path, tmp_path: Path
     assert set(batched) == set(tiles)
     land = 0
     for tile, inputs in items[:-1]:
-        alone = source.render(tile, inputs).data
+        alone = source.render_tile(tile, inputs).data
         np.testing.assert_array_equal(batched[tile].data, alone)
         land += int((alone > 0).sum())
     assert land > 0  # Clipperton's pixels are in the batch, not only sea
@@ -372,7 +372,7 @@ def test_unreachable_remote_cell_is_transient_not_empty(tmp_path: Path) -> None:
     assert inputs == ("/vsicurl/http://127.0.0.1:9/cells/N40W100.tif",)
     for _ in range(2):  # the second try meets GDAL's cached failure: still transient
         with pytest.raises(TransientSourceError, match=r"could not reach 127\.0\.0\.1"):
-            source.render(tile, inputs)
+            source.render_tile(tile, inputs)
 
 
 @pytest.mark.parametrize("resolution", [89.6, 10])
@@ -466,7 +466,7 @@ def test_footprint_across_the_antimeridian(tmp_path: Path) -> None:
     assert plan[east.identifier] == plan[west.identifier] == (str(path),)
     assert all(plan[tile.identifier] == () for tile in far)
     for tile in (east, west):
-        assert (source.render(tile, plan[tile.identifier]).data == 5.0).any()
+        assert (source.render_tile(tile, plan[tile.identifier]).data == 5.0).any()
 
 
 def test_scale_rounds_into_an_integer_dtype(shared_data: Path, tmp_path: Path) -> None:
@@ -498,7 +498,7 @@ def test_vanished_file_is_a_source_error(shared_data: Path, tmp_path: Path) -> N
     inputs = source.plan([tile])[tile.identifier]
     copy.unlink()
     with pytest.raises(SourceError, match=r"s1\.tif"):
-        source.render(tile, inputs)
+        source.render_tile(tile, inputs)
     with pytest.raises(ConfigError, match="does not exist"):
         source.plan([tile])
 

@@ -11,7 +11,7 @@ import pytest
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.recipes import parse_recipe
-from m3leo_tiles.sources.base import FetchOptions, get_source
+from m3leo_tiles.sources.base import FetchOptions, check_recipe, get_source
 
 ROME = "dem/Rome-30m-DEM.tif"
 ROME_TILE = Tile.from_point(12.5, 42.0)
@@ -88,30 +88,27 @@ def test_bands_dtype_nodata_default_from_the_files(tmp_path: Path, shared_data: 
     )
     assert layered.from_source == ("bands", "dtype", "nodata")
     adapter = _adapter(layered)
-    adapter.check()
-    filled = adapter.recipe
+    filled = adapter.check()
+    assert adapter.recipe is layered  # check() returns the filled recipe, changes nothing
     assert (filled.bands, filled.dtype, filled.nodata) == (("B05", "B8A", "B11"), "uint16", None)
     assert filled.from_source == ()
 
     dem = _adapter(_bare(tmp_path, params={"inputs": str(shared_data / ROME)}))
-    dem.check()
+    dem = _adapter(dem.check())
     assert (dem.recipe.bands, dem.recipe.dtype, dem.recipe.nodata) == (("b1",), "int16", -32768)
-    chip = dem.render(ROME_TILE, (str(shared_data / ROME),))
+    chip = dem.render_tile(ROME_TILE, (str(shared_data / ROME),))
     assert chip.band_names == ("b1",) and chip.data.dtype == "int16"
 
     described = _multiband(tmp_path / "rgb.tif", ("red", "green", "blue"))
-    rgb = _adapter(_bare(tmp_path, params={"inputs": str(described)}))
-    rgb.check()
+    rgb = _adapter(_adapter(_bare(tmp_path, params={"inputs": str(described)})).check())
     assert (rgb.recipe.bands, rgb.recipe.dtype, rgb.recipe.nodata) == (
         ("red", "green", "blue"), "uint8", 7.0,
     )  # fmt: skip
     picked = _adapter(_bare(tmp_path, params={"inputs": str(described), "band_indexes": [3, 1]}))
-    picked.check()
-    assert picked.recipe.bands == ("blue", "red")
+    assert picked.check().bands == ("blue", "red")
     plain = _multiband(tmp_path / "plain.tif", (None, None))
     anonymous = _adapter(_bare(tmp_path, params={"inputs": str(plain)}))
-    anonymous.check()
-    assert anonymous.recipe.bands == ("b1", "b2")
+    assert anonymous.check().bands == ("b1", "b2")
 
 
 def test_defaults_that_cannot_be_decided_are_asked_for(tmp_path: Path, shared_data: Path) -> None:
@@ -126,19 +123,17 @@ def test_defaults_that_cannot_be_decided_are_asked_for(tmp_path: Path, shared_da
         _adapter(remote).check()
     # sum adds pixels up: the float32 of before, not the files' int16
     summed = _adapter(_bare(tmp_path, resampling="sum", params={"inputs": str(shared_data / ROME)}))
-    summed.check()
-    assert summed.recipe.dtype == "float32"
+    assert summed.check().dtype == "float32"
     # the recipe's own nodata outside the files' type: float32 too
     own = _adapter(_bare(tmp_path, nodata=-99999, params={"inputs": str(shared_data / ROME)}))
-    own.check()
-    assert (own.recipe.dtype, own.recipe.nodata) == ("float32", -99999)
+    filled = own.check()
+    assert (filled.dtype, filled.nodata) == ("float32", -99999)
 
 
 def test_sources_that_cannot_read_their_inputs_up_front_still_need_bands(tmp_path: Path) -> None:
-    import helpers.fake_sources  # noqa: F401
-
+    recipe = parse_recipe({"source": "fake-synthetic", "resolution": 448}, "t", tmp_path / "f.yaml")
     with pytest.raises(ConfigError, match="key 'bands': is required"):
-        parse_recipe({"source": "fake-synthetic", "resolution": 448}, "test", tmp_path / "f.yaml")
+        check_recipe(recipe)  # the parser imports no source: the source refuses it
 
 
 def test_missing_sample_data_says_which_variable_moves_it(

@@ -206,9 +206,7 @@ def _source_options_epilog() -> str:
     from m3leo_tiles.sources.base import available_sources
 
     lines = []
-    for name, adapter in available_sources().items():
-        if name.startswith("fake-") or name.startswith("slow-"):
-            continue  # test-only adapters registered by the test suite
+    for adapter in available_sources().values():
         for option in adapter.cli_options:
             spelled = f"--{option.name}" + ("" if option.flag else f" {option.metavar}")
             env = f" [env {option.env}]" if option.env else ""

@@ -290,7 +290,9 @@ def fetch_tiles(
     options = request.fetch_options(recipe)
     adapter = get_source(recipe.source)(recipe, options)
     check_run_options(adapter)
-    adapter.check()
+    filled = adapter.check()
+    if filled is not recipe:  # the source filled what the recipe left out: fetch with that
+        recipe, adapter = filled, type(adapter)(filled, options)
     layout = _make_dataset_dir(Path(request.out), request.aoi,
                                recipe.dataset_name(options.year))  # fmt: skip
     with (

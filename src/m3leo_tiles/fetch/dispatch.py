@@ -116,7 +116,7 @@ def _budget(client: Client, adapter: SourceAdapter) -> Budget | None:
         return None
     name = request_budget(client, limit, f"m3leo-{adapter.name}-{uuid.uuid4().hex[:8]}")
     log.info("request budget: %d in flight across %d workers", limit, len(client.nthreads()))
-    return Budget(name=str(name), limit=int(limit), threads=int(limit))
+    return Budget(name=str(name), limit=int(limit))
 
 
 class _LiveTiles:

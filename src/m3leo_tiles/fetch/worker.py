@@ -42,12 +42,11 @@ log = logging.getLogger("m3leo_tiles.fetch")
 
 @dataclass(frozen=True)
 class Budget:
-    """The run's cluster-wide request budget: a semaphore's name and size, and the threads
-    each worker may use for one batch (never more than the budget itself)."""
+    """The run's cluster-wide request budget: a semaphore's name and size. A worker may use
+    as many threads for one batch as the whole budget: the semaphore bounds the total."""
 
     name: str
     limit: int
-    threads: int
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
     recipe_hash = recipe.recipe_hash
     folder = Path(batch.dataset_dir)
     inputs_of = {tile.identifier: inputs for tile, inputs in batch.items}
-    threads = batch.budget.threads if batch.budget else 1
+    threads = batch.budget.limit if batch.budget else 1
     context = RenderContext(threads=threads, slot=_slot_factory(batch.budget))
     rows: list[ManifestRow] = []
     writes: dict[int, Future[Written]] = {}

@@ -26,30 +26,13 @@ from affine import Affine
 from pyproj import Geod, Transformer
 from shapely.geometry import Polygon, box
 
-from m3leo_tiles.core.errors import ConfigError, GridError
+from m3leo_tiles.core.errors import GridError
+from m3leo_tiles.core.tilesize import TILE_SIZE_M, pixels_per_side
 
-TILE_SIZE_M = 4480
 SOUTH_FALSE_NORTHING_M = 10_000_000
 MIN_LAT, MAX_LAT = -80.0, 84.0
 _ID_PATTERN = re.compile(r"^(?P<zone>\d{2})(?P<hemi>[NS])_(?P<row>\d{4})_(?P<col>\d{3})$")
 _GEOD = Geod(ellps="WGS84")
-
-
-def pixels_per_side(resolution_m: float) -> int:
-    """Pixels along a tile side at ``resolution_m``; refuses sizes that do not divide 4480 m.
-
-    Every dataset of a tile must cover exactly the same footprint, which only holds when the
-    pixel size divides the tile side.
-    """
-    if not resolution_m or resolution_m <= 0 or not math.isfinite(resolution_m):
-        raise ConfigError(f"resolution must be a positive number of metres, got {resolution_m!r}")
-    count = round(TILE_SIZE_M / resolution_m)
-    if count < 1 or abs(count * resolution_m - TILE_SIZE_M) > 1e-6:
-        raise ConfigError(
-            f"resolution {resolution_m:g} m does not divide the {TILE_SIZE_M} m tile side; "
-            "use e.g. 10, 20, 40, 89.6, 224 or 448 m"
-        )
-    return count
 
 
 @dataclass(frozen=True)

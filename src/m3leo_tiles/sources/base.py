@@ -1,7 +1,9 @@
-"""The source adapter contract and the registry that maps a recipe's ``source`` to a module.
+"""The source adapter contract and the registry that maps a recipe's ``source`` to a class.
 
-A source is one module in ``m3leo_tiles.sources`` that defines a subclass of ``SourceAdapter``
-decorated with ``@register``. Nothing else in the package names a source: the runner only
+A source is a subclass of ``SourceAdapter`` named by an entry point of the group
+``m3leo_tiles.sources`` (``raster = "m3leo_tiles.sources.raster:RasterSource"``): the built-in
+sources are declared that way in pyproject.toml, and a third party adds one with a package of
+its own, without touching this one. Nothing else in the package names a source: the runner only
 talks to this contract, so adding a source never touches the runner, the CLI or io.
 
 Life cycle, and why it is split this way:
@@ -10,18 +12,20 @@ Life cycle, and why it is split this way:
   The runner ships it to each dask worker once (not inside every batch).
 * ``check()`` runs once on the driver before any work: missing credentials, unreachable
   configuration and the like become one clear error (exit 2) instead of a million failures.
+  It returns the recipe to fetch with: the same one, or (a source that reads its inputs on
+  the driver) one with the keys the recipe left out filled in; the runner builds the adapter
+  that renders from that recipe, so the hash fetch.log says is the one the chips carry.
 * ``plan(tiles)`` runs once on the driver: one search for the whole AOI, one index of a
   mosaic's footprints. It returns the inputs each tile needs; the runner batches tiles whose
   ``batch_key`` is equal, and tiles with no input are recorded as ``no-source`` without a task.
 * ``setup_worker()`` runs once per worker process before its first batch: clients that hold
   credentials which do not pickle (Earth Engine) are initialised there, not per tile.
-* ``render_many(items, context)`` is the only way a worker renders. The default renders each
-  tile with ``render`` under the adapter's ``retry_policy``; when the adapter declares a
-  ``concurrency`` (requests it may have in flight across the whole cluster), tiles are spread
-  over threads and every render holds one slot of the cluster-wide budget. A source overrides
-  it to share work between tiles (one read, one warp), yielding exactly one outcome per tile.
-* ``render(tile, inputs)`` returns the chip on the tile's pixel grid, or raises
-  ``SourceError`` (recorded, not fatal) or ``TransientSourceError`` (retried).
+* ``render_many(items, context)`` is the only render hook: it yields one outcome (a ``Chip``
+  or the error that stopped it) per tile. A source that makes each chip on its own
+  subclasses ``PerTileSource`` and writes ``render_tile(tile, inputs)`` instead: retries under
+  ``retry_policy``, the budget slot and the threads (when ``concurrency()`` is set) are done
+  for it by ``render_each``. A source overrides ``render_many`` to share work between tiles
+  (one read, one warp, one download per batch).
 
 Run-time options that are not part of a recipe (endpoints, concurrency, saved searches) are
 declared by each adapter as ``cli_options``; the CLI offers every declared option on
@@ -31,28 +35,27 @@ declared by each adapter as ``cli_options``; the CLI offers every declared optio
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import importlib
+import importlib.metadata
+import logging
 import os
-import pkgutil
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from m3leo_tiles.core.errors import ConfigError, TransientSourceError
+from m3leo_tiles.core.errors import ConfigError, TransientSourceError, first_line
 from m3leo_tiles.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import GridTile
     from m3leo_tiles.recipes import Recipe
-
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,20 +128,26 @@ TileInputs = Mapping[str, tuple[str, ...]]
 """tile identifier -> the inputs (paths, URLs, granule names) its chip is made from."""
 
 
+Item = tuple["GridTile", tuple[str, ...]]
+Outcome = tuple["GridTile", "Chip | Exception"]
+
+
 class SourceAdapter(ABC):
-    """One kind of source. Subclasses set ``name`` and implement ``plan`` and ``render``."""
+    """One kind of source. Subclasses set ``name`` and implement ``plan`` and ``render_many``
+    (or subclass ``PerTileSource`` and implement ``render_tile``)."""
 
     name: ClassVar[str]
-    description: ClassVar[str] = ""
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
     cli_options: ClassVar[tuple[SourceOption, ...]] = ()
-    # A recipe for this source may leave out bands, dtype and nodata: ``check()`` fills them
-    # from the inputs (``recipe.from_source`` lists which) and replaces ``self.recipe``.
+    # A recipe for this source may leave out bands, dtype and nodata (``recipe.from_source``
+    # lists which): ``check()`` returns the recipe with them filled from the inputs. A source
+    # that cannot fill them refuses such a recipe in ``check_recipe``.
     fills_recipe_defaults: ClassVar[bool] = False
     # Whether ``--source`` (FetchOptions.sources: local files, mirrors) means anything here.
     takes_sources: ClassVar[bool] = True
 
     def __init__(self, recipe: Recipe, options: FetchOptions | None = None) -> None:
+        type(self).check_recipe(recipe, recipe_where(recipe))
         self.recipe = recipe
         self.options = options or FetchOptions()
 
@@ -146,8 +155,23 @@ class SourceAdapter(ABC):
     def check_params(cls, params: Mapping[str, Any], where: str) -> None:
         """Validate the recipe's ``params`` block; raise ConfigError naming ``where`` and key."""
 
-    def check(self) -> None:  # noqa: B027
-        """Driver-side preflight (credentials, configuration); raise ConfigError to stop."""
+    @classmethod
+    def check_recipe(cls, recipe: Recipe, where: str) -> None:
+        """Validate a parsed recipe against this source (when an adapter is built, and by
+        ``check_recipe``): its ``params``, and the keys it left out (``from_source``), which
+        only a source that fills them from its inputs accepts without bands."""
+        if "bands" in recipe.from_source and not (cls.fills_recipe_defaults
+                                                  or recipe.bands_per_tile):  # fmt: skip
+            raise ConfigError(f"{where}: key 'bands': is required (or set bands_per_tile: "
+                                  "true)")  # fmt: skip
+        cls.check_params(recipe.params, where)
+
+    def check(self) -> Recipe:
+        """Driver-side preflight (credentials, configuration); raise ConfigError to stop.
+
+        Returns the recipe to fetch with (``self.recipe`` unless the source fills what the
+        recipe left out); the adapter itself is not changed."""
+        return self.recipe
 
     def single_epoch(self) -> str | None:
         """Why this recipe's data does not depend on the year (None: it does).
@@ -210,92 +234,126 @@ class SourceAdapter(ABC):
         """A short digest of what ``inputs`` are now, decided on the driver: a chip made from
         inputs with another identity is redone by the next run.
 
-        The default knows local files: each input that names one (also as ``LAYER=PATH``, or
-        the archive of ``zip://ARCHIVE!MEMBER`` and ``/vsizip/ARCHIVE/MEMBER``) counts with
-        its size and modification time, so a replaced or rewritten file redoes its tiles;
-        anything else (URLs, granule names) counts by its text alone. A remote source may
-        override this with what it knows cheaply (a version, an ETag already fetched while
-        planning); it must not make a request per tile.
+        The default knows plain local file paths: each one counts with its size and
+        modification time, so a replaced or rewritten file redoes its tiles; anything else
+        (URLs, granule names) counts by its text alone. A source with path forms of its own
+        (the raster source's ``LAYER=PATH`` and archive members) passes ``local_file``; a
+        remote source may override this with what it knows cheaply (a version, an ETag already
+        fetched while planning); it must not make a request per tile.
         """
-        digest = hashlib.sha256()
-        for item in inputs:
-            digest.update(item.encode("utf-8", "surrogateescape"))
-            local = _local_file(item)
-            if local is not None:
-                try:
-                    stat = os.stat(local)
-                except OSError:
-                    digest.update(b"\0missing")
-                else:
-                    digest.update(f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-            digest.update(b"\n")
-        return digest.hexdigest()[:16]
+        return identity_digest(inputs, plain_local_file)
 
     @abstractmethod
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         """Inputs per tile, computed once for the whole grid on the driver."""
 
     @abstractmethod
-    def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
-        """The chip of one tile, on ``tile.pixel_grid(recipe.resolution)``."""
-
-    def render_one(self, tile: GridTile, inputs: tuple[str, ...], context: RenderContext) -> Chip:
-        """``render`` under the retry policy, each try holding one slot of the budget."""
-
-        def attempt() -> Chip:
-            with context.slot():
-                return self.render(tile, inputs)
-
-        return self.retry_policy.run(attempt, is_transient=self.is_transient,
-                                     sleep=context.sleep)  # fmt: skip
-
-    def render_many(
-        self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
-    ) -> Iterator[tuple[GridTile, Chip | Exception]]:
+    def render_many(self, items: Sequence[Item], context: RenderContext) -> Iterator[Outcome]:
         """Chips of a batch of tiles, each with its chip or the error that stopped it.
 
-        I/O-bound sources (``concurrency()`` set) get their tiles spread over
-        ``context.threads`` threads, in order; the budget bounds requests across the cluster.
-        A source may override this to share work across neighbouring tiles (one read, one
-        warp); the chips must be the same as ``render`` would give. Errors are yielded, not
-        raised, so that one bad tile never costs the others.
+        Exactly one outcome per tile, in any order; errors are yielded, not raised, so that
+        one bad tile never costs the others (``SourceError``: recorded; a
+        ``TransientSourceError`` left after the source's retries: recorded, retried by a
+        rerun). Each chip is on ``tile.pixel_grid(recipe.resolution)``.
         """
 
-        def outcome(item: tuple[GridTile, tuple[str, ...]]) -> Chip | Exception:
+
+class PerTileSource(SourceAdapter):
+    """A source whose chips are made one tile at a time: implement ``render_tile``."""
+
+    @abstractmethod
+    def render_tile(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
+        """The chip of one tile, on ``tile.pixel_grid(recipe.resolution)``; raise
+        ``SourceError`` (recorded, not fatal) or ``TransientSourceError`` (retried)."""
+
+    def render_many(self, items: Sequence[Item], context: RenderContext) -> Iterator[Outcome]:
+        return render_each(self, items, context, self.render_tile)
+
+
+def render_each(
+    adapter: SourceAdapter,
+    items: Sequence[Item],
+    context: RenderContext,
+    render: Callable[[GridTile, tuple[str, ...]], Chip],
+) -> Iterator[Outcome]:
+    """``render`` for each tile under the adapter's ``retry_policy``, each try holding one
+    slot of the budget; an error is the tile's outcome, not raised.
+
+    I/O-bound sources (``concurrency()`` set) get their tiles spread over
+    ``context.threads`` threads, in order; the budget bounds requests across the cluster.
+    """
+
+    def attempt(tile: GridTile, inputs: tuple[str, ...]) -> Chip:
+        with context.slot():
+            return render(tile, inputs)
+
+    def outcome(item: Item) -> Chip | Exception:
+        try:
+            return adapter.retry_policy.run(lambda: attempt(*item),
+                                            is_transient=adapter.is_transient,
+                                            sleep=context.sleep)  # fmt: skip
+        except Exception as error:
+            return error
+
+    threads = min(context.threads, len(items)) if adapter.concurrency() else 1
+    if threads <= 1:
+        for item in items:
+            yield item[0], outcome(item)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix=f"m3leo-{adapter.name}") as pool:
+        for item, result in zip(items, pool.map(outcome, items), strict=True):
+            yield item[0], result
+
+
+def identity_digest(inputs: Iterable[str], local_file: Callable[[str], str | None]) -> str:
+    """Each input's text and, for one that ``local_file`` maps to a file, that file's size
+    and modification time (``\\0missing`` when it has gone): see ``input_identity``. The
+    bytes hashed are those of every release since identities were stored in manifests."""
+    digest = hashlib.sha256()
+    for item in inputs:
+        digest.update(item.encode("utf-8", "surrogateescape"))
+        local = local_file(item)
+        if local is not None:
             try:
-                return self.render_one(item[0], item[1], context)
-            except Exception as error:
-                return error
-
-        threads = min(context.threads, len(items)) if self.concurrency() else 1
-        if threads <= 1:
-            for item in items:
-                yield item[0], outcome(item)
-            return
-        with ThreadPoolExecutor(threads, thread_name_prefix=f"m3leo-{self.name}") as pool:
-            for item, result in zip(items, pool.map(outcome, items), strict=True):
-                yield item[0], result
+                stat = os.stat(local)
+            except OSError:
+                digest.update(b"\0missing")
+            else:
+                digest.update(f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
 
 
-def _local_file(item: str) -> str | None:
-    """The local file an input string names, if any (see ``input_identity``)."""
-    candidates = [item]
-    name, separator, rest = item.partition("=")
-    if separator and name and os.sep not in name:
-        candidates.append(rest)
-    for text in candidates:
-        if text.startswith(("zip://", "tar://")):
-            text = text.partition("://")[2].partition("!")[0]
-        elif text.startswith(("/vsizip/", "/vsitar/", "/vsigzip/")):
-            inner = text.split("/", 2)[2]
-            for suffix in (".zip", ".tar", ".tgz", ".tar.gz", ".gz"):
-                at = inner.find(suffix)
-                if at >= 0:
-                    text = "/" + inner[: at + len(suffix)].lstrip("/")
-                    break
-        if not text.startswith("/vsi") and "://" not in text and os.path.isfile(text):
-            return text
+def plain_local_file(item: str) -> str | None:
+    """``item`` itself when it is the path of a local file (not a URL, not a GDAL ``/vsi``
+    path), else None."""
+    if not item.startswith("/vsi") and "://" not in item and os.path.isfile(item):
+        return item
     return None
+
+
+def whole_number(value: Any, message: str, default: Any = None) -> int:
+    """A run-time option that counts something (``--http-concurrency 8``): an integer of at
+    least 1, else ConfigError(``message``), formatted with the ``value`` given."""
+    try:
+        count = int(value if value is not None else default)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise ConfigError(message.format(value=value))
+    return count
+
+
+def recipe_where(recipe: Recipe) -> str:
+    """How errors about a recipe name it: its file, else its name."""
+    return recipe.path or f"recipe {recipe.name}"
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """The recipe checked by its source (``SourceAdapter.check_recipe``), which the recipe
+    parser does not import; returned unchanged."""
+    get_source(recipe.source).check_recipe(recipe, recipe_where(recipe))
+    return recipe
 
 
 def check_run_options(adapter: SourceAdapter) -> None:
@@ -338,30 +396,69 @@ def refuse_unknown_params(params: Mapping[str, Any], allowed: Sequence[str], whe
         )
 
 
-_REGISTRY: dict[str, type[SourceAdapter]] = {}
+ENTRY_POINT_GROUP = "m3leo_tiles.sources"
 
 
-def register(cls: type[SourceAdapter]) -> type[SourceAdapter]:
-    """Class decorator: make an adapter available under its ``name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
+@functools.lru_cache(maxsize=8)
+def _entry_points(path: tuple[str, ...]) -> dict[str, importlib.metadata.EntryPoint]:
+    """The group's entry points by name, for one ``sys.path`` (a test adds a plugin's folder);
+    the first distribution on the path wins a name, as it wins an import."""
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry)
+    return dict(sorted(found.items()))
 
 
-def _import_all_sources() -> None:
-    import m3leo_tiles.sources as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+def source_names() -> tuple[str, ...]:
+    """The names of every installed source, from package metadata alone (nothing imported):
+    what a recipe's ``source`` may be."""
+    return tuple(_entry_points(tuple(sys.path)))
 
 
-def available_sources() -> dict[str, type[SourceAdapter]]:
-    _import_all_sources()
-    return dict(sorted(_REGISTRY.items()))
+_LOADED: dict[str, type[SourceAdapter]] = {}
 
 
 def get_source(name: str) -> type[SourceAdapter]:
-    sources = available_sources()
-    if name not in sources:
-        raise ConfigError(f"unknown source {name!r}; known sources: {', '.join(sources)}")
-    return sources[name]
+    """The adapter class of a source name; an unknown name, or an entry point that cannot be
+    loaded (a broken third-party package), is one ConfigError naming it."""
+    entries = _entry_points(tuple(sys.path))
+    entry = entries.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown source {name!r}; known sources: {', '.join(entries)}")
+    cached = _LOADED.get(entry.value)
+    if cached is not None:
+        return cached
+    owner = f" of {entry.dist.name}" if entry.dist is not None else ""
+    try:
+        loaded = entry.load()
+    except Exception as error:
+        raise ConfigError(
+            f"source {name!r} cannot be loaded (entry point {entry.value}{owner}): "
+            f"{type(error).__name__}: {first_line(error)}"
+        ) from None
+    if not (isinstance(loaded, type) and issubclass(loaded, SourceAdapter)):
+        raise ConfigError(f"source {name!r} (entry point {entry.value}{owner}) is not a "
+                          "SourceAdapter subclass")  # fmt: skip
+    _LOADED[entry.value] = loaded
+    return loaded
+
+
+def available_sources() -> dict[str, type[SourceAdapter]]:
+    """Every source that loads, by name; one that does not is left out with a warning (each
+    command keeps working; fetching a recipe of that source says why it cannot)."""
+    sources = {}
+    for name in source_names():
+        try:
+            sources[name] = get_source(name)
+        except ConfigError as error:
+            _warn_once(str(error))
+    return sources
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.getLogger("m3leo_tiles").warning("%s", message)

@@ -32,9 +32,10 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from m3leo_tiles.core import events
@@ -50,6 +51,9 @@ from m3leo_tiles.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
     import requests
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 DOWNLOAD_RETRY = RetryPolicy(attempts=4, base_delay_s=1.0, max_delay_s=20.0)
 UNREACHABLE_S = 60.0  # total wait on a host that does not answer; M3LEO_UNREACHABLE_S overrides
@@ -272,3 +276,27 @@ def cached_download(
             is_transient=lambda error: isinstance(error, TransientSourceError),
             sleep=sleep,
         )
+
+
+def fetch_each(
+    keys: Sequence[K], fetch: Callable[[K], V], threads: int, name: str
+) -> dict[K, V | Exception]:
+    """``fetch(key)`` for each of a batch's files, on up to ``threads`` threads (named
+    ``name``), before its tiles are made: each file is fetched once for the whole batch, and
+    one that fails has its error as its value (its tiles fail with it; the others go on).
+
+    Whoever calls it bounds requests across the cluster: ``fetch`` holds a slot of the
+    run's budget (``RenderContext.slot``) while it downloads.
+    """
+
+    def one(key: K) -> V | Exception:
+        try:
+            return fetch(key)
+        except Exception as error:
+            return error
+
+    threads = min(threads, len(keys))
+    if threads <= 1:
+        return {key: one(key) for key in keys}
+    with ThreadPoolExecutor(threads, thread_name_prefix=name) as pool:
+        return dict(zip(keys, pool.map(one, keys), strict=True))

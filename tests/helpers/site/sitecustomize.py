@@ -1,9 +1,11 @@
-"""Loaded by every Python process of a CLI test (PYTHONPATH): registers the test adapters.
+"""Loaded by every Python process of a CLI test (PYTHONPATH): makes ``helpers`` importable.
 
-The CLI subprocess and the dask workers it spawns all import this, so recipes naming
-``fake-synthetic`` or ``slow-raster`` load in the driver and unpickle on the workers, while
-the code under test stays unchanged. With ``M3LEO_TEST_ASF_LOOPBACK=URL`` set, every
-asf-search session of the process is routed to that loopback server (helpers.asf_loopback).
+The test adapters (``fake-synthetic``, ``slow-raster``...) are declared by the entry points of
+``m3leo_tiles_test_sources-0.dist-info`` beside this file, as a third party's sources are;
+they live in ``helpers.fake_sources``, so the CLI subprocess and the dask workers it spawns
+can load them by name and unpickle them, while the code under test stays unchanged.
+With ``M3LEO_TEST_ASF_LOOPBACK=URL`` set, every asf-search session of the process is routed
+to that loopback server (helpers.asf_loopback).
 """
 
 import os
@@ -11,11 +13,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for `helpers`
-
-try:
-    import helpers.fake_sources
-except Exception as error:  # never break an unrelated interpreter start
-    print(f"test sitecustomize: {error}", file=sys.stderr)
 
 if os.environ.get("M3LEO_TEST_ASF_LOOPBACK"):
     try:

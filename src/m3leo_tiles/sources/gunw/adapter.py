@@ -1,35 +1,4 @@
-"""The ``gunw`` source: ARIA Sentinel-1 GUNW interferograms found with asf-search.
-
-For each tile, every interferometric pair of the year whose temporal baseline is under the
-recipe's ``max_baseline_days`` (M3LEO: 72): four bands per pair, named
-``<reference>_<secondary>_<layer>`` (``20200117_20200105_unwrapped_phase``; ARIA's order,
-reference = the later date), layers ``unwrapped_phase``, ``coherence``,
-``connected_components`` and ``amplitude`` warped onto the tile's grid. Each band's GDAL
-metadata carries the pair (reference and secondary dates, baseline in days, direction, track,
-frame, product names and versions), so a consumer can pick pairs from the chip alone.
-
-How a run goes, and why:
-
-1. *Search once, on the driver* (``plan``). One asf-search query per 2° lon/lat cell the
-   tiles touch, for ``ARIA S1 GUNW`` products of the year; each answer is saved as GeoJSON
-   under the cache folder (``--cache``, default ``OUT/.cache``), so a rerun, or a run over any
-   subset of the tiles, asks nothing (``--refresh-search`` asks again).
-   ``--search-results FILE`` takes a saved search instead (``ASFSearchResults.geojson()`` or a
-   Vertex export): cron jobs and offline runs use that.
-2. *Pick pairs* (``_gunw_catalog``): baseline cut, year of the reference date, newest version
-   of each (pair, frame), footprints against tiles.
-3. *Credentials only when needed*: if a product is in no ``--source`` folder and not in the
-   cache, Earthdata credentials must be present and accepted, checked before any tile is
-   rendered (one line, exit 2). A run from local products needs none.
-4. *Download safely* (worker): ``m3leo_tiles.sources.download.cached_download`` with asf-search's
-   authenticated session: temp file then rename, size checked against the search, a per-file
-   lock (two workers wanting one product make one download), bounded retries; a batch's
-   downloads run on the threads of the run's request budget (``concurrency``).
-5. *Read each product once*: tiles of the same frames share a batch (``batch_key``); a batch
-   loops over its products, not its tiles: each is opened once and warped into every tile
-   that needs it (``_gunw_read``), in memory-bounded chunks of tiles. Adjacent frames of one
-   pair over a tile are painted into one band, in product-name order.
-"""
+"""The ``gunw`` source's adapter (the package docstring says what it does and why)."""
 
 from __future__ import annotations
 
@@ -41,7 +10,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -53,11 +21,6 @@ from m3leo_tiles.core import strict_json
 from m3leo_tiles.core.atomic import write_text
 from m3leo_tiles.core.errors import ConfigError, CredentialsError, SourceError, first_line
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
-from m3leo_tiles.sources import _earthdata, _gunw_catalog, _gunw_read
-from m3leo_tiles.sources._gunw_catalog import GunwProduct
-
-if TYPE_CHECKING:
-    from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.sources.base import (
     Chip,
     FetchOptions,
@@ -66,8 +29,13 @@ from m3leo_tiles.sources.base import (
     SourceOption,
     TileInputs,
     refuse_unknown_params,
-    register,
 )
+from m3leo_tiles.sources.download import fetch_each
+from m3leo_tiles.sources.gunw import _earthdata, _gunw_catalog, _gunw_read
+from m3leo_tiles.sources.gunw._gunw_catalog import GunwProduct
+
+if TYPE_CHECKING:
+    from m3leo_tiles.recipes import Recipe
 
 PARAMS = {"max_baseline_days", "layers", "search_chunk_degrees"}
 DEFAULT_MAX_BASELINE_DAYS = 72
@@ -138,10 +106,8 @@ class _WorkerSession:
         return session
 
 
-@register
 class GunwSource(SourceAdapter):
     name = "gunw"
-    description = "ARIA Sentinel-1 GUNW interferograms via asf-search: every pair of the year"
     cli_options = (
         SourceOption(
             "search-results",
@@ -224,7 +190,7 @@ class GunwSource(SourceAdapter):
             raise ConfigError("the gunw source needs a cache folder for products; give --cache DIR")
         return Path(self.options.cache_dir).expanduser()
 
-    def check(self) -> None:
+    def check(self) -> Recipe:
         recipe = self.recipe
         if self.year is None:
             raise ConfigError(f"recipe {recipe.name!r} makes one dataset per year; give --year")
@@ -245,6 +211,7 @@ class GunwSource(SourceAdapter):
             raise ConfigError(f"--search-results {saved}: no such file")
         self._index_sources()
         _earthdata.find_credentials(self.hosts.edl)  # a half-set env or broken .netrc: now
+        return recipe
 
     def _index_sources(self) -> dict[str, str]:
         """Product files in ``--source`` folders (or named directly), by file name."""
@@ -383,13 +350,6 @@ class GunwSource(SourceAdapter):
 
     # --- rendering (worker) ----------------------------------------------------------------
 
-    def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
-        paths = {name: self._product_path(name, None) for name in inputs}
-        [(_, outcome)] = self._render_chunk([(tile, inputs)], paths)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
     def render_many(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
     ) -> Iterator[tuple[GridTile, Chip | Exception]]:
@@ -429,23 +389,15 @@ class GunwSource(SourceAdapter):
         holding a slot of the run's request budget); a failure is kept for its tiles only."""
         names = list(dict.fromkeys(name for _, inputs in items for name in inputs))
 
-        def fetch(name: str) -> str | Exception:
-            try:
-                return self._product_path(name, context)
-            except Exception as error:  # (fails only the tiles that need it)
-                return error
-
         catalog = self.catalog
         missing = [
             n
             for n in names
             if n in catalog and n not in self.local and not self._cached(catalog[n])
         ]
-        threads = min(context.threads, len(missing))
-        if threads <= 1:
-            return {name: fetch(name) for name in names}
-        with ThreadPoolExecutor(threads, thread_name_prefix="m3leo-gunw-download") as pool:
-            return dict(zip(names, pool.map(fetch, names), strict=True))
+        threads = min(context.threads, len(missing))  # products already here need no thread
+        return fetch_each(names, lambda name: self._product_path(name, context), threads,
+                          "m3leo-gunw-download")  # fmt: skip
 
     def _render_chunk(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], paths: Mapping[str, str]

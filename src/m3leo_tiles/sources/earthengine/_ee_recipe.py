@@ -321,6 +321,33 @@ def _per_band(where: str, key: str, value: Any, bands: Sequence[str], default: f
     return tuple(_number(where, key, value.get(band, default)) for band in bands)
 
 
+def _band_pairs(where: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """``bands``: the collection's band names, or a mapping of each to a short name."""
+    if isinstance(value, list) and value and all(isinstance(b, str) for b in value):
+        bands = tuple((b, b) for b in value)
+    elif (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    ):
+        bands = tuple(value.items())
+    else:
+        raise _fail(where, "bands", "must list the collection's bands, or map each to a short "
+                    "name (e.g. {VV: vv})")  # fmt: skip
+    if len({b for b, _ in bands}) != len(bands):
+        raise _fail(where, "bands", "bands must be unique")
+    return bands
+
+
+def _groups(where: str, value: Any) -> tuple[tuple[str, tuple[PropertyFilter, ...]], ...]:
+    """``groups``: named lists of property filters, one composite per group."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        raise _fail(where, "groups", "must map group names to lists of filters")
+    return tuple((str(name), _filters(where, f"groups.{name}", v)) for name, v in value.items())
+
+
 def parse_params(params: Mapping[str, Any], where: str) -> EEParams:
     """Validated params; every mistake is a ConfigError naming the file and key."""
     refuse_unknown_params(params, KEYS, where, "earthengine")
@@ -331,34 +358,9 @@ def parse_params(params: Mapping[str, Any], where: str) -> EEParams:
     for key, asset in (("collection", collection), ("image", image)):
         if asset is not None and (not isinstance(asset, str) or " " in asset):
             raise _fail(where, key, f"{asset!r} is not an Earth Engine asset id")
-    bands_value = params.get("bands")
-    if (
-        isinstance(bands_value, list)
-        and bands_value
-        and all(isinstance(b, str) for b in bands_value)
-    ):
-        bands = tuple((b, b) for b in bands_value)
-    elif (
-        isinstance(bands_value, dict)
-        and bands_value
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in bands_value.items())
-    ):
-        bands = tuple(bands_value.items())
-    else:
-        raise _fail(where, "bands", "must list the collection's bands, or map each to a short "
-                    "name (e.g. {VV: vv})")  # fmt: skip
-    if len({b for b, _ in bands}) != len(bands):
-        raise _fail(where, "bands", "bands must be unique")
+    bands = _band_pairs(where, params.get("bands"))
     filters = _filters(where, "filters", params.get("filters"))
-    groups_value = params.get("groups")
-    groups: tuple[tuple[str, tuple[PropertyFilter, ...]], ...] = ()
-    if groups_value is not None:
-        if not isinstance(groups_value, dict) or not groups_value:
-            raise _fail(where, "groups", "must map group names to lists of filters")
-        groups = tuple(
-            (str(name), _filters(where, f"groups.{name}", value))
-            for name, value in groups_value.items()
-        )
+    groups = _groups(where, params.get("groups"))
     windows = _windows(where, params.get("windows"))
     if image and (windows or groups or filters):
         raise _fail(where, "image", "an image has no dates or properties to filter: use "

@@ -1,32 +1,4 @@
-"""The ``earthengine`` source: server-side composites, fetched as pixels on each tile's grid.
-
-Why it is built this way:
-
-* Earth Engine computes the composite (filters, Cloud Score+ mask, seasonal medians) where the
-  data is, and ``ee.data.computePixels`` returns exactly the tile's pixels: ``grid`` is the
-  tile's own CRS code, an affine transform at its corner with the recipe's pixel size, and its
-  pixel count (448 at 10 m). No lon/lat box, no 8-bit visualisation, no reprojection on our
-  side: a chip aligns pixel for pixel with every other source's chip of the tile, because the
-  grid is the same ``tile.pixel_grid`` (lattice tiles and foreign lon/lat boxes alike).
-* The speed limit is the project's concurrent-request quota, not our CPUs: a tile costs one
-  request (or a few when a request would pass the service's 48 MiB / 1024-band limits), each
-  waiting seconds on the server. Requests therefore run on threads inside each batch, each
-  holding one unit of the run's cluster-wide budget (``--ee-concurrency``, the engine's
-  semaphore) only while it is in flight, never while backing off.
-* The client's own retries are switched off (``setMaxRetries(0)``): our ``retry_policy``
-  (exponential backoff with jitter, bounded) governs 429 / RESOURCE_EXHAUSTED / 5xx /
-  timeouts, outside the budget; anything else (400 INVALID_ARGUMENT, a band that does not
-  exist) fails that tile at once with Earth Engine's message, and the run goes on.
-* ``ee`` is imported only here, inside methods: ``m3leo-tiles --help`` stays fast, and the
-  client is initialised once per worker process (``setup_worker``), not per tile, because
-  initialising fetches the discovery document and the algorithm list.
-
-Credentials are the conventional ones (see ``README``): ``M3LEO_EE_API_KEY`` (an API key, no
-OAuth), else a service-account key file in ``GOOGLE_APPLICATION_CREDENTIALS``, else the
-persistent credentials of ``earthengine authenticate``; the Cloud project comes from
-``--project`` / ``EE_PROJECT`` (or the service account's own project). They are read where
-they are used, from each process's environment, and never travel with the pickled adapter.
-"""
+"""The ``earthengine`` source's adapter (the package docstring says what it does and why)."""
 
 from __future__ import annotations
 
@@ -35,10 +7,9 @@ import datetime as dt
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -51,14 +22,6 @@ from m3leo_tiles.core.errors import (
     TransientSourceError,
 )
 from m3leo_tiles.grid.tile import GridTile, PixelGrid
-from m3leo_tiles.sources._ee_recipe import (
-    EEParams,
-    Output,
-    band_chunks,
-    build_image,
-    count_images,
-    parse_params,
-)
 from m3leo_tiles.sources.base import (
     Chip,
     RenderContext,
@@ -66,8 +29,19 @@ from m3leo_tiles.sources.base import (
     SourceAdapter,
     SourceOption,
     TileInputs,
-    register,
+    whole_number,
 )
+from m3leo_tiles.sources.earthengine._ee_recipe import (
+    EEParams,
+    Output,
+    band_chunks,
+    build_image,
+    count_images,
+    parse_params,
+)
+
+if TYPE_CHECKING:
+    from m3leo_tiles.recipes import Recipe
 
 T = TypeVar("T")
 
@@ -193,21 +167,9 @@ def grid_json(grid: PixelGrid) -> dict[str, Any]:
     }
 
 
-class _Direct:
-    """A RenderContext for ``render`` outside the engine: no budget, real sleeps."""
-
-    threads = 1
-    sleep = staticmethod(time.sleep)
-
-    def slot(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-
-@register
 class EarthEngineSource(SourceAdapter):
     name = "earthengine"
     takes_sources = False  # the images are Earth Engine's, never local files
-    description = "Google Earth Engine: server-side composites fetched on the tile's grid"
     retry_policy = RetryPolicy(attempts=6, base_delay_s=2.0, max_delay_s=60.0, jitter=0.5)
     cli_options = (
         SourceOption(
@@ -260,8 +222,10 @@ class EarthEngineSource(SourceAdapter):
         made = self.params.check_bands(self.recipe.bands, self._where)
         return [made[name] for name in self.recipe.bands]
 
-    def check(self) -> None:
-        """Everything a user can get wrong, then one real connection: seconds, never a hang."""
+    def check(self) -> Recipe:
+        """Everything a user can get wrong, then one real connection: seconds, never a hang.
+
+        The endpoint and project resolved here are kept (``settings``) for the workers."""
         recipe, where = self.recipe, self._where
         self.outputs()
         if recipe.windows or recipe.reducer:
@@ -288,6 +252,7 @@ class EarthEngineSource(SourceAdapter):
         self.concurrency()
         self.settings = {"url": self._url(), "project": self.option("project")}
         self._initialize()
+        return recipe
 
     def _check_year(self) -> None:
         """A year without images is refused now, not after every tile came back empty: before
@@ -314,13 +279,8 @@ class EarthEngineSource(SourceAdapter):
 
     def concurrency(self) -> int:
         value = self.option("ee-concurrency")
-        try:
-            count = int(value if value is not None else DEFAULT_CONCURRENCY)
-        except (TypeError, ValueError):
-            count = 0
-        if count < 1:
-            raise ConfigError(f"--ee-concurrency must be a whole number >= 1, got {value!r}")
-        return count
+        return whole_number(value, "--ee-concurrency must be a whole number >= 1, got {value!r}",
+                            default=DEFAULT_CONCURRENCY)  # fmt: skip
 
     def _url(self) -> str | None:
         url = self.option("ee-url")
@@ -482,10 +442,6 @@ class EarthEngineSource(SourceAdapter):
                       | ConnectionError):  # fmt: skip
             return True
         return any(word in str(error) for word in TRANSIENT_WORDS)
-
-    def render(self, tile: GridTile, inputs: tuple[str, ...]) -> Chip:
-        self._initialize()
-        return self._render(tile, _Direct())  # type: ignore[arg-type]
 
     def render_many(
         self, items: Sequence[tuple[GridTile, tuple[str, ...]]], context: RenderContext
