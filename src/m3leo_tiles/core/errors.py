@@ -5,6 +5,10 @@ Every error raised for bad input, bad configuration or a missing credential deri
 turns these into that line and an exit code, never a traceback.
 """
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 from m3leo_tiles.core.redact import redact
 
 
@@ -76,3 +80,15 @@ def first_line(error: BaseException, about: str | None = None) -> str:
             if text.startswith(prefix) and len(text) > len(prefix):
                 return text[len(prefix) :]
     return text
+
+
+@contextlib.contextmanager
+def disk_full_as(message: str) -> Iterator[None]:
+    """A full disk (``ENOSPC``) inside becomes ``DiskFullError(message)``: fatal for the run,
+    since every further chip or download would fail the same way. Other errors pass."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise DiskFullError(message) from None
+        raise

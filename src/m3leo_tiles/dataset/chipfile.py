@@ -11,7 +11,6 @@ many small ones.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import warnings
 import zlib
@@ -24,7 +23,7 @@ import rasterio
 
 from m3leo_tiles import __version__
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, write_bytes
-from m3leo_tiles.core.errors import DiskFullError, first_line
+from m3leo_tiles.core.errors import disk_full_as, first_line
 from m3leo_tiles.core.redact import redact
 from m3leo_tiles.dataset.geotiff import ChipEncoder
 from m3leo_tiles.dataset.nodata import missing_mask
@@ -96,15 +95,10 @@ def write_bytes_atomically(path: Path, payload: bytes, *, durable: bool = _DURAB
     ext4, XFS and btrfs all allow it. ``durable=False`` is for benchmarks only: the runner
     writes several chips at once, which hides the fsyncs' wait (``bench/bench_fsync.py``).
     """
-    try:
+    full = (f"no space left on the device holding {path.parent}; free some space and rerun "
+            "(finished chips are kept)")  # fmt: skip
+    with disk_full_as(full):
         write_bytes(path, payload, durable=durable, suffix=PARTIAL_SUFFIX)
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise DiskFullError(
-                f"no space left on the device holding {path.parent}; free some space and rerun "
-                "(finished chips are kept)"
-            ) from None
-        raise
     return Written.of(payload)
 
 

@@ -26,7 +26,6 @@ worker), and on a shared file system that supports it, the workers of a cluster.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -41,10 +40,10 @@ from urllib.parse import urlsplit
 from m3leo_tiles.core import events
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_no_follow, replacing
 from m3leo_tiles.core.errors import (
-    DiskFullError,
     NetworkUnreachable,
     SourceError,
     TransientSourceError,
+    disk_full_as,
     first_line,
 )
 from m3leo_tiles.core.retry import RetryPolicy
@@ -196,38 +195,34 @@ def _stream(url: str, partial: Path, session: requests.Session, timeout_s: float
     host = urlsplit(url).netloc.rpartition("@")[2] or url  # never a URL's user:password@
     timeouts = (min(CONNECT_TIMEOUT_S, timeout_s), timeout_s)  # (connect, read)
     started = time.monotonic()
-    try:
-        with session.get(url, stream=True, timeout=timeouts, allow_redirects=True) as response:
-            OUTAGES.answered(host)
-            status = response.status_code
-            if status == 404:
-                raise MissingRemoteFile(f"{url} does not exist (HTTP 404)")
-            if status in (401, 403):
-                raise DownloadError(
-                    f"{host} refused the download of {cache_name(url)} (HTTP {status}); "
-                    "check your credentials"
-                )
-            if status == 429 or status >= 500:
-                raise TransientSourceError(f"could not download from {host}: HTTP {status}")
-            if status >= 400:
-                raise DownloadError(f"could not download {url}: HTTP {status}")
-            with open(partial, "wb") as handle:
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-    except requests.RequestException as error:
-        if isinstance(error, requests.ConnectionError):  # refused, DNS, connect timeout
-            OUTAGES.failed(host, started, error)
-        raise TransientSourceError(f"network: could not reach {host} ({type(error).__name__})"
-                                   ) from None  # fmt: skip
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise DiskFullError(
-                f"no space left for the download cache in {partial.parent}; free some space "
-                "or choose another with --cache"
-            ) from None
-        raise
+    full = (f"no space left for the download cache in {partial.parent}; free some space or "
+            "choose another with --cache")  # fmt: skip
+    with disk_full_as(full):
+        try:
+            with session.get(url, stream=True, timeout=timeouts, allow_redirects=True) as response:
+                OUTAGES.answered(host)
+                status = response.status_code
+                if status == 404:
+                    raise MissingRemoteFile(f"{url} does not exist (HTTP 404)")
+                if status in (401, 403):
+                    raise DownloadError(
+                        f"{host} refused the download of {cache_name(url)} (HTTP {status}); "
+                        "check your credentials"
+                    )
+                if status == 429 or status >= 500:
+                    raise TransientSourceError(f"could not download from {host}: HTTP {status}")
+                if status >= 400:
+                    raise DownloadError(f"could not download {url}: HTTP {status}")
+                with open(partial, "wb") as handle:
+                    for chunk in response.iter_content(CHUNK_BYTES):
+                        handle.write(chunk)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except requests.RequestException as error:
+            if isinstance(error, requests.ConnectionError):  # refused, DNS, connect timeout
+                OUTAGES.failed(host, started, error)
+            raise TransientSourceError(f"network: could not reach {host} ({type(error).__name__})"
+                                       ) from None  # fmt: skip
 
 
 def cached_download(
