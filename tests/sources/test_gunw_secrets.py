@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import tenacity
+from tests.core.test_secrets import CREDENTIAL, SIGNATURE, TOKEN, assert_no_secret, closed_port_url
 from tests.sources import test_gunw
-from tests.test_secrets import CREDENTIAL, SIGNATURE, TOKEN, assert_no_secret, closed_port_url
 
 from helpers.asf_loopback import AsfHandler, asf_state, route_asf_sessions
 from helpers.loopback import serve

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.loopback import QuietHandler, serve, serve_files
-from m3leo_tiles.core.errors import TransientSourceError
+from m3leo_tiles.core.errors import DiskFullError, TransientSourceError
 from m3leo_tiles.core.retry import RetryPolicy
 from m3leo_tiles.sources.download import DownloadError, MissingRemoteFile, cached_download
 
@@ -155,3 +155,36 @@ def test_two_processes_asking_at_once_cause_one_download(bucket: Path, tmp_path:
             process.join(timeout=60)
         assert [results.get(timeout=5) for _ in askers] == [True, True]
         assert server.log.paths() == ["/products/granule.nc"]
+
+
+def test_a_full_cache_disk_stops_the_run_in_one_line(bucket: Path, tmp_path: Path,
+                                                     monkeypatch) -> None:  # fmt: skip
+    """ENOSPC while streaming is fatal (every further download would fail too), not retried,
+    and no partial file is left behind."""
+    import errno
+
+    import m3leo_tiles.sources.download as download
+
+    real_open = open
+
+    class FullFile:
+        def __init__(self, *args, **kwargs):
+            self.handle = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, chunk):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download, "open", FullFile, raising=False)
+    cache = tmp_path / "cache"
+    with serve_files(bucket) as server:
+        with pytest.raises(DiskFullError, match="no space left for the download cache") as caught:
+            cached_download(f"{server.url}/products/granule.nc", cache, policy=FAST)
+        assert len(server.log.paths()) == 1  # not retried
+    assert "\n" not in str(caught.value) and "--cache" in str(caught.value)
+    assert not [p for p in cache.iterdir() if p.name.endswith(".part")]
