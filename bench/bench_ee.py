@@ -73,7 +73,7 @@ def run(recipe_name: str, source: str, count: int, args: argparse.Namespace, out
             recipe,
             tiles(count),
             aoi="bench",
-            year=2020,
+            year=2020 if recipe.params.get("windows") else None,  # srtm has no year
             out=out / source,
             workers=args.workers,
             options={"ee-url": server.url, "ee-concurrency": str(args.k)},

@@ -34,13 +34,12 @@ from affine import Affine
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
-sys.path.insert(0, str(TESTS))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p
+SITE = TESTS / "helpers" / "site"  # the test sources' dist-info: fake-http's entry point
+sys.path[:0] = [str(TESTS), str(SITE), str(Path(__file__).resolve().parent)]
+os.environ["PYTHONPATH"] = os.pathsep.join(  # and the workers'
+    p for p in (str(TESTS), str(SITE), os.environ.get("PYTHONPATH")) if p
 )
 
-import helpers.fake_sources  # noqa: E402, F401  (registers fake-http)
 from bench_fetch import HGT, write_section  # noqa: E402
 from helpers.loopback import QuietHandler, serve_files_in_process, serve_in_process  # noqa: E402
 from m3leo_tiles.fetch.api import FetchRequest, fetch_tiles  # noqa: E402
