@@ -10,8 +10,8 @@ import pytest
 import rasterio
 
 from m3leo_tiles import __version__
+from m3leo_tiles.core.errors import DiskFullError
 from m3leo_tiles.dataset.chipfile import (
-    DiskFullError,
     chip_is_empty,
     read_chip_tags,
     remove_partials,
