@@ -2,7 +2,7 @@
 
 Why it is built this way:
 
-* Earth Engine computes the composite (filters, Cloud Score+ mask, seasonal medians) where the
+* Earth Engine computes the composite (filters, Cloud Score+ mask, seasonal means) where the
   data is, and ``ee.data.computePixels`` returns exactly the tile's pixels: ``grid`` is the
   tile's own CRS code, an affine transform at its corner with the recipe's pixel size, and its
   pixel count (448 at 10 m). No lon/lat box, no 8-bit visualisation, no reprojection on our
