@@ -163,3 +163,44 @@ def test_a_run_stopped_by_a_configuration_error_writes_the_reason_to_fetch_log(
     log = (tmp_path / "out" / "testaoi" / "fake" / "fetch.log").read_text()
     assert "ERROR stopped: the search service refused the query: bad polygon" in log
     assert log.index("stopped:") < log.index("summary: ")
+
+
+def test_several_years_share_one_cluster_and_resume_one_by_one(
+    cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m3leo_tiles.fetch import api
+
+    clients = []
+    real = api.dask_client
+    monkeypatch.setattr(api, "dask_client", lambda *a: clients.append(a) or real(*a))
+    flag = tmp_path / "failing"
+    flag.touch()
+    the_recipe = recipe(fail=[IDS[2]], fail_while=str(flag))
+    request = api.FetchRequest(aoi="testaoi", out=tmp_path / "out", progress=False,
+                               scheduler=cluster.scheduler_address)  # fmt: skip
+    first = api.fetch_years(the_recipe, TILES, request, [2018, 2019, 2020])
+    assert len(clients) == 1  # one cluster for the three years
+    assert [r.dataset_dir.name for r in first.reports] == ["fake-2018", "fake-2019", "fake-2020"]
+    assert [(r.ok, r.failed) for r in first.reports] == [(len(TILES) - 1, 1)] * 3
+    assert first.exit_code == 1 and len(first.summary().splitlines()) == 3
+    for report in first.reports:
+        assert len(read_manifest(report.dataset_dir / MANIFEST_NAME)) == len(TILES)
+    before = {r.dataset_dir: mtimes(r.dataset_dir) for r in first.reports}
+
+    flag.unlink()
+    again = api.fetch_years(the_recipe, TILES, request, [2018, 2019, 2020])
+    assert again.exit_code == 0 and len(clients) == 2
+    assert [(r.ok, r.skipped) for r in again.reports] == [(1, len(TILES) - 1)] * 3
+    for folder, made in before.items():
+        assert {k: v for k, v in mtimes(folder).items() if k in made} == made
+
+
+def test_the_worst_year_gives_the_exit_code(tmp_path: Path) -> None:
+    from m3leo_tiles.fetch.api import FetchReport, YearsReport
+
+    def one(**counts: int) -> FetchReport:
+        return FetchReport(dataset_dir=tmp_path, recipe="r", selected=1, **counts)
+
+    assert YearsReport((one(ok=1), one(ok=1))).exit_code == 0
+    assert YearsReport((one(ok=1), one(failed=1), one(ok=1))).exit_code == 1
+    assert YearsReport((one(ok=1), one(empty=1, nothing="no data"))).exit_code == 1

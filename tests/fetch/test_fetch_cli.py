@@ -395,3 +395,80 @@ def test_full_disk_stops_with_one_line_and_rerun_resumes(tiny_disk: Path, tmp_pa
     assert again.returncode == 0, again.stderr
     assert {k: v for k, v in mtimes(folder).items() if k in done} == done
     assert len(list(folder.glob("*.tif"))) == 25
+
+
+YEARS = (2018, 2019, 2020)
+
+
+def _yearly_dem(tmp_path: Path, shared_data: Path) -> tuple[list[str], list[Tile]]:
+    """A slowed raster recipe with ``{year}`` in its input path and the years 2018-2020 (each
+    year's input is the real SRTM cell), and the fetch arguments without ``--year``."""
+    cell, _ = _srtm_cells(tmp_path, shared_data)
+    for year in YEARS:
+        (tmp_path / "in" / str(year)).mkdir(parents=True)
+        shutil.copy(cell, tmp_path / "in" / str(year) / "dem.tif")
+    params = {"inputs": [str(tmp_path / "in" / "{year}" / "dem.tif")], "years": list(YEARS)}
+    recipe = write_recipe(tmp_path / "dem.yaml", "slow-raster", dtype="int16", nodata=-32768,
+                          resampling="bilinear", params=params)  # fmt: skip
+    tiles = _cell_tiles(-109.8, 6)
+    grid = write_grid(tmp_path / "g.geojson", tiles)
+    args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1"]
+    return args, tiles
+
+
+@requires_raster
+def test_a_range_of_years_makes_a_dataset_each_resumable_one_by_one(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    args, tiles = _yearly_dem(tmp_path, shared_data)
+    args += ["--year", "2018-2020"]
+    folders = {year: tmp_path / "data" / "testaoi" / f"dem-{year}" for year in YEARS}
+    process, stderr = _disturb_run(
+        args, tmp_path, folders[2019], 2, lambda p: p.send_signal(signal.SIGINT), timeout=60
+    )
+    assert process.returncode == 130, stderr  # interrupted while making 2019
+    assert "rerun" in stderr and "Traceback" not in stderr
+    assert len(read_manifest(folders[2018] / MANIFEST_NAME)) == len(tiles)
+    made_2019 = mtimes(folders[2019])
+    assert 2 <= len(made_2019) < len(tiles)
+    assert not folders[2020].exists()
+    done = {**mtimes(folders[2018]), **{f"2019/{k}": v for k, v in made_2019.items()}}
+
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    summaries = again.stdout.splitlines()
+    assert [line.split(":")[0] for line in summaries] == [str(f) for f in folders.values()]
+    assert f"{len(tiles) - len(made_2019)} ok" in summaries[1]  # only what was missing
+    for year, folder in folders.items():
+        rows = read_manifest(folder / MANIFEST_NAME)
+        assert len(rows) == len(tiles) and {r.status for r in rows.values()} == {TileStatus.OK}
+        assert f"dem-{year}" in (folder / "fetch.log").read_text()
+    now = {**mtimes(folders[2018]), **{f"2019/{k}": v for k, v in mtimes(folders[2019]).items()}}
+    assert {k: v for k, v in now.items() if k in done} == done  # nothing made twice
+
+
+@requires_raster
+def test_a_year_the_recipe_lacks_refuses_every_year_before_any_work(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    args, _ = _yearly_dem(tmp_path, shared_data)
+    result = cli(*args, "--year", "2019,2021", cwd=tmp_path)
+    assert_one_error_line(result.returncode, result.stderr, "2021")
+    assert not (tmp_path / "data" / "testaoi" / "dem-2019").exists()
+
+
+@pytest.mark.parametrize(
+    ("years", "needle"),
+    [
+        ("2020-2018", "ends before it starts"),
+        ("abc", "not a year"),
+        ("1900-2000", "50 years"),
+        ("2018,", "not a year"),
+    ],
+)
+def test_bad_years_are_one_error_line(tmp_path: Path, years: str, needle: str) -> None:
+    recipe = write_recipe(tmp_path / "wc.yaml")
+    grid = write_grid(tmp_path / "g.geojson", [LAND])
+    result = cli("fetch", recipe, "--grid", grid, "--year", years, cwd=tmp_path)
+    assert_one_error_line(result.returncode, result.stderr, needle)
+    assert not (tmp_path / "data").exists()

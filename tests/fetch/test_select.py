@@ -99,3 +99,34 @@ def test_select_narrows_and_says_what_it_left_out(tmp_path: Path) -> None:
         check_choice("a", grid, None)
     with pytest.raises(ConfigError, match="--limit must be at least 1, got 0"):
         check_choice(None, None, 0)
+
+
+def test_years_are_a_year_a_range_or_a_list() -> None:
+    from m3leo_tiles.fetch.select import MAX_YEARS, parse_years
+
+    assert parse_years(None) is None
+    assert parse_years(2020) == parse_years("2020") == (2020,)
+    assert parse_years("2018-2020") == (2018, 2019, 2020)
+    assert parse_years("2018,2020") == parse_years([2018, 2020]) == (2018, 2020)
+    assert parse_years("2016-2017, 2020,2016") == (2016, 2017, 2020)  # each year once
+    for bad, message in [("2020-2018", "ends before it starts"), ("abc", "not a year"),
+                         ("2018-", "not a year"), ([], "no year given"), (True, "not a year"),
+                         (f"2000-{2000 + MAX_YEARS}", f"more than {MAX_YEARS} years")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            parse_years(bad)
+
+
+def test_fetch_takes_several_years_as_text_or_a_list(cluster, tmp_path: Path) -> None:
+    from m3leo_tiles.fetch.api import FetchReport, YearsReport
+
+    grid = write_grid(tmp_path / "g.geojson", ROME_TILES)
+    recipe = Recipe(name="f", source="fake-synthetic", resolution=448, bands=("v",),
+                    dtype="uint8", nodata=0)  # fmt: skip
+    common = {"grid": grid, "out": tmp_path / "data", "progress": False,
+              "scheduler": cluster.scheduler_address}  # fmt: skip
+    several = fetch(recipe, year="2019,2020", **common)
+    assert isinstance(several, YearsReport)
+    assert [r.dataset_dir.name for r in several.reports] == ["f-2019", "f-2020"]
+    assert [r.ok for r in fetch(recipe, year=[2019, 2021], **common).reports] == [0, 2]
+    one = fetch(recipe, year="2021", **common)  # one year: the report of one dataset, as before
+    assert isinstance(one, FetchReport) and one.dataset_dir.name == "f-2021" and one.skipped == 2

@@ -264,7 +264,14 @@ _FetchGrid = Annotated[
     Path | None,
     typer.Option(metavar="FILE", help="A grid file (ours, or any file with identifier+geometry)."),
 ]
-_FetchYear = Annotated[int | None, typer.Option(help="Year of the data (recipe default if unset).")]
+_FetchYear = Annotated[
+    str | None,
+    typer.Option(
+        metavar="YEAR",
+        help="Year of the data (recipe default if unset); several years make one dataset "
+        "each in turn, on one cluster: 2018-2020 or 2018,2020.",
+    ),
+]
 _FetchOut = Annotated[
     Path, typer.Option(metavar="DIR", help="Output root: chips go to OUT/<aoi>/<dataset>/.")
 ]
@@ -348,6 +355,7 @@ def fetch(
       m3leo-tiles fetch demo-dem --aoi demo
       m3leo-tiles fetch my-recipe.yaml --grid grids/demo/tiles.geojson --workers 4 --split train
       m3leo-tiles fetch agb --aoi conus --year 2019 --scheduler tcp://10.0.0.5:8786 --quiet
+      m3leo-tiles fetch s1grd --aoi conus --year 2018-2020
     """
     from m3leo_tiles.fetch.api import fetch as run_fetch
 
@@ -373,7 +381,8 @@ def fetch(
         )
     except KeyboardInterrupt as error:  # typer would turn it into a silent exit 130
         raise typer.Exit(_interrupted(error)) from None
-    _say_fetch_report(report, quiet)
+    for one in getattr(report, "reports", (report,)):  # several years: each year's summary
+        _say_fetch_report(one, quiet)
     raise typer.Exit(report.exit_code)
 
 

@@ -14,11 +14,12 @@ any moment loses nothing a rerun cannot recover: the manifest is flushed after e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,11 @@ from m3leo_tiles.fetch.dispatch import EARLY_STOP_TILES, EarlyStop, failure_kind
 from m3leo_tiles.fetch.plan import Plan, batch_size_for, make_plan
 from m3leo_tiles.fetch.runlog import LOG_NAME, log_plan, log_run_start, log_stop, run_logging
 from m3leo_tiles.fetch.select import (
+    YearSpec,
     check_choice,
     find_default_grid,
     grid_path_of,
+    parse_years,
     read_tile_ids,
     select_tiles,
     workers_warning,
@@ -124,6 +127,21 @@ class FetchReport:
             f"{self.failed} failed, {self.skipped} already done, of {self.selected} tiles "
             f"in {self.seconds:.1f} s ({rate:.0f} tiles/s)"
         )
+
+
+@dataclass(frozen=True)
+class YearsReport:
+    """What a run of several years did (``--year 2018-2020``): one report per year's dataset."""
+
+    reports: tuple[FetchReport, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """The worst year's: a failed tile in one year must not hide behind the others."""
+        return max(report.exit_code for report in self.reports)
+
+    def summary(self) -> str:
+        return "\n".join(report.summary() for report in self.reports)
 
 
 def _make_dataset_dir(out: Path, aoi: str, dataset: str) -> DatasetLayout:
@@ -212,6 +230,39 @@ def _interrupted(error: KeyboardInterrupt, done: int) -> KeyboardInterrupt:
     return type(error)(message)
 
 
+ClusterOpener = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+@contextlib.contextmanager
+def _own_cluster(request: FetchRequest) -> Iterator[Any]:
+    """A dask client for one dataset, shut down when it is made."""
+    with quiet_dask_logs(), dask_client(request.workers, request.scheduler) as client:
+        yield client
+
+
+class _SharedCluster:
+    """One dask client for every year of a run: started when a year first has tiles to
+    render (a rerun with nothing left starts none), shut down when the run ends, so the
+    years do not each pay a cluster's start."""
+
+    def __init__(self, request: FetchRequest) -> None:
+        self._request = request
+        self._stack = contextlib.ExitStack()
+        self._client: Any = None
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Any]:
+        if self._client is None:
+            self._client = self._stack.enter_context(_own_cluster(self._request))
+        yield self._client
+
+    def __enter__(self) -> _SharedCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
 @dataclass
 class _Run:
     """One run's state between the lock's acquisition and the report: what it planned, what
@@ -227,6 +278,7 @@ class _Run:
     skipped: int = 0
     interrupted: bool = False
     nothing: str = ""
+    cluster: ClusterOpener | None = None  # the run's shared cluster; else one of its own
 
     def __post_init__(self) -> None:
         self.previous = read_manifest(self.layout.manifest)
@@ -243,7 +295,8 @@ class _Run:
         self.counts[TileStatus.NO_SOURCE] += len(plan.no_source)
         log_plan(plan, self.skipped, adapter.plan_summary())
         if plan.to_render:  # a rerun with nothing left to do starts no cluster
-            with quiet_dask_logs(), dask_client(request.workers, request.scheduler) as client:
+            opened = self.cluster() if self.cluster is not None else _own_cluster(request)
+            with opened as client:
                 try:
                     run_batches(client, adapter, self.layout.folder, plan, self.writer,
                                 self.counts, request.progress)  # fmt: skip
@@ -282,17 +335,39 @@ def fetch_tiles(
     ``request`` says how; keyword arguments are its fields, for callers who prefer them
     (``fetch_tiles(recipe, tiles, aoi="demo", workers=2)``).
     """
-    from m3leo_tiles.dataset.chipfile import remove_partials
-
     refuse_in_starting_worker()
     request = _request_of(request, kwargs)
     started = time.perf_counter()
+    return _render(_checked(recipe, request), tiles, request, started)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A recipe and its adapter for one year, past the source's up-front checks."""
+
+    recipe: Recipe
+    adapter: SourceAdapter
+    options: FetchOptions
+
+
+def _checked(recipe: Recipe, request: FetchRequest) -> _Checked:
+    """The source's up-front checks for the request's year (a year the product lacks, bad
+    options) raise ``ConfigError`` here, before any folder or work."""
     options = request.fetch_options(recipe)
     adapter = get_source(recipe.source)(recipe, options)
     check_run_options(adapter)
     filled = adapter.check()
     if filled is not recipe:  # the source filled what the recipe left out: fetch with that
         recipe, adapter = filled, type(adapter)(filled, options)
+    return _Checked(recipe, adapter, options)
+
+
+def _render(checked: _Checked, tiles: Sequence[GridTile], request: FetchRequest,
+            started: float, cluster: ClusterOpener | None = None) -> FetchReport:  # fmt: skip
+    """Make one dataset (one year) of checked recipe: lock, log, plan, render, report."""
+    from m3leo_tiles.dataset.chipfile import remove_partials
+
+    recipe, adapter, options = checked.recipe, checked.adapter, checked.options
     layout = _make_dataset_dir(Path(request.out), request.aoi,
                                recipe.dataset_name(options.year))  # fmt: skip
     with (
@@ -304,7 +379,8 @@ def fetch_tiles(
         removed = remove_partials(layout.folder)
         if removed:
             log.info("removed %d partial files left by an interrupted run", removed)
-        run = _Run(adapter, tiles, request, layout, Path(options.cache_dir or "."))
+        run = _Run(adapter, tiles, request, layout, Path(options.cache_dir or "."),
+                   cluster=cluster)  # fmt: skip
         try:
             run.execute()
         except KeyboardInterrupt as error:
@@ -315,6 +391,26 @@ def fetch_tiles(
         finally:
             report = run.close(recipe.name, started)
     return report
+
+
+def fetch_years(recipe: Recipe, tiles: Sequence[GridTile], request: FetchRequest,
+                years: Sequence[int]) -> YearsReport:  # fmt: skip
+    """Make one dataset per year in turn (``out/<aoi>/<recipe>-<year>``), each with its own
+    manifest and resumable on its own, on one dask cluster.
+
+    Every year passes the up-front checks before any is made: a year the product lacks must
+    not be found after hours of the others. An interruption or a run-stopping error (exit 2)
+    stops the run there; the years already made are kept and a rerun skips their chips.
+    """
+    refuse_in_starting_worker()
+    requests = [replace(request, year=year) for year in years]
+    checked = [_checked(recipe, one) for one in requests]
+    reports: list[FetchReport] = []
+    with _SharedCluster(request) as cluster:
+        for one, year_checked in zip(requests, checked, strict=True):
+            started = time.perf_counter()
+            reports.append(_render(year_checked, tiles, one, started, cluster.open))
+    return YearsReport(tuple(reports))
 
 
 # --- the public entry point -----------------------------------------------------------------
@@ -333,7 +429,7 @@ def fetch(
     *,
     aoi: str | None = None,
     grid: Path | None = None,
-    year: int | None = None,
+    year: YearSpec = None,
     out: Path = Path("data"),
     workers: int | None = None,
     scheduler: str | None = None,
@@ -346,7 +442,7 @@ def fetch(
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
     grids_dir: Path = Path("grids"),
-) -> FetchReport:
+) -> FetchReport | YearsReport:
     """Make the chips of ``recipe`` for the tiles of a grid, resuming where a run stopped.
 
     The grid is ``grid`` (a grid file), or the grid of ``aoi`` (built if missing), or the only
@@ -356,8 +452,13 @@ def fetch(
     download cache (default ``out/.cache``); ``options`` are the values of options that
     sources declare (``m3leo-tiles fetch --help`` lists them), by name, e.g.
     ``{"ee-url": "http://127.0.0.1:8080"}``.
+
+    ``year`` is one year (``2020``: a ``FetchReport``) or several (``"2018-2020"``,
+    ``"2018,2020"``, ``[2018, 2020]``: a ``YearsReport``, one dataset per year; see
+    ``fetch_years``).
     """
     refuse_in_starting_worker()
+    years = parse_years(year)
     check_choice(aoi, grid, limit)
     loaded = _resolve_recipe(recipe)
     grid_path = grid_path_of(aoi, grid, grids_dir)
@@ -365,7 +466,7 @@ def fetch(
     chosen = select_tiles(grid_path, split, tiles, limit, warnings=(cores,) if cores else ())
     request = FetchRequest(
         aoi=chosen.aoi,
-        year=year,
+        year=years[0] if years else None,
         out=Path(out),
         workers=workers,
         scheduler=scheduler,
@@ -377,6 +478,8 @@ def fetch(
         notes=chosen.notes,
         warnings=chosen.warnings,
     )
+    if years is not None and len(years) > 1:
+        return fetch_years(loaded, chosen.tiles, request, years)
     return fetch_tiles(loaded, chosen.tiles, request)
 
 
@@ -386,10 +489,12 @@ __all__ = [
     "EarlyStop",
     "FetchReport",
     "FetchRequest",
+    "YearsReport",
     "batch_size_for",
     "failure_kind",
     "fetch",
     "fetch_tiles",
+    "fetch_years",
     "find_default_grid",
     "make_plan",
     "read_tile_ids",

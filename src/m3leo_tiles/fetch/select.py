@@ -1,5 +1,6 @@
 """Which tiles a run makes: the grid (a file, an AOI's, or the only one), then a split, a
-file of ids and a limit; what ``fetch`` does before it hands the tiles to ``fetch_tiles``.
+file of ids and a limit, and which years (``--year 2018-2020``); what ``fetch`` does before
+it hands the tiles to ``fetch_tiles``.
 
 Every problem a user can fix is a ``ConfigError`` raised here, before any work: no grid, no
 tile left, a split the grid lacks. What is only doubtful (ids not in the grid, more workers
@@ -9,6 +10,7 @@ than cores) becomes a warning the run logs and prints.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,3 +142,55 @@ def select_tiles(
     if not selected:
         raise _nothing_selected(the_grid, grid_path, chosen_split, tiles)
     return Selection(the_grid.aoi, selected, notes, tuple(said))
+
+
+MAX_YEARS = 50  # more is a typo (2018-20180), not a plan: each year is a whole dataset
+YearSpec = int | str | Sequence[int] | None
+_YEAR_FORM = "a year (2020), a range (2018-2020) or a list (2018,2020)"
+
+
+def _one_year(text: str, given: str) -> int:
+    if not text.strip().isdigit():
+        raise ConfigError(f"--year {given!r}: not {_YEAR_FORM}")
+    return int(text)
+
+
+def _years_of_text(text: str) -> list[int]:
+    """``2020``, ``2018-2020`` and ``2018,2020`` (items may be ranges: ``2016-2018,2020``)."""
+    years: list[int] = []
+    for item in text.split(","):
+        first, dash, last = item.partition("-")
+        start = _one_year(first, text)
+        end = _one_year(last, text) if dash else start
+        if end < start:
+            raise ConfigError(f"--year {text!r}: the range {item.strip()} ends before it starts")
+        if end - start >= MAX_YEARS:
+            raise ConfigError(f"--year {text!r}: more than {MAX_YEARS} years in one run")
+        years.extend(range(start, end + 1))
+    return years
+
+
+def parse_years(year: YearSpec) -> tuple[int, ...] | None:
+    """The years a run makes, in order and each once; ``None`` for the recipe's default.
+
+    Several years are several datasets made in turn by one run (the paper's 2018-2020), so a
+    typo must not become a long run: a range that ends before it starts, text that is not a
+    year, or more than ``MAX_YEARS`` years are refused before any work.
+    """
+    if year is None:
+        return None
+    if isinstance(year, bool):
+        raise ConfigError(f"--year {year!r}: not {_YEAR_FORM}")
+    if isinstance(year, int):
+        years = [year]
+    elif isinstance(year, str):
+        years = _years_of_text(year)
+    else:
+        years = [_one_year(str(y), str(list(year))) if not isinstance(y, int) else y
+                 for y in year]  # fmt: skip
+    unique = tuple(dict.fromkeys(years))
+    if not unique:
+        raise ConfigError(f"--year: no year given; give {_YEAR_FORM}")
+    if len(unique) > MAX_YEARS:
+        raise ConfigError(f"--year: {len(unique)} years, more than {MAX_YEARS} in one run")
+    return unique
