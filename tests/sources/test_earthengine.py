@@ -142,7 +142,7 @@ def test_s1grd_seasonal_means_keep_orbit_directions_apart(emulator) -> None:
     (body,) = emulator.pixel_requests()
     expression = body["expression"]
     assert body["grid"]["crsCode"] == "EPSG:32723"
-    assert body["bandIds"][:4] == ["winter_vvasc", "winter_vhasc", "winter_vvdes", "winter_vhdes"]
+    assert body["bandIds"][:4] == ["winter_vvasc", "winter_vvdes", "winter_vhasc", "winter_vhdes"]
     assert ("2020-12-01", "2021-03-01") in date_ranges(expression)  # DJF spans the new year
     assert ("2021-09-01", "2021-12-01") in date_ranges(expression)
     values = constants(expression)

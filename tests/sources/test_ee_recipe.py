@@ -33,6 +33,7 @@ def test_paper_recipes_have_the_papers_bands() -> None:
     assert {b.split("_")[0] for b in s1["bands"]} == {"winter", "spring", "summer", "fall"}
     # the paper's tool's spellings (fall, des), so band lists of the released dataset work here
     assert "fall_vhdes" in s1["bands"] and parse_params(s1["params"], "s1grd").reducer == "mean"
+    assert s1["bands"][:4] == ["winter_vvasc", "winter_vvdes", "winter_vhasc", "winter_vhdes"]
     s2 = parse_params(_recipe("s2srm")["params"], "s2srm")
     expected = ["B2", "B3", "B4", "B8", "B5", "B6", "B7", "B8A", "B11", "B12"]
     assert [b for b, _ in s2.bands] == expected

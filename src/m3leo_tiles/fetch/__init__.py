@@ -2,10 +2,17 @@
 (``plan``), batches on dask workers (``dispatch``, ``worker``), the cluster (``cluster``), the
 run's log (``runlog``) and the run with its API (``api``).
 
-``fetch`` and ``fetch_tiles`` are what notebooks call; the CLI's ``fetch`` is a thin layer over
-them.
+``fetch`` and ``fetch_tiles`` are what notebooks call (``fetch_years`` for several years);
+the CLI's ``fetch`` is a thin layer over them.
 """
 
-from m3leo_tiles.fetch.api import FetchReport, FetchRequest, fetch, fetch_tiles
+from m3leo_tiles.fetch.api import (
+    FetchReport,
+    FetchRequest,
+    YearsReport,
+    fetch,
+    fetch_tiles,
+    fetch_years,
+)
 
-__all__ = ["FetchReport", "FetchRequest", "fetch", "fetch_tiles"]
+__all__ = ["FetchReport", "FetchRequest", "YearsReport", "fetch", "fetch_tiles", "fetch_years"]

@@ -406,7 +406,8 @@ def fetch_years(recipe: Recipe, tiles: Sequence[GridTile], request: FetchRequest
     requests = [replace(request, year=year) for year in years]
     checked = [_checked(recipe, one) for one in requests]
     reports: list[FetchReport] = []
-    with _SharedCluster(request) as cluster:
+    # SIGTERM between two years too must shut the shared cluster down (exit 143), not kill us
+    with sigterm_as_interrupt(), _SharedCluster(request) as cluster:
         for one, year_checked in zip(requests, checked, strict=True):
             started = time.perf_counter()
             reports.append(_render(year_checked, tiles, one, started, cluster.open))
