@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from helpers.full_disk import FullDiskFile
 from m3leo_tiles import __version__
 from m3leo_tiles.core.errors import DiskFullError
 from m3leo_tiles.dataset.chipfile import (
@@ -80,22 +81,9 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
 
 def test_full_disk_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
     recipe = recipe_for(tmp_path, 89.6)
-    real_open = open
-
-    class FullFile:
-        def __init__(self, *args, **kwargs):
-            self.handle = real_open(*args, **kwargs)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def write(self, payload):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("m3leo_tiles.core.atomic.open", FullFile, raising=False)  # the one writer
+    monkeypatch.setattr(
+        "m3leo_tiles.core.atomic.open", FullDiskFile, raising=False
+    )  # the one writer
     with pytest.raises(DiskFullError, match="no space left") as caught:
         write_chip(tmp_path / "x.tif", chip_for(89.6), TILE.pixel_grid(89.6), recipe, {})
     assert "\n" not in str(caught.value) and caught.value.exit_code == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.full_disk import FullDiskFile
 from helpers.loopback import QuietHandler, serve, serve_files
 from m3leo_tiles.core.errors import DiskFullError, TransientSourceError
 from m3leo_tiles.core.retry import RetryPolicy
@@ -161,26 +162,9 @@ def test_a_full_cache_disk_stops_the_run_in_one_line(bucket: Path, tmp_path: Pat
                                                      monkeypatch) -> None:  # fmt: skip
     """ENOSPC while streaming is fatal (every further download would fail too), not retried,
     and no partial file is left behind."""
-    import errno
-
     import m3leo_tiles.sources.download as download
 
-    real_open = open
-
-    class FullFile:
-        def __init__(self, *args, **kwargs):
-            self.handle = real_open(*args, **kwargs)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def write(self, chunk):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(download, "open", FullFile, raising=False)
+    monkeypatch.setattr(download, "open", FullDiskFile, raising=False)
     cache = tmp_path / "cache"
     with serve_files(bucket) as server:
         with pytest.raises(DiskFullError, match="no space left for the download cache") as caught:
