@@ -84,6 +84,13 @@ def fresh_worker_sessions(monkeypatch):
 
 
 @pytest.fixture
+def logged_in(home, monkeypatch):
+    """Earthdata credentials the loopback ASF accepts, where a user keeps them (environment)."""
+    monkeypatch.setenv("EARTHDATA_USERNAME", USER)
+    monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
+
+
+@pytest.fixture
 def asf(world, home):
     state = asf_state(world.items, world.products, {USER: PASSWORD})
     with serve(AsfHandler, **state) as server, route_asf_sessions(server.url):
@@ -121,10 +128,8 @@ def expected_inputs(world, tiles) -> dict[str, tuple[str, ...]]:
 
 
 def test_search_through_the_real_client_selects_pairs_and_is_cached(
-    asf, world, tiles, tmp_path, monkeypatch
+    asf, logged_in, world, tiles, tmp_path
 ):
-    monkeypatch.setenv("EARTHDATA_USERNAME", USER)
-    monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
     inputs = adapter(tmp_path).plan(tiles)
     assert inputs == expected_inputs(world, tiles)
     assert sum(1 for names in inputs.values() if names) >= 9
@@ -243,10 +248,8 @@ def test_half_set_environment_is_refused_at_check(tmp_path, home, monkeypatch):
 
 
 def test_a_truncated_download_is_retried_and_never_taken_whole(
-    asf, world, tiles, tmp_path, monkeypatch
+    asf, logged_in, world, tiles, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("EARTHDATA_USERNAME", USER)
-    monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
     source = adapter(tmp_path)
     inputs = source.plan(tiles)
     name = next(n for names in inputs.values() for n in names)
@@ -265,10 +268,8 @@ def test_a_truncated_download_is_retried_and_never_taken_whole(
 
 @pytest.mark.slow
 def test_two_workers_asking_for_one_product_make_one_download(
-    asf, world, tiles, tmp_path, monkeypatch
+    asf, logged_in, world, tiles, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("EARTHDATA_USERNAME", USER)
-    monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
     source = adapter(tmp_path / "driver")
     inputs = source.plan(tiles)
     search = merge_saved_searches(tmp_path / "driver" / "cache", tmp_path / "saved.geojson")
@@ -287,9 +288,7 @@ def test_two_workers_asking_for_one_product_make_one_download(
     ]
 
 
-def test_a_refused_download_is_a_per_tile_failure(asf, world, tiles, tmp_path, monkeypatch):
-    monkeypatch.setenv("EARTHDATA_USERNAME", USER)
-    monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
+def test_a_refused_download_is_a_per_tile_failure(asf, logged_in, world, tiles, tmp_path):
     source = adapter(tmp_path)
     inputs = source.plan(tiles)
     items = [(t, inputs[t.identifier]) for t in tiles if inputs[t.identifier]]
@@ -477,10 +476,8 @@ def test_a_product_failing_mid_batch_fails_only_the_tiles_it_failed(
 
 
 def test_a_cached_product_with_flipped_bytes_is_downloaded_again_once(
-    asf, world, tiles, tmp_path, monkeypatch
+    asf, logged_in, world, tiles, tmp_path
 ):
-    monkeypatch.setenv("EARTHDATA_USERNAME", USER)
-    monkeypatch.setenv("EARTHDATA_PASSWORD", PASSWORD)
     source = adapter(tmp_path)
     inputs = source.plan(tiles)
     items = [(t, inputs[t.identifier]) for t in tiles if inputs[t.identifier]]
