@@ -5,7 +5,7 @@ The driver learns a batch's rows when the whole batch is done; a batch of a remo
 take minutes, during which the progress bar stood still and a network outage said nothing.
 Workers therefore publish small events on a topic of the run (distributed's event log: it
 works on our LocalCluster and on any ``--scheduler`` cluster), and the driver subscribes to it
-(``runner._Progress``). Outside a dask worker (a source used from Python), a warning is
+(``fetch.dispatch._LiveTiles``). Outside a dask worker (a source used from Python), a warning is
 logged in the process itself.
 """
 

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from m3leo_tiles.core.atomic import write_text
+
 
 def _finite(value: Any) -> Any:
     """``value`` with every non-finite float (at any depth) replaced by None."""
@@ -42,8 +44,6 @@ def loads(text: str) -> Any:
 def write(path: Path, value: Any, **options: Any) -> None:
     """Write ``value`` to ``path`` as strict JSON with a final newline (a new file renamed
     over the target: never half-written, never through a planted link)."""
-    from m3leo_tiles.core.atomic import write_text
-
     write_text(Path(path), dumps(value, **options) + "\n")
 
 
