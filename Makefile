@@ -3,9 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint demo bench clean
+.PHONY: install browser test lint demo bench clean
 
-install: $(BIN)/m3leo-tiles
+install: $(BIN)/m3leo-tiles browser
+
+# The map's browser test drives Debian's chromium (no browser download at run time). As root
+# (CI, containers) it is installed here; elsewhere install it yourself or that test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not found; run 'sudo apt-get install chromium' for the map test"; fi; }
 
 $(BIN)/m3leo-tiles: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
