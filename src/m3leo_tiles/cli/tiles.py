@@ -424,6 +424,16 @@ def status(
             "are recorded failed so that the next fetch makes them again. Exit 1 if any.",
         ),
     ] = False,
+    map_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--map",
+            help="Also write a map of the run to FILE: one self-contained HTML page (no "
+            "network needed) with every tile coloured by status per dataset; hover or click "
+            "a tile for its id, status and reason.",
+            metavar="FILE",
+        ),
+    ] = None,
 ) -> None:
     """Summarise every dataset under OUT: tiles ok / empty / no-source / failed / missing.
 
@@ -437,6 +447,7 @@ def status(
       m3leo-tiles status /data/m3leo --grids-dir /data/grids
       m3leo-tiles status --grid my-tiles.geojson
       m3leo-tiles status --verify
+      m3leo-tiles status --map map.html
     """
     from m3leo_tiles.tools.status import format_status_table
     from m3leo_tiles.tools.status import status as read_status
@@ -447,6 +458,12 @@ def status(
             f"no output folder {where}; status looks for OUT/<aoi>/<dataset>/manifest.csv "
             "under the folder fetch wrote to: pass it, e.g. `m3leo-tiles status /data/m3leo`"
         )
+    if map_path is not None:
+        from m3leo_tiles.tools.runmap import map_path_problem
+
+        problem = map_path_problem(map_path)
+        if problem is not None:
+            raise ConfigError(problem)
     found = read_status(out, grids_dir, grid=grid)
     if not found:
         typer.echo(
@@ -460,6 +477,11 @@ def status(
         checks = [verify_dataset(dataset.folder) for dataset in found]
         found = read_status(out, grids_dir, grid=grid)  # with the damaged tiles now failed
     typer.echo(format_status_table(found))
+    if map_path is not None:
+        from m3leo_tiles.tools.runmap import write_run_map
+
+        written = write_run_map(out, map_path, grids_dir, grid=grid)
+        typer.echo(written.summary())
     if verify:
         for check in checks:
             typer.echo(check.summary())
