@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/bench_chip_steps.py
 	$(BIN)/python bench/bench_remote.py
 	$(BIN)/python bench/bench_loader.py
+	$(BIN)/python bench/bench_runmap.py
 
 clean:
 	rm -rf $(VENV) build dist demo-output .pytest_cache

@@ -230,3 +230,30 @@ def test_hiding_a_status_in_the_legend_clears_its_tiles(run: dict, browser, tmp_
     page.evaluate("() => new Promise((done) => requestAnimationFrame(() => setTimeout(done)))")
     after = _pixels(page, tmp_path / "after.png").getpixel((round(where["x"]), round(where["y"])))
     assert before == _legend_colours(page)["ok"] and after != before
+
+
+def test_a_foreign_grid_given_as_a_file_is_mapped_by_its_boxes(tmp_path: Path) -> None:
+    """Ids that are not lattice ids (geetiles, the released M3LEO grids) are placed at their
+    box's centre and travel as text; the grid comes from --grid as status takes it."""
+    import geopandas as gpd
+    from pyproj import Transformer
+    from shapely.geometry import box
+
+    folder = tmp_path / "data" / "mine" / "ds"
+    folder.mkdir(parents=True)
+    boxes = {"cell-a": (10.0, 45.0, 10.05, 45.04), "cell-b": (10.05, 45.0, 10.1, 45.04)}
+    rows = {"cell-a": ManifestRow("cell-a", TileStatus.FAILED, "no luck")}
+    write_manifest(folder / MANIFEST_NAME, rows)
+    grid = tmp_path / "mine.geojson"
+    gpd.GeoDataFrame(
+        {"identifier": list(boxes), "aoi": ["mine"] * 2},
+        geometry=[box(*b) for b in boxes.values()],
+        crs="EPSG:4326",
+    ).to_file(grid, driver="GeoJSON")
+    run_map = build_run_map(tmp_path / "data", tmp_path / "no-grids", grid=grid)
+    assert _codes(run_map, "mine/ds") == {"cell-a": "failed", "cell-b": "missing"}
+    to_mercator = Transformer.from_crs(4326, 3857, always_xy=True)
+    for at, (w, s, e, n) in enumerate(boxes.values()):
+        x, y = to_mercator.transform((w + e) / 2, (s + n) / 2)
+        assert (run_map.x[at], run_map.y[at]) == pytest.approx((x, y), abs=1.0)
+    assert "cell-a\\ncell-b" in page_html(run_map, "t")

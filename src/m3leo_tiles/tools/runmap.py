@@ -85,13 +85,17 @@ class Layer:
 class RunMap:
     """Everything the page draws: tiles, one layer per dataset, reasons, outlines."""
 
-    ids: tuple[str, ...]
+    tiles: tuple[GridTile, ...]
     x: np.ndarray  # float32 Web Mercator metres of each tile's centre
     y: np.ndarray
     layers: tuple[Layer, ...]
     reasons: tuple[str, ...]
-    outlines: tuple[np.ndarray, ...]  # rings, (n, 2) float32 Web Mercator metres
+    outlines: tuple[np.ndarray, ...]  # lines, (n, 2) float32 Web Mercator metres
     unplaced: int = 0  # manifest rows whose id is no lattice id and is in no grid
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(tile.identifier for tile in self.tiles)
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ def build_run_map(out: Path, grids_dir: Path = Path("grids"), grid: Path | None 
         layers.append(Layer(layout.aoi, layout.dataset, codes, pairs[:, 0], pairs[:, 1]))
     x, y = _mercator_centres(tiles)
     return RunMap(
-        ids=tuple(index),
+        tiles=tuple(tiles),
         x=x,
         y=y,
         layers=tuple(layers),
@@ -247,7 +251,7 @@ def _mercator_centres(tiles: Sequence[GridTile]) -> tuple[np.ndarray, np.ndarray
 
 
 def _outlines(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The rings of the built-in AOIs that reach the tiles' extent, simplified to about a
+    """The borders of the built-in AOIs near the tiles' extent, simplified to about a
     thousandth of it: enough to know where one is, a few kB in the page."""
     if not len(x):
         return ()
@@ -261,37 +265,35 @@ def _outlines(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     view = shapely.box(west - pad, south - pad, east + pad, north + pad)
     tolerance = max(east - west, north - south, 0.05) / 1000
     to_mercator = _to_mercator(4326)
-    rings: list[np.ndarray] = []
+    lines: list[np.ndarray] = []
     for info in list_aois():
         if not view.intersects(shapely.box(*info.bbox)):
             continue
-        shape = load_aoi(info.name).geometry.intersection(view).simplify(tolerance)
-        for ring in _rings(shape):
-            lon, lat = np.asarray(ring.coords)[:, :2].T
+        border = load_aoi(info.name).geometry.boundary.intersection(view).simplify(tolerance)
+        for line in _lines(border):
+            lon, lat = np.asarray(line.coords)[:, :2].T
             lat = np.clip(lat, -_MERCATOR_MAX_LAT, _MERCATOR_MAX_LAT)
-            rings.append(np.column_stack(to_mercator.transform(lon, lat)).astype(np.float32))
-    return tuple(rings)
+            lines.append(np.column_stack(to_mercator.transform(lon, lat)).astype(np.float32))
+    return tuple(lines)
 
 
-def _rings(shape: shapely.Geometry) -> Iterable[shapely.LinearRing]:
-    for polygon in getattr(shape, "geoms", [shape]):
-        if isinstance(polygon, shapely.Polygon) and not polygon.is_empty:
-            yield polygon.exterior
-            yield from polygon.interiors
-        elif hasattr(polygon, "geoms"):
-            yield from _rings(polygon)
+def _lines(shape: shapely.Geometry) -> Iterable[shapely.LineString]:
+    for part in getattr(shape, "geoms", [shape]):
+        if isinstance(part, shapely.LineString | shapely.LinearRing) and len(part.coords) > 1:
+            yield part
+        elif hasattr(part, "geoms"):
+            yield from _lines(part)
 
 
-def _packed_ids(ids: Sequence[str]) -> dict[str, np.ndarray] | str:
+def _packed_ids(tiles: Sequence[GridTile]) -> dict[str, np.ndarray] | str:
     """Lattice ids as (zone, row, column) arrays the page spells back; any other id makes the
     page carry every id as text (foreign grids: rare, and small)."""
-    parsed = [parse_tile_id(identifier) for identifier in ids]
-    if any(tile is None for tile in parsed):
-        return "\n".join(ids)
+    if not all(isinstance(tile, Tile) for tile in tiles):
+        return "\n".join(tile.identifier for tile in tiles)
     return {
-        "zone": np.array([t.zone for t in parsed], dtype=np.uint8),  # type: ignore[union-attr]
-        "row": np.array([t.row for t in parsed], dtype=np.int16),  # type: ignore[union-attr]
-        "col": np.array([t.col for t in parsed], dtype=np.int16),  # type: ignore[union-attr]
+        "zone": np.array([t.zone for t in tiles], dtype=np.uint8),  # type: ignore[attr-defined]
+        "row": np.array([t.row for t in tiles], dtype=np.int16),  # type: ignore[attr-defined]
+        "col": np.array([t.col for t in tiles], dtype=np.int16),  # type: ignore[attr-defined]
     }
 
 
@@ -314,11 +316,11 @@ class _Blob:
 def page_html(run_map: RunMap, title: str) -> str:
     """The page: the template with the run's data inline (JSON header, deflated binary)."""
     blob = _Blob()
-    ids = _packed_ids(run_map.ids)
+    ids = _packed_ids(run_map.tiles)
     meta = {
         "title": title,
         "generated": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "tiles": len(run_map.ids),
+        "tiles": len(run_map.tiles),
         "tileSize": TILE_SIZE_M,
         "labels": LABELS,
         "x": blob.add(run_map.x),
@@ -341,7 +343,7 @@ def page_html(run_map: RunMap, title: str) -> str:
             if run_map.outlines
             else np.zeros(0, np.float32)
         ),
-        "outlineRings": blob.add(np.array([len(r) for r in run_map.outlines], dtype=np.uint32)),
+        "outlineLines": blob.add(np.array([len(r) for r in run_map.outlines], dtype=np.uint32)),
         "unplaced": run_map.unplaced,
     }
     data = base64.b64encode(zlib.compress(b"".join(blob.parts), 6)).decode("ascii")
@@ -359,5 +361,5 @@ def write_run_map(
     html = page_html(run_map, f"m3leo-tiles run map: {Path(out).resolve()}")
     write_text(Path(path), html)
     return MapWritten(
-        Path(path), len(run_map.ids), len(run_map.layers), len(html.encode()), run_map.unplaced
+        Path(path), len(run_map.tiles), len(run_map.layers), len(html.encode()), run_map.unplaced
     )
