@@ -55,7 +55,7 @@ def synthetic_run(aoi: str, root: Path) -> dict:
     rng = np.random.default_rng(SEED)
     reasons = [f"cannot read scene S1_{k:03d}: HTTP 503 from the archive" for k in range(40)]
     made = {}
-    for name, shift in (("s2", 0.0), ("dem", 0.35)):
+    for name, shift, corner in (("s2", 0.0, (0.75, 0.55)), ("dem", 0.35, (-0.15, 0.5))):
         u = (lon - w) / (e - w)
         v = (lat - s) / (n - s)
         status = np.full(len(ids), "ok", dtype=object)
@@ -63,7 +63,8 @@ def synthetic_run(aoi: str, root: Path) -> dict:
         status[np.abs(u - (0.3 + shift) % 1) < 0.01] = "no-source"
         for cu, cv, r in ((0.2 + shift, 0.7, 0.06), (0.65, 0.3 + shift / 2, 0.04)):
             status[(u - cu % 1) ** 2 + (v - cv) ** 2 < r**2] = "failed"
-        status[(u > 0.88 - shift / 4) & (v < 0.35)] = "missing"
+        cu, cv = corner  # a corner the run has not reached yet (negative: the west side)
+        status[((u > cu) if cu > 0 else (u < -cu)) & (v > cv)] = "missing"
         folder = root / "data" / aoi / name
         folder.mkdir(parents=True)
         rows = {}
