@@ -11,9 +11,11 @@ passes). Then, in the same run:
   in MB, against ``status`` (the table) on the same folder as the baseline, and the grid's
   own GeoJSON file as the size of "every tile as a polygon";
 * opening it in headless Chromium (Debian's, driven by playwright): wall seconds from
-  navigation to the first full draw (the page sets ``m3leoMap.ready``), the page's own
-  figure from its script's start, and the median time of a full redraw (what a pan or a zoom
-  costs) and of finding the tile under the pointer.
+  navigation to the first full draw (the page sets ``m3leoMap.ready``), the seconds the
+  page's main thread was busy meanwhile (DevTools' TaskDuration: parsing, script, drawing;
+  waiting for a CPU is not counted), the page's own figure from its script's start, and the
+  median time of a full redraw (what a pan or a zoom costs) and of finding the tile under
+  the pointer.
 
     .venv/bin/python bench/bench_runmap.py [--aoi conus] [--repeats 3] [--png docs/x.png]
     .venv/bin/python bench/bench_runmap.py --quick      # the pakin AOI (205k tiles)
@@ -101,15 +103,19 @@ def open_in_chromium(page_path: Path, repeats: int, png: Path | None) -> dict:
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    opened, in_page, redraw, hit = [], [], [], []
+    opened, busy, in_page, redraw, hit = [], [], [], [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         for k in range(repeats):
             page = browser.new_page(viewport={"width": 1000, "height": 640})
+            devtools = page.context.new_cdp_session(page)
+            devtools.send("Performance.enable")
             started = time.perf_counter()
             page.goto(page_path.as_uri())
             page.wait_for_function("window.m3leoMap && window.m3leoMap.ready", timeout=120_000)
             opened.append(time.perf_counter() - started)
+            metrics = devtools.send("Performance.getMetrics")["metrics"]
+            busy.append(next(m["value"] for m in metrics if m["name"] == "TaskDuration"))
             in_page.append(page.evaluate("m3leoMap.drawMs") / 1000)
             redraw.append(
                 page.evaluate(
@@ -133,6 +139,7 @@ def open_in_chromium(page_path: Path, repeats: int, png: Path | None) -> dict:
     return {
         "open_to_drawn_s": statistics.median(opened),
         "open_to_drawn_all_s": opened,
+        "main_thread_busy_s": statistics.median(busy),
         "in_page_s": statistics.median(in_page),
         "redraw_s": statistics.median(redraw),
         "tile_under_pointer_s": statistics.median(hit),

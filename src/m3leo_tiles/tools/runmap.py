@@ -133,7 +133,9 @@ def map_path_problem(path: Path) -> str | None:
     return None
 
 
-def _grid_tiles(aoi: str, grids_dir: Path, given: tuple[str, Sequence[GridTile]] | None):
+def _grid_tiles(
+    aoi: str, grids_dir: Path, given: tuple[str, Sequence[GridTile]] | None
+) -> Sequence[GridTile] | None:
     """The tiles of the AOI's grid as ``status`` finds it (``--grid`` for its own AOI, else
     ``grids_dir/<aoi>/tiles.*``); None when there is none or it cannot be read, as there."""
     if given is not None and given[0] == aoi:
