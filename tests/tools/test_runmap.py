@@ -175,13 +175,18 @@ def _legend_colours(page) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _assert_tiles_coloured(page, image, expected: dict[str, str]) -> None:
+def _assert_tiles_coloured(page, image, expected: dict[str, str]) -> int:
+    """Each tile whose centre is on screen has its status's colour there; how many were."""
     colours = _legend_colours(page)
     assert len(set(colours.values())) == len(colours) == 5  # five distinct colours
+    seen = 0
     for ident, status in expected.items():
         where = page.evaluate("(id) => m3leoMap.screenOf(id)", ident)
-        pixel = image.getpixel((round(where["x"]), round(where["y"])))
-        assert pixel == colours[status], (ident, status, pixel)
+        x, y = round(where["x"]), round(where["y"])
+        if 0 <= x < image.width and 0 <= y < image.height:
+            assert image.getpixel((x, y)) == colours[status], (ident, status)
+            seen += 1
+    return seen
 
 
 def test_the_map_in_a_browser(run: dict, browser, tmp_path: Path) -> None:
@@ -197,7 +202,12 @@ def test_the_map_in_a_browser(run: dict, browser, tmp_path: Path) -> None:
     assert page.evaluate("m3leoMap.layers") == ["testaoi/fake", "testaoi/other"]
 
     expected = run["expected"]["testaoi/fake"]
-    _assert_tiles_coloured(page, _pixels(page, tmp_path / "fake.png"), expected)
+    assert _assert_tiles_coloured(page, _pixels(page, tmp_path / "fake.png"), expected) == 12
+
+    hovered = page.evaluate("(id) => m3leoMap.screenOf(id)", IDS[1])
+    page.mouse.move(hovered["x"], hovered["y"])
+    assert page.text_content("#info-id") == IDS[1]
+    assert page.text_content("#info-status") == expected[IDS[1]]
 
     failed = IDS[3]
     where = page.evaluate("(id) => m3leoMap.screenOf(id)", failed)
@@ -210,7 +220,7 @@ def test_the_map_in_a_browser(run: dict, browser, tmp_path: Path) -> None:
     page.select_option("#dataset", label="testaoi/other")
     other = run["expected"]["testaoi/other"]
     assert other != expected
-    _assert_tiles_coloured(page, _pixels(page, tmp_path / "other.png"), other)
+    assert _assert_tiles_coloured(page, _pixels(page, tmp_path / "other.png"), other) == 12
     assert page.text_content("#info-status") == other[failed]  # the kept tile, in this dataset
 
     assert errors == []
@@ -257,3 +267,38 @@ def test_a_foreign_grid_given_as_a_file_is_mapped_by_its_boxes(tmp_path: Path) -
         x, y = to_mercator.transform((w + e) / 2, (s + n) / 2)
         assert (run_map.x[at], run_map.y[at]) == pytest.approx((x, y), abs=1.0)
     assert "cell-a\\ncell-b" in page_html(run_map, "t")
+
+
+def test_zoom_and_pan_move_the_tiles_and_keep_their_colours(
+    run: dict, browser, tmp_path: Path
+) -> None:
+    page_file = tmp_path / "map.html"
+    page_file.write_text(page_html(build_run_map(run["out"], run["grids"]), "test run"))
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    page.goto(page_file.as_uri())
+    page.wait_for_function("window.m3leoMap && window.m3leoMap.ready", timeout=30_000)
+    expected = run["expected"]["testaoi/fake"]
+
+    def at(ident: str) -> tuple[float, float]:
+        where = page.evaluate("(id) => m3leoMap.screenOf(id)", ident)
+        return where["x"], where["y"]
+
+    def settle() -> None:
+        page.evaluate("() => new Promise((done) => requestAnimationFrame(() => setTimeout(done)))")
+
+    (ax, ay), bx = at(IDS[0]), at(IDS[1])[0]  # IDS[1]: the next column east
+    page.mouse.move(ax, ay)
+    page.mouse.wheel(0, -400)  # zoom in around tile 0: it stays put, its neighbour moves away
+    settle()
+    (zx, zy), wx = at(IDS[0]), at(IDS[1])[0]
+    assert (zx, zy) == pytest.approx((ax, ay), abs=1.0)
+    assert abs(wx - zx) > 1.5 * abs(bx - ax)
+    assert 1 <= _assert_tiles_coloured(page, _pixels(page, tmp_path / "zoomed.png"), expected) < 12
+
+    page.mouse.move(400, 300)
+    page.mouse.down()
+    page.mouse.move(300, 250, steps=5)  # drag 100 px left and 50 px up
+    page.mouse.up()
+    settle()
+    assert at(IDS[0]) == pytest.approx((zx - 100, zy - 50), abs=1.0)
+    assert _assert_tiles_coloured(page, _pixels(page, tmp_path / "panned.png"), expected) >= 1
