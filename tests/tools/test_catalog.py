@@ -304,3 +304,20 @@ def test_fetch_brings_the_catalog_up_to_date(cluster, tmp_path: Path) -> None:
     assert sorted(after) == sorted(f"{i}.json" for i in IDS[:6])
     assert {k: after[k] for k in before} == before
     assert sorted(i["id"] for i in read_items(folder)) == sorted(IDS[:6])
+
+
+def test_items_of_any_zone_and_hemisphere_sit_where_their_tiles_are() -> None:
+    """The bulk computation from ids equals the tiles' own (south: EPSG:327zz, zone 60's
+    tiles over 180° unwrapped as the grid does)."""
+    from m3leo_tiles.grid.tile import Tile
+    from m3leo_tiles.tools.catalog import _lattice_columns
+
+    tiles = [Tile(1, -5, 10), Tile(60, 3, 150), Tile(33, 1036, 60), Tile(18, -2000, 120),
+             Tile(60, 1500, 185)]  # fmt: skip
+    columns = _lattice_columns([t.identifier for t in tiles], (10, 10))
+    for index, tile in enumerate(tiles):
+        grid = tile.pixel_grid(448)
+        assert columns["epsg"][index] == tile.epsg
+        assert Affine(*columns["transforms"][index]) == grid.transform
+        corners = np.asarray(tile.lonlat_polygon().exterior.coords)[:4]
+        np.testing.assert_allclose(columns["footprints"][index], corners, atol=1e-9)

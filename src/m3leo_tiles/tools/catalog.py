@@ -230,13 +230,14 @@ def _pairs(bands: Sequence[Band]) -> list[dict[str, Any]]:
 
 def _lattice_columns(ids: Sequence[str], shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """CRS, transform and lon/lat corners of lattice tiles, computed per UTM zone in bulk."""
-    import pandas as pd
-
-    parts = pd.Series(list(ids), dtype=object).str.extract(LATTICE_ID)
-    zone = parts[0].astype(int).to_numpy()
-    south = (parts[1] == "S").to_numpy()
-    number = parts[2].astype(int).to_numpy()
-    col = parts[3].astype(int).to_numpy()
+    # Lattice ids are fixed-width ASCII (33N_1187_089): parsed as a byte matrix, no regex.
+    chars = np.frombuffer(np.array(ids, dtype="S12").tobytes(), dtype=np.uint8)
+    chars = chars.reshape(len(ids), 12).astype(np.int64)
+    digits = chars - ord("0")
+    zone = digits[:, 0] * 10 + digits[:, 1]
+    south = chars[:, 2] == ord("S")
+    number = digits[:, 4] * 1000 + digits[:, 5] * 100 + digits[:, 6] * 10 + digits[:, 7]
+    col = digits[:, 9] * 100 + digits[:, 10] * 10 + digits[:, 11]
     row = np.where(south, -number - 1, number)
     epsg = np.where(south, 32700, 32600) + zone
     x0 = col * TILE_SIZE_M
@@ -286,20 +287,24 @@ def _times(ids: Sequence[str], period: Period | None, rows: Mapping[str, Manifes
            headers: Mapping[str, Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Start and end of each Item: its pairs' dates (GUNW), else the dataset's period, else
     (no year) the time the chip was made."""
-    starts = np.empty(len(ids), dtype="datetime64[s]")
-    ends = np.empty(len(ids), dtype="datetime64[s]")
+    n = len(ids)
+    if period is not None:
+        starts = np.full(n, np.datetime64(period.start.replace(tzinfo=None), "s"))
+        ends = np.full(n, np.datetime64(period.end.replace(tzinfo=None), "s"))
+    else:
+        starts = np.empty(n, dtype="datetime64[s]")
+        ends = np.empty(n, dtype="datetime64[s]")
+    if period is not None and not headers:
+        return starts, ends
     made_now = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "s")
     for index, identifier in enumerate(ids):
-        pairs = headers.get(identifier, {}).get("pairs") or []
+        pairs = headers.get(identifier, {}).get("pairs")
         if pairs:
             first = min(p["secondary_date"] for p in pairs)
             last = max(p["reference_date"] for p in pairs)
             starts[index] = np.datetime64(first, "s")
             ends[index] = np.datetime64(last, "s") + np.timedelta64(86399, "s")
-        elif period is not None:
-            starts[index] = np.datetime64(period.start.replace(tzinfo=None), "s")
-            ends[index] = np.datetime64(period.end.replace(tzinfo=None), "s")
-        else:
+        elif period is None:
             row = rows.get(identifier)
             made = _parse_time(row.finished_at) if row is not None else None
             starts[index] = ends[index] = made if made is not None else made_now
