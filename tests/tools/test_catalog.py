@@ -279,6 +279,29 @@ def test_cli_catalogs_datasets_and_refuses_an_unknown_one(capsys, tree: ChipTree
     assert len(list((tree.folder("esawc") / "items").glob("*.json"))) == 12
     code, out, err = call_cli(capsys, "catalog", "nope", "--root", tree.root)
     assert_one_error_line(code, err, "unknown dataset 'nope'")
+    code, out, err = call_cli(capsys, "catalog", "s2x", "--root", tree.root, "--recipe", "nope")
+    assert_one_error_line(code, err, "unknown recipe 'nope'")
+
+
+def test_cli_recipe_option_names_the_recipe_of_the_chips(
+    capsys, tree: ChipTree, tmp_path: Path
+) -> None:
+    data = {"name": "s2x", "source": "raster", "params": {"inputs": "/nowhere/never.tif"},
+            "resolution": 89.6, "bands": ["B2", "B3", "B4"], "dtype": "uint16", "nodata": 0,
+            "license": "CC-BY-4.0"}  # fmt: skip
+    path = tmp_path / "mine.yaml"
+    path.write_text(json.dumps(data))
+    code, out, err = call_cli(capsys, "catalog", "s2x", "--root", tree.root,
+                              "--grids-dir", tree.grids_dir, "--recipe", path)  # fmt: skip
+    assert code == 0, err
+    assert "note" not in out
+    assert json.loads((tree.folder("s2x") / "collection.json").read_text())["license"] == (
+        "CC-BY-4.0"
+    )
+    path.write_text(json.dumps({**data, "nodata": 9}))
+    code, out, err = call_cli(capsys, "catalog", "s2x", "--root", tree.root,
+                              "--grids-dir", tree.grids_dir, "--recipe", path)  # fmt: skip
+    assert code == 0 and "made by another version of it" in out
 
 
 def test_fetch_brings_the_catalog_up_to_date(cluster, tmp_path: Path) -> None:

@@ -84,11 +84,12 @@ class CatalogReport:
     notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        what = (
-            f"{self.changed:,} new or changed, {self.removed:,} removed"
-            if self.written
-            else "unchanged, nothing written"
-        )
+        if not self.written:
+            what = "unchanged, nothing written"
+        elif self.changed or self.removed:
+            what = f"{self.changed:,} new or changed, {self.removed:,} removed"
+        else:
+            what = "Items unchanged, the Collection updated"
         extra = f", {self.json_items:,} Item JSON files" if self.json_items else ""
         lines = [f"{self.folder}: {self.items:,} Items ({what}{extra}), {self.seconds:.1f} s"]
         return "\n".join([*lines, *(f"  note: {note}" for note in self.notes)])
@@ -153,6 +154,18 @@ def _recipe_of(path: Path, notes: list[str]) -> Recipe | None:
     return recipe
 
 
+def _check_hash(path: Path, recipe: Recipe, notes: list[str]) -> None:
+    """A recipe named by the caller is used, but a hash other than the chips' is said."""
+    from m3leo_tiles.dataset.chipfile import read_chip_tags
+
+    chip_hash = read_chip_tags(path).get("recipe_hash", "")
+    if chip_hash and chip_hash != recipe.recipe_hash:
+        notes.append(
+            f"recipe {recipe.name!r} has hash {recipe.recipe_hash}, the chips {chip_hash}: "
+            "they were made by another version of it"
+        )
+
+
 def _year_of(folder: Path, recipe: Recipe | None) -> int | None:
     match = YEAR_SUFFIX.search(folder.name)
     if match is None:
@@ -179,16 +192,19 @@ def dataset_period(recipe: Recipe | None, year: int | None) -> Period | None:
     return stac.period_of((), year, inclusive_end=False)
 
 
-def _splits(grid: str | Path | None, aoi: str, grids_dir: Path, notes: list[str]) -> dict:
+def _splits(
+    grid: str | Path | None, aoi: str, grids_dir: Path, notes: list[str]
+) -> tuple[dict[str, str], Path | None]:
+    """``tile id -> split`` of the grid (and the grid file), or nothing, with a note."""
     try:
         path = grid_path_for(grid, aoi, grids_dir)
         if not path.exists():
             notes.append(f"no grid {path}: Items carry no ml-aoi:split (pass --grid)")
-            return {}
-        return load_splits(path)
+            return {}, None
+        return load_splits(path), path
     except M3leoError as error:
         notes.append(f"no splits ({error}): Items carry no ml-aoi:split")
-        return {}
+        return {}, None
 
 
 # --- per-chip headers (bands per tile, foreign tiles), cached between runs -----------------
@@ -395,7 +411,7 @@ class _Dataset:
 
 
 def _describe(layout: DatasetLayout, recipe: Recipe | None, first: ChipInfo, year: int | None,
-              splits: Mapping[str, str], grid: str | Path | None) -> _Dataset:  # fmt: skip
+              splits: Mapping[str, str], grid: Path | None) -> _Dataset:  # fmt: skip
     bands = _bands_of(first)
     per_tile = (
         recipe.bands_per_tile
@@ -419,7 +435,7 @@ def _describe(layout: DatasetLayout, recipe: Recipe | None, first: ChipInfo, yea
     grid_info = {
         "aoi": layout.aoi,
         "tile_size_m": TILE_SIZE_M,
-        "file": str(grid) if grid is not None else None,
+        "file": f"{grid.parent.name}/{grid.name}" if grid is not None else None,
         "splits": counts,
     }
     description = (recipe.description if recipe is not None else "") or (
@@ -476,10 +492,12 @@ def write_catalog(
     first = read_chip_info(layout.chip(chips.ids[0]))
     if recipe is None:
         recipe = _recipe_of(layout.chip(chips.ids[0]), notes)
+    else:
+        _check_hash(layout.chip(chips.ids[0]), recipe, notes)
     if year is None:
         year = _year_of(layout.folder, recipe)
-    splits = _splits(grid, layout.aoi, Path(grids_dir), notes)
-    dataset = _describe(layout, recipe, first, year, splits, grid)
+    splits, grid_file = _splits(grid, layout.aoi, Path(grids_dir), notes)
+    dataset = _describe(layout, recipe, first, year, splits, grid_file)
     if json_items is None:
         json_items = layout.items_dir.is_dir()
 
