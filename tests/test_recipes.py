@@ -110,6 +110,7 @@ def test_unknown_recipe_lists_known_ones() -> None:
         ({"params": {"inputs": "a.tif", "layers": {}}}, r"either 'inputs' or 'layers'"),
         ({"windows": [{"name": "w", "start": "13-01", "end": "02-28"}]}, r"is not MM-DD"),
         ({"default_year": "2020"}, r"key 'default_year': '2020' is not a year"),
+        ({"license": "CC BY 4.0"}, r"key 'license': 'CC BY 4.0' is not an SPDX licence id"),
     ],
 )
 def test_invalid_recipes_name_file_key_and_what_is_allowed(
@@ -153,3 +154,17 @@ def test_recipe_hash_follows_content_not_location(tmp_path: Path) -> None:
     changed = parse_recipe({**GOOD, "params": {"inputs": "other.tif"}}, "c", tmp_path / "c.yaml")
     assert here.recipe_hash == there.recipe_hash != changed.recipe_hash
     assert here.dataset_name(2020) == "mine-2020" and here.dataset_name(None) == "mine"
+
+
+@pytest.mark.parametrize(("name", "licence"), [("gssic", "CC-BY-4.0"), ("esawc", "CC-BY-4.0")])
+def test_license_is_descriptive_and_never_changes_the_hash(name: str, licence: str) -> None:
+    """Adding ``license:`` to a built-in recipe must not make every chip it made stale."""
+    builtin = load_recipe(name)
+    assert builtin.license == licence
+    data = yaml.safe_load(Path(builtin.path).read_text(encoding="utf-8"))
+    del data["license"]
+    without = parse_recipe(data, "the same recipe without its licence", Path(builtin.path))
+    assert without.license == ""
+    assert without.recipe_hash == builtin.recipe_hash
+    other = parse_recipe({**data, "license": "CC0-1.0"}, "another", Path(builtin.path))
+    assert other.recipe_hash == builtin.recipe_hash

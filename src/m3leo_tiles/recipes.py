@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -66,6 +67,9 @@ class Recipe:
     # driver fills them (``fills_recipe_defaults``; empty once filled), another uses the
     # defaults and refuses a recipe without bands (``SourceAdapter.check_recipe``).
     from_source: tuple[str, ...] = ()
+    # Descriptive only, never in the hash (adding it must not redo chips): the data's licence
+    # as an SPDX id (CC-BY-4.0), which the STAC catalog states ("" unknown).
+    license: str = ""
 
     def __post_init__(self) -> None:
         # Recipes built in Python (notebooks, benchmarks) may pass plain strings and lists.
@@ -73,7 +77,8 @@ class Recipe:
         object.__setattr__(self, "bands", tuple(self.bands))
 
     def content(self) -> dict[str, Any]:
-        """Everything that decides the pixels (not where the file was loaded from)."""
+        """Everything that decides the pixels (not where the file was loaded from, nor
+        descriptive keys such as ``description`` and ``license``): the hash is of this."""
         return {
             "name": self.name,
             "source": self.source,
@@ -228,6 +233,7 @@ _OPTIONAL = (
     "windows",
     "reducer",
     "default_year",
+    "license",
 )
 
 
@@ -334,6 +340,9 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     problem = name_problem(name)
     if problem is not None:  # it names the dataset folder: never a path out of --out
         raise _fail(where, "name", f"{name!r} {problem}; it names the dataset folder ({ALLOWED})")
+    licence = data.get("license", "")
+    if not isinstance(licence, str) or (licence and not re.fullmatch(r"[A-Za-z0-9.+-]+", licence)):
+        raise _fail(where, "license", f"{licence!r} is not an SPDX licence id, e.g. CC-BY-4.0")
     return Recipe(
         name=name,
         source=source,
@@ -351,6 +360,7 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         bands_per_tile=bands_per_tile,
         path=str(path.resolve()) if path else None,
         from_source=from_source,
+        license=licence,
     )
 
 

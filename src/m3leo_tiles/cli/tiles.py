@@ -565,6 +565,50 @@ def stats(
 
 
 @app.command()
+def catalog(
+    datasets: Annotated[
+        list[str],
+        typer.Argument(
+            help="Dataset folders (data/conus/gssic) or names under --root (gssic, agb-2020)."
+        ),
+    ],
+    root: Annotated[Path, typer.Option(help="The --out folder of fetch.")] = Path("data"),
+    aoi: Annotated[str | None, typer.Option(help="AOI folder, when a name is ambiguous.")] = None,
+    json_items: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Also one Item JSON per chip under items/ (small datasets, hosting)."
+        ),
+    ] = False,
+    recipe: Annotated[
+        str | None,
+        typer.Option(help="The recipe (name or YAML) that made the chips (default: theirs)."),
+    ] = None,
+    grid: Annotated[
+        Path | None, typer.Option(help="Grid file with the splits (default: the AOI's grid).")
+    ] = None,
+    grids_dir: Annotated[Path, typer.Option(help="Where grid files are kept.")] = Path("grids"),
+) -> None:
+    """Write a dataset's STAC catalog beside its chips: collection.json and items.parquet.
+
+    The Collection (description, license and provenance from the recipe, extent, bands, grid,
+    splits) and one Item per chip (footprint, proj:*, file:size and checksum, ml-aoi:split)
+    as stac-geoparquet; with --json one Item JSON per chip as well. fetch keeps it up to date;
+    a rerun rewrites only what changed, and nothing when nothing did.
+
+    \b
+    Examples:
+      m3leo-tiles catalog gssic
+      m3leo-tiles catalog data/demo/demo-s2 --json
+    """
+    from m3leo_tiles.tools.catalog import catalog_command
+
+    catalog_command(datasets, root=root, aoi=aoi, recipe=recipe, grid=grid, grids_dir=grids_dir,
+                    json_items=json_items or None,
+                    progress=lambda report: typer.echo(report.summary()))  # fmt: skip
+
+
+@app.command()
 def pack(
     dataset: Annotated[str, typer.Argument(help="A dataset folder or its name under --root.")],
     root: Annotated[Path, typer.Option(help="The --out folder of fetch.")] = Path("data"),

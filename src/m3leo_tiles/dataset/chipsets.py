@@ -93,6 +93,9 @@ class ChipInfo:
     height: int
     crs: str
     bounds: tuple[float, float, float, float]
+    scales: tuple[float, ...] = ()  # GDAL's band scale and offset (GSSIC's DN -> value)
+    offsets: tuple[float, ...] = ()
+    units: tuple[str, ...] = ()
 
 
 def read_chip_info(path: Path) -> ChipInfo:
@@ -112,6 +115,9 @@ def read_chip_info(path: Path) -> ChipInfo:
             height=dataset.height,
             crs=str(dataset.crs),
             bounds=tuple(dataset.bounds),
+            scales=tuple(float(s) for s in dataset.scales),
+            offsets=tuple(float(o) for o in dataset.offsets),
+            units=tuple(u or "" for u in dataset.units),
         )
 
 

@@ -2,8 +2,10 @@
 
 ``OUT/<aoi>/<dataset>/`` holds one chip ``<tile>.tif`` per finished tile, ``manifest.csv``
 (the tiles' rows), ``fetch.log`` (the runs' log), ``.m3leo.lock`` (held by a live run),
-``stats-<split>.json`` (``m3leo-tiles stats``) and ``pack/`` (``m3leo-tiles pack``). fetch
-writes it, status, stats, pack, quicklook and the Dataset read it: each asks a
+``stats-<split>.json`` (``m3leo-tiles stats``), ``pack/`` (``m3leo-tiles pack``) and the STAC
+catalog (``collection.json``, ``items.parquet``, with ``--json`` ``items/<tile>.json``, and
+``.catalog-state.parquet``, what the last catalog was made from: ``m3leo-tiles catalog``).
+fetch writes it, status, stats, pack, quicklook and the Dataset read it: each asks a
 ``DatasetLayout`` instead of joining names itself, so a file name is spelled once.
 
 Hidden files (``.<name>.<pid>.<random>.part``) are partial writes, never chips.
@@ -21,6 +23,10 @@ MANIFEST_NAME = "manifest.csv"
 LOG_NAME = "fetch.log"
 LOCK_NAME = ".m3leo.lock"
 PACK_DIR = "pack"
+COLLECTION_NAME = "collection.json"
+ITEMS_NAME = "items.parquet"
+ITEMS_DIR = "items"
+CATALOG_STATE_NAME = ".catalog-state.parquet"
 
 
 def chip_name(tile_id: str) -> str:
@@ -81,6 +87,25 @@ class DatasetLayout:
     @property
     def pack(self) -> Path:
         return self.folder / PACK_DIR
+
+    @property
+    def collection(self) -> Path:
+        return self.folder / COLLECTION_NAME
+
+    @property
+    def items(self) -> Path:
+        return self.folder / ITEMS_NAME
+
+    @property
+    def items_dir(self) -> Path:
+        return self.folder / ITEMS_DIR
+
+    def item_json(self, tile_id: str) -> Path:
+        return self.items_dir / f"{tile_id}.json"
+
+    @property
+    def catalog_state(self) -> Path:
+        return self.folder / CATALOG_STATE_NAME
 
     def chip_ids(self) -> set[str]:
         """The tile ids whose chip is present (names only: no stat, no read)."""

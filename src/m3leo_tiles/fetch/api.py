@@ -57,6 +57,7 @@ from m3leo_tiles.sources.base import (
     check_run_options,
     get_source,
 )
+from m3leo_tiles.tools.catalog import update_after_fetch
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import GridTile
@@ -86,6 +87,7 @@ class FetchRequest:
     progress: bool = True
     notes: tuple[str, ...] = ()  # lines for fetch.log from choosing the tiles (grid file)
     warnings: tuple[str, ...] = ()  # and for the terminal too (ids not in the grid)
+    grid: Path | None = None  # the grid file the tiles came from: the catalog's splits
 
     def fetch_options(self, recipe: Recipe) -> FetchOptions:
         year = self.year if self.year is not None else recipe.default_year
@@ -390,6 +392,7 @@ def _render(checked: _Checked, tiles: Sequence[GridTile], request: FetchRequest,
             raise
         finally:
             report = run.close(recipe.name, started)
+        update_after_fetch(layout.folder, recipe, request.grid, options.year)
     return report
 
 
@@ -478,6 +481,7 @@ def fetch(
         progress=progress,
         notes=chosen.notes,
         warnings=chosen.warnings,
+        grid=grid_path,
     )
     if years is not None and len(years) > 1:
         return fetch_years(loaded, chosen.tiles, request, years)
