@@ -329,6 +329,29 @@ def test_fetch_brings_the_catalog_up_to_date(cluster, tmp_path: Path) -> None:
     assert sorted(i["id"] for i in read_items(folder)) == sorted(IDS[:6])
 
 
+def test_a_fetch_that_made_no_chip_leaves_the_catalog_unread(
+    cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A no-op rerun (cron) must not pay for reading the manifest and grid again; a rerun
+    that makes a chip still updates the catalog."""
+    import m3leo_tiles.tools.catalog as catalog
+    from helpers.fake_runs import IDS, recipe, run
+    from helpers.fake_runs import TILES as FAKE_TILES
+
+    out = tmp_path / "out"
+    run(cluster, recipe(), out, tiles=FAKE_TILES[:4])
+    calls: list[Path] = []
+    real = catalog.write_catalog
+    monkeypatch.setattr(
+        catalog, "write_catalog", lambda f, *a, **k: calls.append(f) or real(f, *a, **k)
+    )
+    run(cluster, recipe(), out, tiles=FAKE_TILES[:4])
+    assert calls == []
+    run(cluster, recipe(), out, tiles=FAKE_TILES[:5])
+    assert calls == [out / "testaoi" / "fake"]
+    assert sorted(i["id"] for i in read_items(out / "testaoi" / "fake")) == sorted(IDS[:5])
+
+
 def test_items_of_any_zone_and_hemisphere_sit_where_their_tiles_are() -> None:
     """The bulk computation from ids equals the tiles' own (south: EPSG:327zz, zone 60's
     tiles over 180° unwrapped as the grid does)."""

@@ -392,7 +392,8 @@ def _render(checked: _Checked, tiles: Sequence[GridTile], request: FetchRequest,
             raise
         finally:
             report = run.close(recipe.name, started)
-        update_after_fetch(layout.folder, recipe, request.grid, options.year)
+        update_after_fetch(layout.folder, recipe, request.grid, options.year,
+                           made_chips=report.ok > 0)  # fmt: skip
     return report
 
 

@@ -728,10 +728,18 @@ def catalog_command(
     return reports
 
 
-def update_after_fetch(folder: Path, recipe: Recipe, grid: Path | None, year: int | None) -> None:
+def update_after_fetch(
+    folder: Path, recipe: Recipe, grid: Path | None, year: int | None, *, made_chips: bool = True
+) -> None:
     """The catalog brought up to date at the end of a fetch; a dataset without a finished
-    chip gets none. Never fails the run: a problem is logged and ``catalog`` can redo it."""
+    chip gets none. Never fails the run: a problem is logged and ``catalog`` can redo it.
+
+    A run that made no chip (``made_chips`` false: a cron job's no-op rerun) leaves an
+    existing catalog alone without reading anything: on CONUS the check alone reads the
+    manifest and the grid (~9 s), which would triple the rerun."""
     layout = DatasetLayout(folder)
+    if not made_chips and layout.collection.exists() and layout.items.exists():
+        return
     try:
         if not layout.chip_ids():
             return
