@@ -110,6 +110,7 @@ def test_unknown_recipe_lists_known_ones() -> None:
         ({"params": {"inputs": "a.tif", "layers": {}}}, r"either 'inputs' or 'layers'"),
         ({"windows": [{"name": "w", "start": "13-01", "end": "02-28"}]}, r"is not MM-DD"),
         ({"default_year": "2020"}, r"key 'default_year': '2020' is not a year"),
+        ({"compress": "jpeg"}, r"key 'compress': 'jpeg' is not one of zstd, deflate, lzw, none"),
     ],
 )
 def test_invalid_recipes_name_file_key_and_what_is_allowed(
@@ -153,3 +154,13 @@ def test_recipe_hash_follows_content_not_location(tmp_path: Path) -> None:
     changed = parse_recipe({**GOOD, "params": {"inputs": "other.tif"}}, "c", tmp_path / "c.yaml")
     assert here.recipe_hash == there.recipe_hash != changed.recipe_hash
     assert here.dataset_name(2020) == "mine-2020" and here.dataset_name(None) == "mine"
+
+
+def test_the_codec_is_how_chips_are_stored_not_part_of_the_hash(tmp_path: Path) -> None:
+    plain = parse_recipe(GOOD, "a", tmp_path / "mine.yaml")
+    stored = {c: parse_recipe({**GOOD, "compress": c}, "b", tmp_path / "mine.yaml") for c in
+              ("zstd", "deflate", "lzw", "none")}  # fmt: skip
+    assert plain.compress is None
+    assert [str(r.compress) for r in stored.values()] == list(stored)
+    assert {r.recipe_hash for r in stored.values()} == {plain.recipe_hash}
+    assert all(r == plain for r in stored.values())  # a rerun sees the same recipe
