@@ -35,10 +35,10 @@ from m3leo_tiles.tools.status import verify_dataset
 WORLDCOVER = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100])
 TILES = [Tile(33, 1036, 60 + i) for i in range(8)]
 CODECS = list(ChipCodec)
-# (name, resolution, bands, dtype, nodata): 448 px (tiled when deflate) and 50 px chips
+# (name, resolution, bands, dtype, nodata): 448 px (tiled when deflate or lzw) and 50 px chips
 KINDS = [
-    ("opt", 10, ["B2", "B3"], "uint16", 0),
-    ("sar", 89.6, ["vv", "vh", "ratio"], "float32", -9999.0),
+    ("opt", 89.6, ["B2", "B3"], "uint16", 0),
+    ("sar", 10, ["vv", "vh", "ratio"], "float32", -9999.0),  # deflate: predictor 3 in tiles
     ("esawc", 89.6, ["map"], "uint8", 0),  # WorldCover's classes: a categorical target
 ]
 
@@ -146,3 +146,12 @@ def test_stats_pack_dataset_quicklook_and_verify_see_no_codec(
     looks = [quicklook([folders[tree] / "opt"], tmp_path / f"{tree}.png", max_px=200).read_bytes()
              for tree in trees]  # fmt: skip
     assert looks[0] == looks[1]
+
+
+def test_other_layouts_are_read_the_general_way(tmp_path: Path) -> None:
+    """Pixel-interleaved bands (another writer's layout): no fast path, the same pixels."""
+    data = np.arange(3 * 20 * 30, dtype="uint16").reshape(20, 30, 3)
+    path = tmp_path / "contig.tif"
+    tifffile.imwrite(path, data, photometric="rgb", planarconfig="contig", compression="zlib")
+    assert read_blocks(path) is None
+    np.testing.assert_array_equal(read_chip_array(path), np.moveaxis(data, -1, 0))
