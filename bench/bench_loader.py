@@ -12,21 +12,29 @@ that was its bottleneck. Two baselines, both measured in the same run:
 rioxarray and xarray are benchmark-only dependencies (the ``bench`` extra).
 
 Chips of three datasets per configuration, written by the package's chip writer
-(``io.write_chip``) on the same tiles, with smooth random fields (they compress like imagery):
+(``write_chip``) on the same tiles, with smooth random fields, twice: in ``--codec`` (default:
+the package's default, zstd) and in deflate (chips as written before the codec was a choice):
 
 * ``paper`` — the paper's ESAWC task, everything at 10 m (448 px) as in M3LEO: ``s1`` float32
   4 bands and ``s2`` uint16 4 bands in, ``esawc`` uint8 classes as the target (``mask``);
 * ``mixed`` — three inputs at three resolutions, so every sample is also resampled:
   ``s1`` float32 8 bands at 20 m, ``s2`` uint16 4 bands at 10 m, ``dem`` float32 at 89.6 m.
 
+Every loader is timed in wall time (samples/s) and in samples per CPU second of the
+benchmark process and its DataLoader workers (``psutil``), which a busy machine inflates far
+less; ratios are to the paper's loader on the same chips and on the deflate chips.
+
 Loaders, each held for every epoch as a training run holds it (``persistent_workers`` with
 workers), each over every tile per epoch with batches of 8, at ``num_workers`` 0 and 2. The
 first epoch (workers start, pages first touched) is shown apart; then rounds, each running
 the loaders in a new random order (median and range):
 
-* paper (rioxarray): ``open_rasterio`` per chip per sample (the target's baseline);
+* paper (rioxarray): ``open_rasterio`` per chip per sample (the target's baseline), on the
+  same chips as ours and on the deflate chips;
 * naive (rasterio): rasterio open + read per chip per sample;
-* dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (tifffile, no GDAL open);
+* dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (``dataset.chipread``: no
+  GDAL open, each block decoded into the array), in ``--codec`` and in deflate; with workers
+  also ``.loader(threads=N)``;
 * dataset (pack), ``DataLoader(dataset)``: over ``m3leo-tiles pack`` stores (a memory-map
   slice), samples stacked by torch's default collate;
 * dataset (pack), ``.loader()``: whole batches written in place (``read_batch``); with
@@ -42,7 +50,8 @@ torch runs one CPU thread per process (``torch.set_num_threads(1)``; DataLoader 
 that themselves): on a shared 2-core VM torch's default of 2 spinning threads is 20x slower.
 Peak RSS is the benchmark process's (workers' own peak is reported separately).
 
-Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 5] [--tmp DIR]``.
+Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 5] [--codec zstd]
+[--config paper|mixed|all] [--tmp DIR]`` (``--tiles 16 --rounds 3`` for a quick look).
 """
 
 from __future__ import annotations
