@@ -149,6 +149,9 @@ def test_compress_stores_new_chips_and_keeps_finished_ones(tmp_path: Path, share
     verified = cli("status", tmp_path / "data", "--grids-dir", tmp_path / "grids", "--verify",
                    cwd=tmp_path)  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    refused = cli(*args, "--compress", "jpeg", cwd=tmp_path)
+    assert_user_error(refused)
+    assert "'jpeg' is not one of 'zstd', 'deflate', 'lzw', 'none'" in refused.stderr
 
 
 @requires_raster
