@@ -121,6 +121,10 @@ class ChipKind:
     codec: ChipCodec = DEFAULT_CODEC
 
     @property
+    def floating(self) -> bool:
+        return np.dtype(self.dtype).kind == "f"
+
+    @property
     def settings(self) -> Codec:
         return CODECS[ChipCodec(self.codec)]
 
