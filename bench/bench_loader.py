@@ -12,21 +12,29 @@ that was its bottleneck. Two baselines, both measured in the same run:
 rioxarray and xarray are benchmark-only dependencies (the ``bench`` extra).
 
 Chips of three datasets per configuration, written by the package's chip writer
-(``io.write_chip``) on the same tiles, with smooth random fields (they compress like imagery):
+(``write_chip``) on the same tiles, with smooth random fields, twice: in ``--codec`` (default:
+the package's default, zstd) and in deflate (chips as written before the codec was a choice):
 
 * ``paper`` — the paper's ESAWC task, everything at 10 m (448 px) as in M3LEO: ``s1`` float32
   4 bands and ``s2`` uint16 4 bands in, ``esawc`` uint8 classes as the target (``mask``);
 * ``mixed`` — three inputs at three resolutions, so every sample is also resampled:
   ``s1`` float32 8 bands at 20 m, ``s2`` uint16 4 bands at 10 m, ``dem`` float32 at 89.6 m.
 
+Every loader is timed in wall time (samples/s) and in samples per CPU second of the
+benchmark process and its DataLoader workers (``psutil``), which a busy machine inflates far
+less; ratios are to the paper's loader on the same chips and on the deflate chips.
+
 Loaders, each held for every epoch as a training run holds it (``persistent_workers`` with
 workers), each over every tile per epoch with batches of 8, at ``num_workers`` 0 and 2. The
 first epoch (workers start, pages first touched) is shown apart; then rounds, each running
 the loaders in a new random order (median and range):
 
-* paper (rioxarray): ``open_rasterio`` per chip per sample (the target's baseline);
+* paper (rioxarray): ``open_rasterio`` per chip per sample (the target's baseline), on the
+  same chips as ours and on the deflate chips;
 * naive (rasterio): rasterio open + read per chip per sample;
-* dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (tifffile, no GDAL open);
+* dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (``dataset.chipread``: no
+  GDAL open, each block decoded into the array), in ``--codec`` and in deflate; with workers
+  also ``.loader(threads=N)``;
 * dataset (pack), ``DataLoader(dataset)``: over ``m3leo-tiles pack`` stores (a memory-map
   slice), samples stacked by torch's default collate;
 * dataset (pack), ``.loader()``: whole batches written in place (``read_batch``); with
@@ -42,12 +50,14 @@ torch runs one CPU thread per process (``torch.set_num_threads(1)``; DataLoader 
 that themselves): on a shared 2-core VM torch's default of 2 spinning threads is 20x slower.
 Peak RSS is the benchmark process's (workers' own peak is reported separately).
 
-Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 5] [--tmp DIR]``.
+Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 5] [--codec zstd]
+[--config paper|mixed|all] [--tmp DIR]`` (``--tiles 16 --rounds 3`` for a quick look).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -61,12 +71,15 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import psutil
 import rasterio
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, get_worker_info
 
+from m3leo_tiles.core.enums import ChipCodec
 from m3leo_tiles.dataset.chipfile import write_chip
 from m3leo_tiles.dataset.chipsets import valid_mask
+from m3leo_tiles.dataset.geotiff import DEFAULT_CODEC
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.ml import M3LEODataset
 from m3leo_tiles.ml.batches import empty_tensor
@@ -104,7 +117,9 @@ def smooth(rng: np.random.Generator, bands: int, size: int, low: float, high: fl
     return field + rng.normal(0, (high - low) * 0.01, field.shape)
 
 
-def make_chips(root: Path, count: int, datasets: dict) -> tuple[Path, Path]:
+def make_chips(
+    root: Path, count: int, datasets: dict, codec: ChipCodec = DEFAULT_CODEC
+) -> tuple[Path, Path]:
     tiles = [Tile(33, 1036 + i // 16, 60 + i % 16) for i in range(count)]
     grid = root / "grids" / "bench" / "tiles.geojson"
     grid.parent.mkdir(parents=True)
@@ -116,7 +131,8 @@ def make_chips(root: Path, count: int, datasets: dict) -> tuple[Path, Path]:
     for name, (bands, resolution, dtype, nodata, low, high) in datasets.items():
         recipe = parse_recipe(
             {"name": name, "source": "raster", "params": {"inputs": "/none.tif"},
-             "resolution": resolution, "bands": bands, "dtype": dtype, "nodata": nodata},
+             "resolution": resolution, "bands": bands, "dtype": dtype, "nodata": nodata,
+             "compress": str(codec)},
             "bench",
         )  # fmt: skip
         folder = root / "data" / "bench" / name
@@ -209,13 +225,25 @@ class EmptyBatches(Dataset):
         return batch
 
 
-def one_pass(loader: Iterable[dict]) -> float:
-    """Samples/s of one epoch over ``loader``."""
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its live children, the DataLoader
+    workers: what a busy machine inflates far less than wall time."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def one_pass(loader: Iterable[dict]) -> tuple[float, float]:
+    """Samples/s and samples per CPU second of one epoch over ``loader``."""
+    cpu = cpu_seconds()
     started = time.perf_counter()
     seen = 0
     for batch in loader:
         seen += batch["image"].shape[0]
-    return seen / (time.perf_counter() - started)
+    return seen / (time.perf_counter() - started), seen / max(cpu_seconds() - cpu, 1e-9)
 
 
 def make_loader(dataset: Dataset, workers: int, how: str) -> Iterable[dict]:
@@ -239,42 +267,53 @@ def make_loader(dataset: Dataset, workers: int, how: str) -> Iterable[dict]:
     return dataset.loader(8, num_workers=workers, persistent_workers=workers > 0)
 
 
-def bench(root: Path, config: str, tiles: int, rounds: int) -> None:
+def bench(root: Path, config: str, tiles: int, rounds: int, codec: ChipCodec) -> None:
     datasets, target = CONFIGS[config]
     inputs = [name for name in datasets if name != target]
     started = time.perf_counter()
-    data, grid = make_chips(root, tiles, datasets)
+    data, grid = make_chips(root / str(codec), tiles, datasets, codec)
+    old, _ = make_chips(root / "deflate", tiles, datasets, ChipCodec.DEFLATE)
     chips_s = time.perf_counter() - started
     options = {"target": target, "normalize": True}
     files = M3LEODataset(data, grid, inputs, use_pack=False, **options)
+    old_files = M3LEODataset(old, grid, inputs, use_pack=False, **options)
     for name in datasets:
         pack(data / "bench" / name)
     packed = M3LEODataset(data, grid, inputs, **options)
     assert all(spec.packed for spec in packed.inputs)
-    naive = NaiveLoader(data, list(files.tile_ids), files.chip_size, inputs, target)
-    paper = PaperLoader(data, list(files.tile_ids), files.chip_size, inputs, target)
+    ids = list(files.tile_ids)
+    naive = NaiveLoader(data, ids, files.chip_size, inputs, target)
+    paper = PaperLoader(data, ids, files.chip_size, inputs, target)
+    paper_old = PaperLoader(old, ids, files.chip_size, inputs, target)
     batch = next(iter(packed.loader(8)))  # the batched path gives default_collate's batches
     for key, value in next(iter(DataLoader(packed, batch_size=8))).items():
         assert torch.equal(batch[key], value) if torch.is_tensor(value) else batch[key] == value
-    for index in (0, len(files) - 1):  # the four loaders give the same samples
+    for index in (0, len(files) - 1):  # the loaders give the same samples
         expected = naive[index]
         assert torch.equal(paper[index]["image"], expected["image"])
+        assert torch.equal(paper_old[index]["image"], expected["image"])
         assert torch.allclose(files[index]["image"], expected["image"], atol=1e-5)
         assert torch.equal(files[index]["image"], packed[index]["image"])
+        assert torch.equal(files[index]["image"], old_files[index]["image"])
         if target:
             assert torch.equal(files[index]["mask"], expected["mask"])
             assert torch.equal(packed[index]["mask"], expected["mask"])
     size_mb = sum(p.stat().st_size for p in data.rglob("*.tif")) / 2**20
+    old_mb = sum(p.stat().st_size for p in old.rglob("*.tif")) / 2**20
     shape = tuple(files[0]["image"].shape)
     described = ", ".join(
         f"{n} {d[2]} {len(d[0])} band(s) at {d[1]} m" for n, d in datasets.items()
     )
     print(f"\n## {config}: {described}" + (f"; target {target}" if target else ""))
-    print(f"{len(files)} tiles · image {shape} · chips {size_mb:.0f} MB (made in {chips_s:.0f} s)")
+    print(f"{len(files)} tiles · image {shape} · {codec} chips {size_mb:.0f} MB, deflate chips "
+          f"{old_mb:.0f} MB (made in {chips_s:.0f} s)")  # fmt: skip
     loaders = {  # name: (dataset, how it is loaded)
         "paper (rioxarray per sample)": (paper, "plain"),
+        "paper (rioxarray), deflate chips": (paper_old, "plain"),
         "naive (rasterio open per sample)": (naive, "plain"),
         "dataset (chips), .loader()": (files, "batched"),
+        "dataset (chips), .loader(threads=N)": (files, "threads"),
+        "dataset (deflate chips), .loader()": (old_files, "batched"),
         "dataset (pack), DataLoader(dataset)": (packed, "plain"),
         "dataset (pack), .loader()": (packed, "batched"),
         "dataset (pack), .loader(threads=N)": (packed, "threads"),
@@ -286,23 +325,31 @@ def bench(root: Path, config: str, tiles: int, rounds: int) -> None:
             for name, (d, how) in loaders.items()
             if how != "threads" or workers
         }
-        first = {name: one_pass(loader) for name, loader in held.items()}  # workers start
-        rates: dict[str, list[float]] = {name: [] for name in held}
+        first = {name: one_pass(loader)[0] for name, loader in held.items()}  # workers start
+        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in held}
         shuffler = random.Random(workers)  # each round in another order: no loader always
         for _ in range(rounds):  # runs just after the one whose memory the kernel reclaims
             for name in shuffler.sample(list(held), len(held)):
                 rates[name].append(one_pass(held[name]))
         del held
-        base = statistics.median(rates["paper (rioxarray per sample)"])
-        strict = statistics.median(rates["naive (rasterio open per sample)"])
-        print(f"\nnum_workers={workers}")
-        print(f"{'loader':40s} {'samples/s median':>17s} {'range':>15s} {'× paper':>8s} "
-              f"{'× rasterio':>10s} {'1st epoch':>10s}")  # fmt: skip
+
+        medians = {name: (statistics.median(r[0] for r in values),
+                          statistics.median(r[1] for r in values))
+                   for name, values in rates.items()}  # fmt: skip
+        base, base_cpu = medians["paper (rioxarray per sample)"]
+        old_base, old_cpu = medians["paper (rioxarray), deflate chips"]
+        print(f"\nnum_workers={workers}; × paper: its loader on the same chips; × deflate: on "
+              f"deflate chips; per CPU s: samples per CPU second of all processes")  # fmt: skip
+        print(f"{'loader':38s} {'samples/s':>9s} {'range':>13s} {'× paper':>7s} "
+              f"{'× deflate':>9s} {'per CPU s':>9s} {'× paper':>7s} {'× deflate':>9s} "
+              f"{'1st epoch':>9s}")  # fmt: skip
         for name, values in rates.items():
-            median = statistics.median(values)
+            wall, cpu = medians[name]
+            low, high = min(v[0] for v in values), max(v[0] for v in values)
             print(
-                f"{name:40s} {median:17.1f} {min(values):7.1f}–{max(values):<7.1f} "
-                f"{median / base:8.2f} {median / strict:10.2f} {first[name]:10.1f}"
+                f"{name:38s} {wall:9.1f} {low:6.1f}–{high:<6.1f} {wall / base:7.2f} "
+                f"{wall / old_base:9.2f} {cpu:9.1f} {cpu / base_cpu:7.2f} {cpu / old_cpu:9.2f} "
+                f"{first[name]:9.1f}"
             )
 
 
@@ -312,6 +359,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
     parser.add_argument("--tmp", default=None, help="folder for the chips")
+    parser.add_argument("--codec", choices=[str(c) for c in ChipCodec],
+                        default=str(DEFAULT_CODEC), help="codec of the chips")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
@@ -320,7 +369,7 @@ def main() -> int:
     print(f"# torch {torch.__version__}, 1 thread per process")
     for config in CONFIGS if args.config == "all" else [args.config]:
         with tempfile.TemporaryDirectory(prefix="bench-loader-", dir=args.tmp) as tmp:
-            bench(Path(tmp), config, args.tiles, args.rounds)
+            bench(Path(tmp), config, args.tiles, args.rounds, ChipCodec(args.codec))
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\npeak RSS: benchmark process {own:.0f} MB, largest worker {children:.0f} MB")

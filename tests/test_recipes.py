@@ -111,6 +111,7 @@ def test_unknown_recipe_lists_known_ones() -> None:
         ({"windows": [{"name": "w", "start": "13-01", "end": "02-28"}]}, r"is not MM-DD"),
         ({"default_year": "2020"}, r"key 'default_year': '2020' is not a year"),
         ({"license": "CC BY 4.0"}, r"key 'license': 'CC BY 4.0' is not an SPDX licence id"),
+        ({"compress": "jpeg"}, r"key 'compress': 'jpeg' is not one of zstd, deflate, lzw, none"),
     ],
 )
 def test_invalid_recipes_name_file_key_and_what_is_allowed(
@@ -168,3 +169,13 @@ def test_license_is_descriptive_and_never_changes_the_hash(name: str, licence: s
     assert without.recipe_hash == builtin.recipe_hash
     other = parse_recipe({**data, "license": "CC0-1.0"}, "another", Path(builtin.path))
     assert other.recipe_hash == builtin.recipe_hash
+
+
+def test_the_codec_is_how_chips_are_stored_not_part_of_the_hash(tmp_path: Path) -> None:
+    plain = parse_recipe(GOOD, "a", tmp_path / "mine.yaml")
+    stored = {c: parse_recipe({**GOOD, "compress": c}, "b", tmp_path / "mine.yaml") for c in
+              ("zstd", "deflate", "lzw", "none")}  # fmt: skip
+    assert plain.compress is None
+    assert [str(r.compress) for r in stored.values()] == list(stored)
+    assert {r.recipe_hash for r in stored.values()} == {plain.recipe_hash}
+    assert all(r == plain for r in stored.values())  # a rerun sees the same recipe

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from m3leo_tiles.core.enums import ResamplingMethod
+from m3leo_tiles.core.enums import ChipCodec, ResamplingMethod
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.core.names import ALLOWED, name_problem
 from m3leo_tiles.core.tilesize import pixels_per_side
@@ -70,11 +70,16 @@ class Recipe:
     # Descriptive only, never in the hash (adding it must not redo chips): the data's licence
     # as an SPDX id (CC-BY-4.0), which the STAC catalog states ("" unknown).
     license: str = ""
+    # How chips are stored (None: the default codec). Not what they hold: no part of the
+    # hash or of equality, so a rerun with another codec keeps the finished chips.
+    compress: ChipCodec | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # Recipes built in Python (notebooks, benchmarks) may pass plain strings and lists.
         object.__setattr__(self, "resampling", ResamplingMethod(self.resampling))
         object.__setattr__(self, "bands", tuple(self.bands))
+        if self.compress is not None:
+            object.__setattr__(self, "compress", ChipCodec(self.compress))
 
     def content(self) -> dict[str, Any]:
         """Everything that decides the pixels (not where the file was loaded from, nor
@@ -234,6 +239,7 @@ _OPTIONAL = (
     "reducer",
     "default_year",
     "license",
+    "compress",
 )
 
 
@@ -334,6 +340,10 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
     default_year = data.get("default_year")
     if default_year is not None and (not isinstance(default_year, int) or default_year < 1950):
         raise _fail(where, "default_year", f"{default_year!r} is not a year")
+    compress = data.get("compress")
+    if compress is not None and compress not in [c.value for c in ChipCodec]:
+        allowed = ", ".join(c.value for c in ChipCodec)
+        raise _fail(where, "compress", f"{compress!r} is not one of {allowed}")
     name = data.get("name", path.stem if path else None)
     if not isinstance(name, str) or not name:
         raise _fail(where, "name", "must be a non-empty string")
@@ -361,6 +371,7 @@ def parse_recipe(data: Any, where: str, path: Path | None = None) -> Recipe:
         path=str(path.resolve()) if path else None,
         from_source=from_source,
         license=licence,
+        compress=ChipCodec(compress) if compress is not None else None,
     )
 
 

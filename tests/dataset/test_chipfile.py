@@ -25,7 +25,7 @@ from m3leo_tiles.sources.base import Chip
 TILE = Tile.from_point(12.5, 41.9)
 
 
-def recipe_for(tmp_path: Path, resolution: float, dtype: str = "float32", nodata=-9999):
+def recipe_for(tmp_path: Path, resolution: float, dtype: str = "float32", nodata=-9999, **more):
     data = {
         "name": "r",
         "source": "raster",
@@ -34,6 +34,7 @@ def recipe_for(tmp_path: Path, resolution: float, dtype: str = "float32", nodata
         "dtype": dtype,
         "nodata": nodata,
         "params": {"inputs": "x.tif"},
+        **more,
     }
     return parse_recipe(data, "test", tmp_path / "r.yaml")
 
@@ -44,11 +45,22 @@ def chip_for(resolution: float, dtype: str = "float32") -> Chip:
     return Chip(data, ("a", "b"))
 
 
-@pytest.mark.parametrize(("resolution", "tiled"), [(89.6, False), (10, True)])
+@pytest.mark.parametrize(
+    ("resolution", "compress", "codec", "tiled"),
+    [
+        (89.6, None, "zstd", False),  # the default codec: one strip per band up to 1024 px
+        (10, None, "zstd", False),
+        (10, "deflate", "deflate", True),  # as chips were written before: 256 px tiles
+        (89.6, "deflate", "deflate", False),
+        (10, "lzw", "lzw", True),
+        (10, "none", None, False),
+    ],
+)
 def test_written_chip_has_grid_metadata_and_tags(
-    tmp_path: Path, resolution: float, tiled: bool
+    tmp_path: Path, resolution: float, compress: str | None, codec: str | None, tiled: bool
 ) -> None:
-    recipe = recipe_for(tmp_path, resolution)
+    more = {"compress": compress} if compress else {}
+    recipe = recipe_for(tmp_path, resolution, **more)
     chip = chip_for(resolution)
     path = tmp_path / f"{TILE.identifier}.tif"
     write_chip(path, chip, TILE.pixel_grid(resolution), recipe, {"tile_id": TILE.identifier})
@@ -57,7 +69,7 @@ def test_written_chip_has_grid_metadata_and_tags(
         assert tuple(dataset.bounds) == TILE.bounds
         assert dataset.descriptions == ("a", "b")
         assert dataset.nodata == -9999 and dataset.dtypes == ("float32", "float32")
-        assert dataset.compression.name.lower() == "deflate"
+        assert (dataset.compression.name.lower() if dataset.compression else None) == codec
         assert (dataset.block_shapes[0] == (256, 256)) is tiled
         np.testing.assert_array_equal(dataset.read(), chip.data)
     tags = read_chip_tags(path)

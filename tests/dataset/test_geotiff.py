@@ -10,7 +10,9 @@ import rasterio
 import tifffile
 from affine import Affine
 
+from m3leo_tiles.core.enums import ChipCodec
 from m3leo_tiles.dataset.geotiff import (
+    CODECS,
     GEO_KEYS,
     MODEL_TIEPOINT,
     ChipEncoder,
@@ -69,16 +71,20 @@ def same_nodata(a: float | None, b: float | None) -> bool:
     return (np.isnan(a) and np.isnan(b)) or a == b
 
 
+@pytest.mark.parametrize("codec", list(ChipCodec))
 @pytest.mark.parametrize(("tile", "resolution", "bands", "dtype", "nodata"), KINDS)
-def test_tifffile_chip_reads_back_like_the_gdal_chip(tile, resolution, bands, dtype, nodata):
+def test_tifffile_chip_reads_back_like_the_gdal_chip(tile, resolution, bands, dtype, nodata, codec):
     encoder = ChipEncoder()
     grid = tile.pixel_grid(resolution)
     for seed in (1, 2):  # the first chip builds the kind's template, the second reuses it
         data = chip_data(len(bands), grid.width, dtype, seed)
         tags = {**TAGS, "tile_id": f"{tile.identifier}-{seed}"}
-        ours = read_back(encoder.encode(data, grid.crs, grid.transform, dtype, nodata, bands, tags))
+        payload = encoder.encode(
+            data, grid.crs, grid.transform, dtype, nodata, bands, tags, codec=codec
+        )
+        ours = read_back(payload)
         kind = ChipKind(grid.crs, (grid.transform.a, grid.transform.e), len(bands), grid.height,
-                        grid.width, dtype, nodata, bands, tuple(sorted(tags)))  # fmt: skip
+                        grid.width, dtype, nodata, bands, tuple(sorted(tags)), codec)  # fmt: skip
         gdal = read_back(encode_with_gdal(data, kind, grid.transform, tags))
 
         np.testing.assert_array_equal(ours.pop("data"), gdal.pop("data"))
@@ -91,6 +97,23 @@ def test_tifffile_chip_reads_back_like_the_gdal_chip(tile, resolution, bands, dt
         assert ours["tags"]["tile_id"] == tags["tile_id"]
         assert ours["tags"]["inputs"] == TAGS["inputs"]  # XML special characters survive
         assert ours["tags"]["recipe"] == 'say "hi"\tto São Tomé'
+        expected = CODECS[codec].gdal
+        assert ours["structure"].get("COMPRESSION") == (expected.upper() if expected else None)
+        predictor = CODECS[codec].predictor(dtype)
+        assert ours["structure"].get("PREDICTOR") == (str(predictor) if predictor > 1 else None)
+
+
+def test_every_codec_is_lossless_and_read_by_tifffile_as_by_gdal():
+    """The Dataset reads chips with tifffile: each codec gives it GDAL's pixels, NaN kept."""
+    grid = SOUTH.pixel_grid(10)
+    data = chip_data(3, grid.width, "float32", 5)
+    for codec in ChipCodec:
+        payload = ChipEncoder().encode(
+            data, grid.crs, grid.transform, "float32", None, ("a", "b", "c"), TAGS, codec=codec
+        )
+        np.testing.assert_array_equal(read_back(payload)["data"], data)
+        with tifffile.TiffFile(io.BytesIO(payload)) as tiff:
+            np.testing.assert_array_equal(tiff.asarray(), data)
 
 
 def test_later_chips_are_written_by_tifffile_with_their_own_corner():

@@ -121,6 +121,40 @@ def test_fetch_statuses_rerun_and_status(tmp_path: Path, shared_data: Path) -> N
 
 
 @requires_raster
+def test_compress_stores_new_chips_and_keeps_finished_ones(tmp_path: Path, shared_data: Path):
+    """The codec is how chips are stored: another one neither changes the recipe hash nor
+    redoes finished chips; chips of both codecs then read alike."""
+    recipe = write_recipe(tmp_path / "wc.yaml", compress="deflate")
+    folder = tmp_path / "data" / "testaoi" / "wc"
+    grid = tmp_path / "grids" / "testaoi" / "tiles.geojson"
+    args = ["fetch", recipe, "--grid", grid, "--out", tmp_path / "data", "--workers", "1",
+            "--source", shared_data / WORLDCOVER]  # fmt: skip
+    write_grid(grid, [LAND])
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    old = (folder / f"{LAND.identifier}.tif").read_bytes()
+    hashes = {row.recipe_hash for row in read_manifest(folder / MANIFEST_NAME).values()}
+    write_grid(grid, [LAND, LAND_2])
+    second = cli(*args, "--compress", "zstd", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "1 ok" in second.stdout and "1 already done" in second.stdout
+    assert (folder / f"{LAND.identifier}.tif").read_bytes() == old
+    rows = read_manifest(folder / MANIFEST_NAME)
+    assert {row.recipe_hash for row in rows.values()} == hashes
+    codecs = {}
+    for tile in (LAND, LAND_2):
+        with rasterio.open(folder / f"{tile.identifier}.tif") as chip:
+            codecs[tile] = chip.compression.name.lower()
+            assert chip.read(1).max() > 0
+    assert codecs == {LAND: "deflate", LAND_2: "zstd"}
+    verified = cli("status", tmp_path / "data", "--grids-dir", tmp_path / "grids", "--verify",
+                   cwd=tmp_path)  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    refused = cli(*args, "--compress", "jpeg", cwd=tmp_path)
+    assert_user_error(refused)
+    assert "'jpeg' is not one of 'zstd', 'deflate', 'lzw', 'none'" in refused.stderr
+
+
+@requires_raster
 def test_non_ascii_paths_and_band_names_make_whole_chips(tmp_path: Path, shared_data: Path) -> None:
     """Paths and band names end up in each chip's GDAL metadata, which must stay readable."""
     home = tmp_path / "São Tomé & Príncipe"

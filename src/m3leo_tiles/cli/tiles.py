@@ -168,7 +168,7 @@ def aois() -> None:
 
 
 # --- engine commands (recipes, fetch, status) ----------------------------------------------
-from m3leo_tiles.core.enums import Split  # noqa: E402  (typer reads it from the module's globals)
+from m3leo_tiles.core.enums import ChipCodec, Split  # noqa: E402  (typer reads it from the module's globals)
 
 
 @app.command()
@@ -314,6 +314,13 @@ _FetchQuiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="For cron: no progress bar; print only problems."),
 ]
+_FetchCompress = Annotated[
+    ChipCodec | None,
+    typer.Option(
+        help="How new chips are stored (default: the recipe's compress, else zstd). Finished "
+        "chips are kept as they are: the codec is no part of the recipe hash."
+    ),
+]
 _FetchGridsDir = Annotated[Path, typer.Option(metavar="DIR", help="Where grid files are kept.")]
 
 
@@ -338,6 +345,7 @@ def fetch(
     cache: _FetchCache = None,
     quiet: _FetchQuiet = False,
     grids_dir: _FetchGridsDir = Path("grids"),
+    compress: _FetchCompress = None,
 ) -> None:
     """Make the chips of RECIPE for every tile of a grid, resuming where the last run stopped.
 
@@ -378,6 +386,7 @@ def fetch(
             options=options,
             progress=not quiet,
             grids_dir=grids_dir,
+            compress=compress,
         )
     except KeyboardInterrupt as error:  # typer would turn it into a silent exit 130
         raise typer.Exit(_interrupted(error)) from None

@@ -39,3 +39,14 @@ class ResamplingMethod(StrEnum):
     MIN = "min"
     MAX = "max"
     MED = "med"
+
+
+class ChipCodec(StrEnum):
+    """How a chip's pixels are stored (every one lossless): a recipe's ``compress`` key and
+    ``fetch --compress``. How chips are stored, not what they hold, so it is no part of the
+    recipe hash; ``dataset.geotiff.CODECS`` has each one's settings and why."""
+
+    ZSTD = "zstd"
+    DEFLATE = "deflate"
+    LZW = "lzw"
+    NONE = "none"

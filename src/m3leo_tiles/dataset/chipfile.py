@@ -25,7 +25,7 @@ from m3leo_tiles import __version__
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, write_bytes
 from m3leo_tiles.core.errors import disk_full_as, first_line
 from m3leo_tiles.core.redact import redact
-from m3leo_tiles.dataset.geotiff import ChipEncoder
+from m3leo_tiles.dataset.geotiff import DEFAULT_CODEC, ChipEncoder
 from m3leo_tiles.dataset.nodata import missing_mask
 
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ def chip_tags(recipe: Recipe, tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def encode_chip(chip: Chip, grid: PixelGrid, recipe: Recipe, tags: Mapping[str, str]) -> bytes:
-    """The GeoTIFF bytes of a chip: band descriptions, nodata, tags, deflate (see geotiff)."""
+    """The GeoTIFF bytes of a chip: band descriptions, nodata, tags, the recipe's codec (or
+    the default; see geotiff)."""
     if chip.data.shape[1:] != (grid.height, grid.width):
         raise ValueError(
             f"chip is {chip.data.shape[1:]} pixels but its grid is {(grid.height, grid.width)}"
@@ -71,6 +72,7 @@ def encode_chip(chip: Chip, grid: PixelGrid, recipe: Recipe, tags: Mapping[str, 
         chip.band_names,
         chip_tags(recipe, tags),
         chip.band_metadata,
+        recipe.compress or DEFAULT_CODEC,
     )
 
 

@@ -9,8 +9,11 @@ their corner, their pixels and two tag values, so:
   is encoded by GDAL, as before: the **template**;
 * its GeoTIFF keys (tags 34735-34737), its nodata (42113) and its GDAL metadata XML (42112,
   band descriptions and tags) are kept verbatim, and every later chip of that kind is written
-  by tifffile (deflate, the same predictor and layout) with those tags, its own tiepoint
-  (33922) and its own tag values put into the template's XML.
+  by tifffile (the same codec, level, predictor and layout) with those tags, its own
+  tiepoint (33922) and its own tag values put into the template's XML.
+
+The codec is a choice (``ChipCodec``, ``CODECS``): zstd by default, deflate as chips were
+written before (still read everywhere), lzw, or none (bench/RESULTS.md, "chip codecs").
 
 GDAL reads such a chip back exactly as it reads the chip it would have written itself (CRS,
 transform, nodata, band descriptions, tags, compression, predictor, block layout, pixels:
@@ -38,7 +41,9 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 
-TILED_FROM_PX = 256  # smaller chips are one strip: tiling them only adds padding
+from m3leo_tiles.core.enums import ChipCodec
+
+TILED_FROM_PX = 256  # deflate: smaller chips are one strip: tiling them only adds padding
 BLOCK_PX = 256
 DEFLATE_LEVEL = 6  # GDAL's default ZLEVEL, so both encoders make the same trade-off
 # Kinds remembered per process. A dataset has a handful (one per UTM zone); a source whose
@@ -52,6 +57,46 @@ GDAL_METADATA, GDAL_NODATA = 42112, 42113
 SHORT, DOUBLE, ASCII = 3, 12, 2
 PLACEHOLDER = "m3leo-per-chip-value-{index}-a1f3"  # unlikely in any real tag value
 CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")  # GDAL drops these
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How a ``ChipCodec`` stores pixels, in GDAL's creation options and tifffile's terms.
+
+    The same settings drive both encoders, so GDAL's template and tifffile's later chips
+    agree on compression, level, predictor and block layout.
+    """
+
+    gdal: str | None  # GDAL's COMPRESS (None: uncompressed)
+    tifffile: str | None  # tifffile's compression name
+    level: int | None = None
+    level_option: str | None = None  # GDAL's creation option for the level
+    # TIFF predictor for 8-bit integers, wider integers and floats: 1 none, 2 horizontal
+    # differencing, 3 floating point
+    predictors: tuple[int, int, int] = (1, 1, 1)
+    tiled_from_px: int = TILED_FROM_PX  # chips this big (both sides) are tiled, others strips
+    block_px: int = BLOCK_PX
+
+    def predictor(self, dtype: str) -> int:
+        kind = np.dtype(dtype)
+        if kind.kind == "f":
+            return self.predictors[2]
+        return self.predictors[0] if kind.itemsize == 1 else self.predictors[1]
+
+
+# Codecs GDAL ≥ 2.3 reads (ZSTD came in GDAL 2.3; deflate and lzw are baseline TIFF), chosen
+# by bench/bench_codec.py (bench/RESULTS.md, "chip codecs"): for zstd, the predictor only
+# where it shrinks chips without slowing their decode (uint16/int16), and chips up to
+# 1024 px as one strip per band (a 448 px chip in 256 px tiles decodes 31 % padding).
+STRIPS_UP_TO_1024 = {"tiled_from_px": 1025, "block_px": 512}
+CODECS: dict[ChipCodec, Codec] = {
+    # Chips as written before the choice existed, and still the same bytes.
+    ChipCodec.DEFLATE: Codec("deflate", "zlib", DEFLATE_LEVEL, "zlevel", (2, 2, 3)),
+    ChipCodec.ZSTD: Codec("zstd", "zstd", 1, "zstd_level", (1, 2, 1), **STRIPS_UP_TO_1024),
+    ChipCodec.LZW: Codec("lzw", "lzw", None, None, (2, 2, 3)),
+    ChipCodec.NONE: Codec(None, None, **STRIPS_UP_TO_1024),
+}
+DEFAULT_CODEC = ChipCodec.ZSTD
 
 
 @lru_cache(maxsize=128)
@@ -73,19 +118,29 @@ class ChipKind:
     nodata: float | None
     band_names: tuple[str, ...]
     tag_names: tuple[str, ...]
+    codec: ChipCodec = DEFAULT_CODEC
 
     @property
     def floating(self) -> bool:
         return np.dtype(self.dtype).kind == "f"
 
     @property
+    def settings(self) -> Codec:
+        return CODECS[ChipCodec(self.codec)]
+
+    @property
+    def predictor(self) -> int:
+        return self.settings.predictor(self.dtype)
+
+    @property
     def tiled(self) -> bool:
-        return self.width >= TILED_FROM_PX and self.height >= TILED_FROM_PX
+        edge = self.settings.tiled_from_px
+        return self.width >= edge and self.height >= edge
 
 
 def gdal_profile(kind: ChipKind, transform: Affine) -> dict:
-    """The creation options both encoders follow (deflate: read everywhere; zstd was slower
-    for small chips here)."""
+    """The creation options both encoders follow (the kind's codec, ``CODECS``)."""
+    settings = kind.settings
     profile = {
         "driver": "GTiff",
         "width": kind.width,
@@ -95,13 +150,16 @@ def gdal_profile(kind: ChipKind, transform: Affine) -> dict:
         "crs": cached_crs(kind.crs),
         "transform": transform,
         "nodata": kind.nodata,
-        "compress": "deflate",
-        "zlevel": DEFLATE_LEVEL,
-        "predictor": 3 if kind.floating else 2,
         "interleave": "band" if kind.count > 1 else "pixel",
     }
+    if settings.gdal is not None:
+        profile["compress"] = settings.gdal
+        if settings.level_option is not None:
+            profile[settings.level_option] = settings.level
+        if kind.predictor != 1:
+            profile["predictor"] = kind.predictor
     if kind.tiled:
-        profile.update(tiled=True, blockxsize=BLOCK_PX, blockysize=BLOCK_PX)
+        profile.update(tiled=True, blockxsize=settings.block_px, blockysize=settings.block_px)
     else:
         profile.update(tiled=False, blockysize=kind.height)
     return profile
@@ -228,6 +286,7 @@ class ChipEncoder:
         band_names: Sequence[str],
         tags: Mapping[str, str],
         band_tags: Sequence[Mapping[str, str]] = (),
+        codec: ChipCodec = DEFAULT_CODEC,
     ) -> bytes:
         count, height, width = data.shape
         kind = ChipKind(
@@ -240,6 +299,7 @@ class ChipEncoder:
             nodata=nodata,
             band_names=tuple(band_names),
             tag_names=tuple(sorted(tags)),
+            codec=ChipCodec(codec),
         )
         data = data.astype(dtype, copy=False)
         if band_tags:  # per-band metadata differs from chip to chip: GDAL writes these
@@ -264,8 +324,9 @@ def _encode_with_tifffile(
     metadata = template.metadata_for(kind, tags)
     if metadata is not None:  # UTF-8, as GDAL writes it (band names, paths may be non-ASCII)
         extratags.append((GDAL_METADATA, ASCII, 0, metadata.encode("utf-8"), True))
+    settings = kind.settings
     layout: dict[str, object] = (
-        {"tile": (BLOCK_PX, BLOCK_PX)} if kind.tiled else {"rowsperstrip": kind.height}
+        {"tile": (settings.block_px,) * 2} if kind.tiled else {"rowsperstrip": kind.height}
     )
     buffer = io.BytesIO()
     tifffile.imwrite(
@@ -273,9 +334,9 @@ def _encode_with_tifffile(
         data if kind.count > 1 else data[0],
         photometric="minisblack",
         planarconfig="separate" if kind.count > 1 else "contig",
-        compression="zlib",  # TIFF compression 8, what GDAL calls DEFLATE
-        compressionargs={"level": DEFLATE_LEVEL},
-        predictor=3 if kind.floating else 2,
+        compression=settings.tifffile,  # zlib: TIFF compression 8, what GDAL calls DEFLATE
+        compressionargs=None if settings.level is None else {"level": settings.level},
+        predictor=kind.predictor if kind.predictor != 1 else None,
         metadata=None,
         software=False,
         extratags=extratags,

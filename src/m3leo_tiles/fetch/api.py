@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m3leo_tiles.core.enums import Split, TileStatus
+from m3leo_tiles.core.enums import ChipCodec, Split, TileStatus
 from m3leo_tiles.core.errors import ConfigError, M3leoError
 from m3leo_tiles.core.signals import Terminated, sigterm_as_interrupt
 from m3leo_tiles.dataset.layout import DatasetLayout
@@ -88,6 +88,7 @@ class FetchRequest:
     notes: tuple[str, ...] = ()  # lines for fetch.log from choosing the tiles (grid file)
     warnings: tuple[str, ...] = ()  # and for the terminal too (ids not in the grid)
     grid: Path | None = None  # the grid file the tiles came from: the catalog's splits
+    compress: ChipCodec | None = None  # how new chips are stored; None: the recipe's codec
 
     def fetch_options(self, recipe: Recipe) -> FetchOptions:
         year = self.year if self.year is not None else recipe.default_year
@@ -356,6 +357,8 @@ def _checked(recipe: Recipe, request: FetchRequest) -> _Checked:
     """The source's up-front checks for the request's year (a year the product lacks, bad
     options) raise ``ConfigError`` here, before any folder or work."""
     options = request.fetch_options(recipe)
+    if request.compress is not None:  # not part of the hash: finished chips stay done
+        recipe = replace(recipe, compress=ChipCodec(request.compress))
     adapter = get_source(recipe.source)(recipe, options)
     check_run_options(adapter)
     filled = adapter.check()
@@ -421,6 +424,14 @@ def fetch_years(recipe: Recipe, tiles: Sequence[GridTile], request: FetchRequest
 # --- the public entry point -----------------------------------------------------------------
 
 
+def _codec(compress: ChipCodec | str | None) -> ChipCodec | None:
+    if compress is None or isinstance(compress, ChipCodec):
+        return compress
+    if compress not in [c.value for c in ChipCodec]:
+        raise ConfigError(f"compress {compress!r} is not one of {', '.join(ChipCodec)}")
+    return ChipCodec(compress)
+
+
 def _resolve_recipe(recipe: str | Path | Recipe) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
@@ -447,6 +458,7 @@ def fetch(
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
     grids_dir: Path = Path("grids"),
+    compress: ChipCodec | str | None = None,
 ) -> FetchReport | YearsReport:
     """Make the chips of ``recipe`` for the tiles of a grid, resuming where a run stopped.
 
@@ -456,7 +468,8 @@ def fetch(
     are counted in the report and recorded in the dataset's manifest. ``cache`` is the shared
     download cache (default ``out/.cache``); ``options`` are the values of options that
     sources declare (``m3leo-tiles fetch --help`` lists them), by name, e.g.
-    ``{"ee-url": "http://127.0.0.1:8080"}``.
+    ``{"ee-url": "http://127.0.0.1:8080"}``. ``compress`` stores new chips with that codec
+    instead of the recipe's (``ChipCodec``); finished chips are kept as they are.
 
     ``year`` is one year (``2020``: a ``FetchReport``) or several (``"2018-2020"``,
     ``"2018,2020"``, ``[2018, 2020]``: a ``YearsReport``, one dataset per year; see
@@ -483,6 +496,7 @@ def fetch(
         notes=chosen.notes,
         warnings=chosen.warnings,
         grid=grid_path,
+        compress=_codec(compress),
     )
     if years is not None and len(years) > 1:
         return fetch_years(loaded, chosen.tiles, request, years)

@@ -149,10 +149,16 @@ def moments(
 
 
 def read_chip_array(path: Path) -> np.ndarray:
-    """(bands, H, W) of a chip file; tifffile for our chips, rasterio for anything else."""
+    """(bands, H, W) of a chip file: our chips' blocks decoded straight into the array
+    (``dataset.chipread``), tifffile for other TIFF layouts, rasterio for anything else."""
     import tifffile
 
+    from m3leo_tiles.dataset.chipread import read_blocks
+
     try:
+        array = read_blocks(path)
+        if array is not None:
+            return array
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             array = page.asarray()

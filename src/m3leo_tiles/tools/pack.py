@@ -1,7 +1,8 @@
 """A packed chip store: every chip of a dataset in one uncompressed array, for fast training.
 
-Reading a sample from GeoTIFFs costs a file open, tag parsing and a deflate decode per chip
-and dataset; over many epochs that, not the model, was the M3LEO loader's bottleneck.
+Reading a sample from GeoTIFFs costs a file open, tag parsing and a decode per chip and
+dataset; over many epochs that, not the model, was the M3LEO loader's bottleneck (with zstd
+chips, the default, the decode costs a third of what deflate's did: bench/RESULTS.md).
 ``m3leo-tiles pack DATASET`` writes ``OUT/<aoi>/<dataset>/pack/chips.npy`` (N, bands, H, W) in
 the chips' own dtype, plus ``index.json`` (tile ids in row order, band names, nodata and a
 fingerprint of the chip files: name, size and mtime of each). A sample is then a slice of a
