@@ -139,7 +139,13 @@ def chip_problem(path: Path, expected: Written | None = None) -> str | None:
 
 
 def chip_is_empty(chip: Chip, nodata: float | None) -> bool:
-    """True when every pixel is nodata (or NaN): such a tile is recorded ``empty``, no file."""
+    """True when every pixel is nodata (or NaN): such a tile is recorded ``empty``, no file.
+
+    A chip whose first pixel holds a value is not empty: one pixel decides most chips instead
+    of a mask as big as the chip (3 ms for a 16 MB s2srm chip, bench/bench_ee_cpu.py)."""
+    corner = chip.data[(slice(0, 1),) * chip.data.ndim]
+    if corner.size and not missing_mask(corner, nodata, finite=False).all():
+        return False
     return bool(missing_mask(chip.data, nodata, finite=False).all())
 
 
