@@ -133,3 +133,14 @@ def test_a_chip_whose_first_pixel_holds_a_value_is_decided_without_a_full_mask(
     sizes.clear()
     assert not chip_is_empty(Chip(data, ("a", "b", "c")), 0)
     assert max(sizes) == data.size
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 4096, 1_000_003])
+def test_chip_checksums_are_zlibs_crc32_as_manifests_recorded_them(size: int) -> None:
+    """Manifests written before keep matching: the faster CRC is the same CRC-32."""
+    import zlib
+
+    from m3leo_tiles.dataset.chipfile import Written
+
+    payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    assert Written.of(payload) == Written(size, f"{zlib.crc32(payload):08x}")
