@@ -169,7 +169,9 @@ def report(results: list[dict], args: argparse.Namespace, ceiling: float) -> str
         "serialises in the driver process, that the client reads, loads and copies, and that "
         "is deflate-encoded into the chip (0.11 s): about 0.55 s of CPU per tile measured in "
         "one process, on 2 cores shared with other jobs. Against the real service the "
-        "emulator's half of that moves to Google's side.",
+        "emulator's half of that moves to Google's side. The client's half alone, stage by "
+        'stage, and what issue #20 cut from it: "earthengine: client CPU per tile" '
+        "(`bench/bench_ee_cpu.py`).",
         "",
     ]
     return "\n".join(lines)

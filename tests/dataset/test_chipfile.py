@@ -119,3 +119,40 @@ def test_chip_is_empty() -> None:
     assert not chip_is_empty(one, 0)
     mixed = Chip(np.array([[[np.nan, -9999.0]]], "float32"), ("a",))
     assert chip_is_empty(mixed, -9999)
+    assert chip_is_empty(Chip(np.zeros((0, 4, 4), "uint8"), ()), 0)  # no pixel at all
+    assert not chip_is_empty(Chip(np.array([[[np.inf]]], "float32"), ("a",)), None)
+
+
+def test_a_chip_whose_first_pixel_holds_a_value_is_decided_without_a_full_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker tests every chip for emptiness: a 16 MB chip need not cost a 8 M-pixel mask
+    when its first pixel already says it holds data."""
+    from m3leo_tiles.dataset import chipfile
+
+    sizes: list[int] = []
+    real = chipfile.missing_mask
+
+    def spy(data, nodata, *, finite=True):
+        sizes.append(data.size)
+        return real(data, nodata, finite=finite)
+
+    monkeypatch.setattr(chipfile, "missing_mask", spy)
+    data = np.full((3, 64, 64), 5, "uint16")
+    assert not chip_is_empty(Chip(data, ("a", "b", "c")), 0)
+    assert max(sizes) == 1
+    data[0, 0, 0] = 0  # the first pixel is nodata: the whole chip decides
+    sizes.clear()
+    assert not chip_is_empty(Chip(data, ("a", "b", "c")), 0)
+    assert max(sizes) == data.size
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 4096, 1_000_003])
+def test_chip_checksums_are_zlibs_crc32_as_manifests_recorded_them(size: int) -> None:
+    """Manifests written before keep matching: the faster CRC is the same CRC-32."""
+    import zlib
+
+    from m3leo_tiles.dataset.chipfile import Written
+
+    payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    assert Written.of(payload) == Written(size, f"{zlib.crc32(payload):08x}")

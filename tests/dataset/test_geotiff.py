@@ -141,3 +141,65 @@ def test_rotated_grid_falls_back_to_gdal():
     with rasterio.MemoryFile(payload) as memory, memory.open() as dataset:
         assert dataset.transform.almost_equals(rotated)
         np.testing.assert_array_equal(dataset.read(), data)
+
+
+def band_tags_of(payload: bytes) -> list[dict[str, str]]:
+    with rasterio.MemoryFile(payload) as memory, memory.open() as dataset:
+        return [dataset.tags(index) for index in range(1, dataset.count + 1)]
+
+
+def written_by_tifffile(payload: bytes) -> bool:
+    with tifffile.TiffFile(io.BytesIO(payload)) as tiff:
+        return "XResolution" in tiff.pages[0].tags  # tifffile writes it, GDAL does not
+
+
+def test_chips_with_the_same_per_band_tags_reuse_a_template_from_the_second_on():
+    """Earth Engine's chips tag each band with its source band and window, the same on every
+    tile: from the second chip of such a kind tifffile writes them, and GDAL reads them back
+    (per-band tags included) exactly as from the chip GDAL writes itself."""
+    encoder = ChipEncoder()
+    bands = ("mar_B2", "mar_B3", "jun_B2")
+    band_tags = (
+        {"source_band": "B2", "window": "2020-03-01/2020-04-01"},
+        {"source_band": "B3", "window": "2020-03-01/2020-04-01", "note": 'a & <b> "c"'},
+        {"source_band": "B2", "window": "2020-06-01/2020-07-01", "group": "São"},
+    )
+    grids = [Tile(33, 1036, col).pixel_grid(20) for col in (60, 61, 62)]
+    written = []
+    for seed, grid in enumerate(grids):
+        data = chip_data(len(bands), grid.width, "uint16", seed)
+        tags = {**TAGS, "tile_id": f"t{seed}"}
+        payload = encoder.encode(data, grid.crs, grid.transform, "uint16", 0, bands, tags,
+                                 band_tags)  # fmt: skip
+        written.append(written_by_tifffile(payload))
+        size = (grid.height, grid.width)
+        kind = ChipKind(grid.crs, (grid.transform.a, grid.transform.e), len(bands), *size,
+                        "uint16", 0, bands, tuple(sorted(tags)))  # fmt: skip
+        reference = encode_with_gdal(data, kind, grid.transform, tags, band_tags)
+        assert band_tags_of(payload) == band_tags_of(reference) == [dict(t) for t in band_tags]
+        ours, gdal = read_back(payload), read_back(reference)
+        np.testing.assert_array_equal(ours.pop("data"), gdal.pop("data"))
+        for key in TIFF_RESOLUTION & set(ours["tags"]):
+            ours["tags"].pop(key)
+        assert ours == gdal
+    assert written == [False, True, True]  # GDAL wrote the first, the template the others
+    other = ({"source_band": "B4"}, {"source_band": "B3"}, {"source_band": "B2"})
+    data = chip_data(len(bands), grids[0].width, "uint16", 9)
+    payload = encoder.encode(data, grids[0].crs, grids[0].transform, "uint16", 0, bands, TAGS,
+                             other)  # fmt: skip
+    assert not written_by_tifffile(payload)  # other band tags: another kind, met once
+    assert band_tags_of(payload) == [dict(t) for t in other]
+
+
+def test_chips_with_band_scales_stay_with_gdal():
+    encoder = ChipEncoder()
+    grid = NORTH.pixel_grid(89.6)
+    scaled = ({"scale": "0.5", "offset": "1", "unit": "dB"},)
+    for seed in (1, 2):
+        data = chip_data(1, 50, "int16", seed)
+        payload = encoder.encode(data, grid.crs, grid.transform, "int16", None, ("a",), TAGS,
+                                 scaled)  # fmt: skip
+        assert not written_by_tifffile(payload)
+        with rasterio.MemoryFile(payload) as memory, memory.open() as dataset:
+            assert dataset.scales == (0.5,) and dataset.offsets == (1.0,)
+            assert dataset.tags(1) == {"unit": "dB"}

@@ -425,10 +425,13 @@ class EmulatorServer(LoopbackServer):
 
 
 @contextmanager
-def serve_earthengine(latency_s: float = 0.0) -> Iterator[EmulatorServer]:
-    """The emulator on 127.0.0.1:<free port> in a thread, for the duration of the block."""
+def serve_earthengine(
+    latency_s: float = 0.0, handler: type[EarthEngineHandler] = EarthEngineHandler
+) -> Iterator[EmulatorServer]:
+    """The emulator on 127.0.0.1:<free port> in a thread, for the duration of the block
+    (``handler``: a subclass answering differently, e.g. bench_ee_cpu's recorded answers)."""
     with serve(
-        EarthEngineHandler,
+        handler,
         ee_requests=[],
         ee_lock=threading.Lock(),
         errors=[],

@@ -134,6 +134,20 @@ def test_s2srm_asks_for_cloud_free_monthly_means_on_the_tiles_grid(emulator) -> 
     assert chip.band_metadata[0] == {"source_band": "B2", "window": "2020-03-01/2020-04-01"}
 
 
+def test_answers_come_through_the_whole_body_connections_of_a_widened_pool(emulator) -> None:
+    """Each answer is read in one call (``_transport``), on a pool as wide as the threads."""
+    from ee import _state
+
+    from m3leo_tiles.sources.earthengine._transport import WholeBodyAdapter
+
+    source = adapter("s2srm", **{"ee-concurrency": "12"})
+    connections = _state.get_state().requests_session.get_adapter(emulator.url)
+    assert isinstance(connections, WholeBodyAdapter)
+    assert connections._pool_maxsize == 24
+    (chip,) = render(source, [TILE]).values()
+    assert_chip_is_the_tiles(chip, TILE, source.recipe)
+
+
 def test_s1grd_seasonal_means_keep_orbit_directions_apart(emulator) -> None:
     source = adapter("s1grd", year=2021)
     (chip,) = render(source, [SOUTH_TILE]).values()

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import rasterio
+from imagecodecs import deflate_crc32
 
 from m3leo_tiles import __version__
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, write_bytes
@@ -85,7 +85,13 @@ class Written:
 
     @classmethod
     def of(cls, payload: bytes) -> Written:
-        return cls(len(payload), f"{zlib.crc32(payload):08x}")
+        return cls(len(payload), crc32_hex(payload))
+
+
+def crc32_hex(payload: bytes) -> str:
+    """CRC-32 (zlib's) of ``payload`` as 8 hex digits, by libdeflate (imagecodecs): the same
+    value as ``zlib.crc32`` at ~10x its speed (0.3 instead of 2.7 ms for an 11 MB chip)."""
+    return f"{deflate_crc32(payload):08x}"
 
 
 def write_bytes_atomically(path: Path, payload: bytes, *, durable: bool = _DURABLE) -> Written:
@@ -128,7 +134,7 @@ def chip_problem(path: Path, expected: Written | None = None) -> str | None:
     if expected is not None:
         if len(payload) != expected.size:
             return f"{len(payload)} bytes, the manifest says {expected.size}"
-        if expected.crc32 and f"{zlib.crc32(payload):08x}" != expected.crc32:
+        if expected.crc32 and crc32_hex(payload) != expected.crc32:
             return "its bytes changed (CRC-32 differs from the manifest)"
     try:
         with warnings.catch_warnings():  # a cut-off header reads as "not georeferenced"
@@ -141,7 +147,13 @@ def chip_problem(path: Path, expected: Written | None = None) -> str | None:
 
 
 def chip_is_empty(chip: Chip, nodata: float | None) -> bool:
-    """True when every pixel is nodata (or NaN): such a tile is recorded ``empty``, no file."""
+    """True when every pixel is nodata (or NaN): such a tile is recorded ``empty``, no file.
+
+    A chip whose first pixel holds a value is not empty: one pixel decides most chips instead
+    of a mask as big as the chip (3 ms for a 16 MB s2srm chip, bench/bench_ee_cpu.py)."""
+    corner = chip.data[(slice(0, 1),) * chip.data.ndim]
+    if corner.size and not missing_mask(corner, nodata, finite=False).all():
+        return False
     return bool(missing_mask(chip.data, nodata, finite=False).all())
 
 

@@ -5,8 +5,8 @@ creating a dataset, exporting the CRS to GeoTIFF keys and serialising metadata: 
 warp itself (bench/RESULTS.md). All chips of one dataset and UTM zone share everything but
 their corner, their pixels and two tag values, so:
 
-* the first chip of a *kind* (CRS, pixel size, shape, dtype, nodata, band names, tag names)
-  is encoded by GDAL, as before: the **template**;
+* the first chip of a *kind* (CRS, pixel size, shape, dtype, nodata, band names, tag names,
+  per-band tags) is encoded by GDAL, as before: the **template**;
 * its GeoTIFF keys (tags 34735-34737), its nodata (42113) and its GDAL metadata XML (42112,
   band descriptions and tags) are kept verbatim, and every later chip of that kind is written
   by tifffile (the same codec, level, predictor and layout) with those tags, its own
@@ -26,6 +26,7 @@ write a full matrix instead; such kinds simply stay with GDAL.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import threading
@@ -119,6 +120,9 @@ class ChipKind:
     band_names: tuple[str, ...]
     tag_names: tuple[str, ...]
     codec: ChipCodec = DEFAULT_CODEC
+    # Per-band tags without GDAL roles, the same for every chip of the kind (Earth Engine's
+    # source band and window): in the template's XML verbatim, not per-chip values.
+    band_tags: tuple[tuple[tuple[str, str], ...], ...] = ()
 
     @property
     def floating(self) -> bool:
@@ -173,7 +177,8 @@ def encode_with_gdal(
     band_tags: Sequence[Mapping[str, str]] = (),
 ) -> bytes:
     """GDAL's own encoding of a chip: the reference, the template of each kind, and the
-    encoder of chips with per-band metadata (``scale``/``offset`` become GDAL's own)."""
+    encoder of chips with per-band ``scale``/``offset`` (which become GDAL's own) and of the
+    first chip of a kind with other per-band tags (``ChipEncoder._template``)."""
     with MemoryFile() as memory:
         with memory.open(**gdal_profile(kind, transform)) as dataset:
             dataset.write(data.astype(kind.dtype, copy=False))
@@ -211,7 +216,8 @@ class Template:
             name: PLACEHOLDER.format(index=index) for index, name in enumerate(kind.tag_names)
         }
         blank = np.zeros((kind.count, kind.height, kind.width), dtype=kind.dtype)
-        encoded = encode_with_gdal(blank, kind, transform, placeholders)
+        band_tags = [dict(pairs) for pairs in kind.band_tags]
+        encoded = encode_with_gdal(blank, kind, transform, placeholders, band_tags)
         with tifffile.TiffFile(io.BytesIO(encoded)) as tiff:
             tags = tiff.pages[0].tags
             if MODEL_TRANSFORMATION in tags or MODEL_TIEPOINT not in tags:
@@ -257,6 +263,7 @@ class ChipEncoder:
 
     def __init__(self, max_templates: int = MAX_TEMPLATES) -> None:
         self._templates: OrderedDict[ChipKind, Template | None] = OrderedDict()
+        self._seen: OrderedDict[ChipKind, None] = OrderedDict()  # band-tagged kinds met once
         self._max_templates = max_templates
         self._lock = threading.Lock()
 
@@ -265,6 +272,13 @@ class ChipEncoder:
             if kind in self._templates:
                 self._templates.move_to_end(kind)
                 return self._templates[kind]
+            if kind.band_tags and kind not in self._seen:
+                # A template costs one more GDAL encode: worth it for a kind that comes
+                # again, not for band tags unique to one chip. GDAL writes the first.
+                self._seen[kind] = None
+                if len(self._seen) > self._max_templates:
+                    self._seen.popitem(last=False)
+                return None
         template = Template.from_gdal(kind, transform)
         with self._lock:
             self._templates[kind] = template
@@ -302,12 +316,15 @@ class ChipEncoder:
             codec=ChipCodec(codec),
         )
         data = data.astype(dtype, copy=False)
-        if band_tags:  # per-band metadata differs from chip to chip: GDAL writes these
-            return encode_with_gdal(data, kind, transform, tags, band_tags)
+        if any(role in metadata for metadata in band_tags for role in BAND_ROLES):
+            return encode_with_gdal(data, kind, transform, tags, band_tags)  # GDAL's scales
+        if band_tags:
+            pairs = tuple(tuple(sorted((k, str(v)) for k, v in m.items())) for m in band_tags)
+            kind = dataclasses.replace(kind, band_tags=pairs)
         north_up = transform.b == 0 and transform.d == 0 and transform.e < 0
         template = self._template(kind, transform) if north_up else None
         if template is None:
-            return encode_with_gdal(data, kind, transform, tags)
+            return encode_with_gdal(data, kind, transform, tags, band_tags)
         return _encode_with_tifffile(data, kind, transform, template, tags)
 
 

@@ -27,8 +27,13 @@ persistent credentials of ``earthengine authenticate``; the Cloud project comes 
 ``--project`` / ``EE_PROJECT`` (or the service account's own project). They are read where
 they are used, from each process's environment, and never travel with the pickled adapter.
 
+Answers are costly for the client too (16 MB for an s2srm tile): they are read in one call
+(``_transport``), viewed in place as NPY and copied once into the chip's band planes
+(``_answer``); bench/bench_ee_cpu.py measures the client's CPU per tile, stage by stage.
+
 Modules: the adapter in ``adapter``; the recipe's ``params`` and the server-side expressions in
-``_ee_recipe``.
+``_ee_recipe``; the answer's bytes to band planes in ``_answer``; the client's connections in
+``_transport``.
 """
 
 from m3leo_tiles.sources.earthengine.adapter import EarthEngineSource

@@ -31,6 +31,7 @@ from m3leo_tiles.sources.base import (
     TileInputs,
     whole_number,
 )
+from m3leo_tiles.sources.earthengine._answer import copy_bands, npy_view
 from m3leo_tiles.sources.earthengine._ee_recipe import (
     EEParams,
     Output,
@@ -380,8 +381,11 @@ class EarthEngineSource(SourceAdapter):
 
     def _widen_connection_pool(self) -> None:
         """The client's requests.Session keeps 10 connections per host; with more threads
-        urllib3 would open and discard one per request (and warn each time)."""
+        urllib3 would open and discard one per request (and warn each time). Its adapter
+        also reads each answer in one call instead of 10 KiB pieces (``_transport``)."""
         import requests
+
+        from m3leo_tiles.sources.earthengine._transport import WholeBodyAdapter
 
         try:
             from ee import _state
@@ -391,7 +395,7 @@ class EarthEngineSource(SourceAdapter):
             return
         if isinstance(session, requests.Session):
             size = max(10, 2 * (self.concurrency() or 1))
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+            adapter = WholeBodyAdapter(pool_connections=4, pool_maxsize=size)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
 
@@ -510,7 +514,7 @@ class EarthEngineSource(SourceAdapter):
             )  # fmt: skip
             request = {
                 "expression": image,
-                "fileFormat": "NUMPY_NDARRAY",
+                "fileFormat": "NPY",  # the bytes: ``_answer`` views them, no numpy.load
                 "bandIds": [o.name for o in wanted],
                 "grid": grid_json(grid),
             }
@@ -521,19 +525,19 @@ class EarthEngineSource(SourceAdapter):
         band_metadata = tuple(self._band_tags(output) for output in outputs)
         return Chip(data, tuple(recipe.bands), metadata, band_metadata)
 
-    def _unpack(self, pixels: Any, wanted: Sequence[Output], grid: PixelGrid,
+    def _unpack(self, payload: bytes, wanted: Sequence[Output], grid: PixelGrid,
                 out: np.ndarray) -> None:  # fmt: skip
-        """Copy the response (a structured array, one field per band) into ``out``, checking
-        that it is what was asked: the bands in order, on the grid's shape."""
+        """Copy the answer (NPY bytes of a structured array, one field per band) into ``out``,
+        checking that it is what was asked: the bands in order, on the grid's shape."""
         names = [o.name for o in wanted]
-        fields = getattr(getattr(pixels, "dtype", None), "names", None) or ()
+        pixels = npy_view(payload)
+        fields = pixels.dtype.names or ()
         if tuple(fields) != tuple(names) or pixels.shape != (grid.height, grid.width):
             raise SourceError(
-                f"Earth Engine sent bands {list(fields)} of {getattr(pixels, 'shape', '?')} "
-                f"pixels; asked for {names} of {(grid.height, grid.width)}"
+                f"Earth Engine sent bands {list(fields)} of {pixels.shape} pixels; asked for "
+                f"{names} of {(grid.height, grid.width)}"
             )
-        for index, name in enumerate(names):
-            out[index] = pixels[name]  # one copy, cast to the recipe's dtype if it differs
+        copy_bands(pixels, names, out)  # one copy, cast to the recipe's dtype if it differs
 
     def _empty_reasons(
         self, ee: Any, data: np.ndarray, outputs: Sequence[Output], nodata: float,
