@@ -1,8 +1,9 @@
 """Where everything of one dataset lies: the only place that knows the folder layout.
 
 ``OUT/<aoi>/<dataset>/`` holds one chip ``<tile>.tif`` per finished tile, ``manifest.csv``
-(the tiles' rows), ``fetch.log`` (the runs' log), ``.m3leo.lock`` (held by a live run),
-``stats-<split>.json`` (``m3leo-tiles stats``) and ``pack/`` (``m3leo-tiles pack``). fetch
+(the tiles' rows), ``input-sets.jsonl`` (the input lists the rows name), ``fetch.log`` (the
+runs' log), ``.m3leo.lock`` (held by a live run), ``stats-<split>.json`` (``m3leo-tiles
+stats``) and ``pack/`` (``m3leo-tiles pack``). fetch
 writes it, status, stats, pack, quicklook and the Dataset read it: each asks a
 ``DatasetLayout`` instead of joining names itself, so a file name is spelled once.
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 CHIP_SUFFIX = ".tif"
 MANIFEST_NAME = "manifest.csv"
+INPUT_SETS_NAME = "input-sets.jsonl"
 LOG_NAME = "fetch.log"
 LOCK_NAME = ".m3leo.lock"
 PACK_DIR = "pack"
@@ -66,6 +68,10 @@ class DatasetLayout:
     @property
     def manifest(self) -> Path:
         return self.folder / MANIFEST_NAME
+
+    @property
+    def input_sets(self) -> Path:
+        return self.folder / INPUT_SETS_NAME
 
     @property
     def log(self) -> Path:
