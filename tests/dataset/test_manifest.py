@@ -147,3 +147,21 @@ def test_compaction_is_needed_only_after_appends(tmp_path: Path) -> None:
     assert not is_compact(path)  # a tile twice
     assert compact_manifest(path) == 2 and is_compact(path)
     assert read_manifest(path)["33N_0001_002"].status is TileStatus.FAILED
+
+
+def test_outcomes_of_a_compacted_manifest_are_those_of_its_log(tmp_path: Path) -> None:
+    from m3leo_tiles.dataset.manifest import _outcomes_by_arrow
+
+    path = tmp_path / "manifest.csv"
+    with ManifestWriter(path) as writer:
+        writer.write([_row("33N_0001_001", TileStatus.FAILED, 'boom, "quoted"\nsecond line'),
+                      _row("33N_0001_002", TileStatus.EMPTY)])  # fmt: skip
+        writer.write([ManifestRow("33N_0001_001", TileStatus.OK, bytes=1234, input_set="ab" * 8),
+                      _row("33N_0001_003", TileStatus.NO_SOURCE)])  # fmt: skip
+    from_log = read_outcomes(path)  # an append log: the streaming reader
+    assert _outcomes_by_arrow(path) is None
+    compact_manifest(path)
+    assert _outcomes_by_arrow(path) is not None  # compacted: Arrow's reader
+    expected = {"33N_0001_001": (TileStatus.OK, 1234), "33N_0001_002": (TileStatus.EMPTY, None),
+                "33N_0001_003": (TileStatus.NO_SOURCE, None)}  # fmt: skip
+    assert read_outcomes(path) == from_log == expected

@@ -17,7 +17,7 @@ from pathlib import Path
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.dataset.layout import DatasetLayout, datasets_under, is_chip_name, tile_of
-from m3leo_tiles.dataset.manifest import ManifestRow, read_manifest, read_outcomes
+from m3leo_tiles.dataset.manifest import ManifestRow, outcome_columns, read_manifest
 from m3leo_tiles.fetch.plan import size_problem
 
 
@@ -111,17 +111,17 @@ def _folder_size(folder: Path) -> tuple[int, dict[str, int]]:
 
 def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> DatasetStatus:
     manifest = DatasetLayout(folder).manifest
-    outcomes = read_outcomes(manifest)  # status and size only: no row objects, no inputs
-    counts = Counter(status for status, _ in outcomes.values())
+    ids, statuses, recorded = outcome_columns(manifest)  # no row objects, no inputs
+    counts = Counter({TileStatus(name): count for name, count in Counter(statuses).items()})
     missing = None
     if grid_ids is not None:
-        missing = len(grid_ids.difference(outcomes))
+        missing = len(grid_ids.difference(ids))
     size, chips = _folder_size(folder)
-    ok = TileStatus.OK
+    ok = str(TileStatus.OK)
     damaged = sum(  # the size check fetch makes before skipping a tile: no chip is read
-        size_problem(recorded, chips.get(identifier)) is not None
-        for identifier, (status, recorded) in outcomes.items()
-        if status is ok
+        size_problem(recorded_size, chips.get(identifier)) is not None
+        for identifier, status, recorded_size in zip(ids, statuses, recorded, strict=True)
+        if status == ok
     )
     return DatasetStatus(
         aoi=aoi,
