@@ -363,7 +363,8 @@ def main() -> None:
     grid_out = str(work / "grids" / args.aoi)
     built = run(args.after, ["grid", "--aoi", args.aoi, "--out", grid_out, "-q"], work)
     print(f"grid: {built.seconds:.1f} s, driver {built.driver_mb:.0f} MB", flush=True)
-    write_dem(work / "dem.tif")
+    if not (work / "dem.tif").exists():  # rewriting it would change every tile's inputs
+        write_dem(work / "dem.tif")
     (work / "scale-dem.yaml").write_text(DEM_RECIPE.format(dem=work / "dem.tif"))
     write_mirror(work / "mirror")
     (work / "gunw-products").mkdir(exist_ok=True)
