@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from m3leo_tiles.core.errors import ConfigError, GridError
-from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile, pixels_per_side
+from m3leo_tiles.grid.tile import TILE_SIZE_M, Tile, parse_tile_id, pixels_per_side
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,15 @@ def test_bad_ids_and_latitudes() -> None:
         Tile.from_id("nonsense")
     with pytest.raises(GridError, match="84"):
         Tile.from_point(10.0, 85.0)
+
+
+def test_ids_parsed_in_bulk_are_the_tiles_parsed_one_by_one() -> None:
+    from m3leo_tiles.grid.tile import parse_tile_ids
+
+    ids = ["33N_1187_089", "33S_0000_001", "01N_0001_000", "60S_2000_150"]
+    bulk = parse_tile_ids(ids)
+    assert bulk == [parse_tile_id(i) for i in ids]
+    assert [t.identifier for t in bulk] == ids and [t.epsg for t in bulk][:2] == [32633, 32733]
+    assert hash(bulk[0]) == hash(Tile.from_id(ids[0]))
+    assert parse_tile_ids(["61N_0001_001", "33N_0001_001"]) == [None, Tile(33, 1, 1)]
+    assert parse_tile_ids(["my-field-3", "33N_0001_001"]) == [None, Tile(33, 1, 1)]

@@ -178,3 +178,25 @@ class FakeVersioned(PerTileSource):
         grid = tile.pixel_grid(self.recipe.resolution)
         data = np.ones((len(self.recipe.bands), grid.height, grid.width))
         return Chip(data.astype(self.recipe.dtype), tuple(self.recipe.bands))
+
+
+class FakeListed(PerTileSource):
+    """``fake-listed``: each tile reads the local files that ``params.lists`` (a JSON file:
+    tile id -> paths) names for it, as GSSIC's tiles read their cells' 64 layers: for the
+    tests of input lists recorded by reference. Identity: the default (size, mtime)."""
+
+    name = "fake-listed"
+
+    def plan(self, tiles: Sequence) -> TileInputs:
+        import json
+
+        lists = json.loads(Path(self.recipe.params["lists"]).read_text())
+        shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+        return {t.identifier: shared.setdefault(key, key) for t in tiles
+                if (key := tuple(lists.get(t.identifier, ())))}  # fmt: skip
+
+    def render_tile(self, tile, inputs: tuple[str, ...]) -> Chip:
+        time.sleep(float(self.recipe.params.get("sleep", 0.0)))
+        grid = tile.pixel_grid(self.recipe.resolution)
+        data = np.full((len(self.recipe.bands), grid.height, grid.width), len(inputs))
+        return Chip(data.astype(self.recipe.dtype), tuple(self.recipe.bands))

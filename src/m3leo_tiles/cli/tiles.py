@@ -498,6 +498,30 @@ def status(
             raise typer.Exit(1)
 
 
+@app.command()
+def inputs(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder: OUT/<aoi>/<dataset>.")],
+    tiles: Annotated[list[str], typer.Argument(help="Tile ids, e.g. 11S_0838_169.")],
+) -> None:
+    """Print the input files that made each tile's chip, one per line, after a `# TILE` line.
+
+    The manifest names each tile's inputs by a reference to a list kept once in the
+    folder's input-sets.jsonl; this looks it up (older manifests hold the paths inline).
+    Exit 1 if a tile has no row in the manifest.
+
+    Example: m3leo-tiles inputs data/conus/gssic 11S_0838_169
+    """
+    from m3leo_tiles.tools.status import tile_inputs
+
+    found = tile_inputs(dataset, tiles)
+    for tile, paths in found.items():
+        typer.echo(f"# {tile}" + (": no row in manifest.csv" if paths is None else ""))
+        for path in paths or ():
+            typer.echo(path)
+    if any(paths is None for paths in found.values()):
+        raise typer.Exit(1)
+
+
 # --- end engine commands -------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from m3leo_tiles.core.enums import Split, TileStatus
 from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.dataset.layout import DatasetLayout
-from m3leo_tiles.dataset.manifest import read_manifest
+from m3leo_tiles.dataset.manifest import read_outcomes
 from m3leo_tiles.dataset.nodata import valid_mask as valid_mask  # its old home: re-exported
 
 PAIR_BAND = re.compile(r"^(\d{8})_(\d{8})(?:_[AD]\d{3})?_(.+)$")
@@ -154,8 +154,9 @@ def chip_ids(folder: Path) -> frozenset[str]:
     present = layout.chip_ids()
     if not layout.manifest.exists():
         return frozenset(present)
-    rows = read_manifest(layout.manifest)
-    return frozenset(i for i, row in rows.items() if row.status is TileStatus.OK and i in present)
+    outcomes = read_outcomes(layout.manifest)  # statuses only: no row objects, no inputs
+    ok = TileStatus.OK
+    return frozenset(i for i, (status, _) in outcomes.items() if status is ok and i in present)
 
 
 def _is_dataset_folder(path: Path) -> bool:

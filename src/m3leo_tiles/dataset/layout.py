@@ -1,11 +1,12 @@
 """Where everything of one dataset lies: the only place that knows the folder layout.
 
 ``OUT/<aoi>/<dataset>/`` holds one chip ``<tile>.tif`` per finished tile, ``manifest.csv``
-(the tiles' rows), ``fetch.log`` (the runs' log), ``.m3leo.lock`` (held by a live run),
-``stats-<split>.json`` (``m3leo-tiles stats``), ``pack/`` (``m3leo-tiles pack``) and the STAC
-catalog (``collection.json``, ``items.parquet``, with ``--json`` ``items/<tile>.json``, and
-``.catalog-state.parquet``, what the last catalog was made from: ``m3leo-tiles catalog``).
-fetch writes it, status, stats, pack, quicklook and the Dataset read it: each asks a
+(the tiles' rows), ``input-sets.jsonl`` (the input lists the rows name), ``fetch.log`` (the
+runs' log), ``.m3leo.lock`` (held by a live run), ``stats-<split>.json`` (``m3leo-tiles
+stats``), ``pack/`` (``m3leo-tiles pack``) and the STAC catalog (``collection.json``,
+``items.parquet``, with ``--json`` ``items/<tile>.json``, and ``.catalog-state.parquet``, what
+the last catalog was made from: ``m3leo-tiles catalog``). fetch
+writes it, status, stats, pack, quicklook and the Dataset read it: each asks a
 ``DatasetLayout`` instead of joining names itself, so a file name is spelled once.
 
 Hidden files (``.<name>.<pid>.<random>.part``) are partial writes, never chips.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 CHIP_SUFFIX = ".tif"
 MANIFEST_NAME = "manifest.csv"
+INPUT_SETS_NAME = "input-sets.jsonl"
 LOG_NAME = "fetch.log"
 LOCK_NAME = ".m3leo.lock"
 PACK_DIR = "pack"
@@ -72,6 +74,10 @@ class DatasetLayout:
     @property
     def manifest(self) -> Path:
         return self.folder / MANIFEST_NAME
+
+    @property
+    def input_sets(self) -> Path:
+        return self.folder / INPUT_SETS_NAME
 
     @property
     def log(self) -> Path:

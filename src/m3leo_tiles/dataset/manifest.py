@@ -7,6 +7,16 @@ written, and a torn last line (no trailing newline) is simply ignored on reading
 appear many times across runs; the latest row wins. At the end of a run the file is compacted
 to one row per tile, written to a temporary name and renamed over the old one, so readers never
 see a half-written file.
+
+A row names its tile's inputs by a reference to a list recorded once in ``input-sets.jsonl``
+(``@`` and 16 hex digits, see ``dataset.inputsets``), so a row stays ~130 bytes whether a
+tile has one input or 256. Manifests written before that hold the paths inline, joined by
+``;``: still read, and such rows stay valid until their tile is made again.
+
+Reading at scale: ``iter_rows`` streams the file; ``read_manifest(path, lean=True)`` is what
+the driver and ``status`` use (references only, no path list in memory);
+``read_manifest(path)`` also gives each row its ``inputs`` paths, as it always did.
+Compaction streams too: it holds one offset per tile, never the rows.
 """
 
 from __future__ import annotations
@@ -14,15 +24,17 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_append, write_text
+from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_append, replacing
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.redact import redact
+from m3leo_tiles.dataset.inputsets import REF_PREFIX, InputSets, is_ref, set_ref
+from m3leo_tiles.dataset.layout import INPUT_SETS_NAME
 from m3leo_tiles.dataset.layout import MANIFEST_NAME as MANIFEST_NAME  # its old home: re-exported
 
 COLUMNS = (
@@ -33,6 +45,7 @@ COLUMNS = (
 # those values unknown (a rerun then checks such a chip by reading it whole with GDAL).
 OLD_COLUMNS = COLUMNS[:7]
 INPUT_SEPARATOR = ";"
+_STATUSES = {str(status): status for status in TileStatus}
 
 
 def now_iso() -> str:
@@ -45,9 +58,14 @@ def one_line(text: str) -> str:
     return redact(" ".join(text.split()))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRow:
-    """One tile's outcome in one run."""
+    """One tile's outcome in one run.
+
+    ``input_set`` is the reference of the tile's input list (``dataset.inputsets``); when it
+    is set the manifest stores it instead of ``inputs``, which may then be empty (a lean
+    read) or the list it names (a full read).
+    """
 
     identifier: str
     status: TileStatus
@@ -59,13 +77,26 @@ class ManifestRow:
     bytes: int | None = None  # the chip's size (ok rows); None: unknown (an old manifest)
     crc32: str = ""  # CRC-32 of the chip's bytes, 8 hex digits; "" unknown
     input_id: str = ""  # the source's identity of the inputs (paths, sizes, times); "" unknown
+    input_set: str = ""  # the reference of the inputs' list; "" for inline inputs or none
+
+    @property
+    def inputs_ref(self) -> str:
+        """The reference of this row's input list, whichever way it was stored ("" for a row
+        without inputs): what decides whether two rows name the same inputs."""
+        if self.input_set:
+            return self.input_set
+        return set_ref(self.inputs) if self.inputs else ""
 
     def as_record(self) -> list[str]:
+        if self.input_set:
+            inputs = REF_PREFIX + self.input_set
+        else:
+            inputs = INPUT_SEPARATOR.join(one_line(i) for i in self.inputs)
         return [
             self.identifier,
             str(self.status),
-            one_line(self.reason),
-            INPUT_SEPARATOR.join(one_line(i) for i in self.inputs),
+            one_line(self.reason) if self.reason else "",
+            inputs,
             f"{self.seconds:.3f}",
             self.recipe_hash,
             self.finished_at or now_iso(),
@@ -76,44 +107,183 @@ class ManifestRow:
 
     @classmethod
     def from_record(cls, record: list[str]) -> ManifestRow:
-        names = COLUMNS if len(record) == len(COLUMNS) else OLD_COLUMNS
-        values = dict(zip(names, record, strict=True))
-        size = values.get("bytes", "")
+        """A row from its CSV cells (either column set); ``ValueError`` if it is not one."""
+        status = _STATUSES.get(record[1])
+        if status is None:
+            raise ValueError(f"not a tile status: {record[1]!r}")
+        cell = record[3]
+        ref = cell[len(REF_PREFIX) :] if is_ref(cell) else ""
+        inputs = () if ref else tuple(i for i in cell.split(INPUT_SEPARATOR) if i)
+        whole = len(record) == len(COLUMNS)
+        size = record[7] if whole else ""
         return cls(
-            identifier=values["identifier"],
-            status=TileStatus(values["status"]),
-            reason=values["reason"],
-            inputs=tuple(i for i in values["inputs"].split(INPUT_SEPARATOR) if i),
-            seconds=float(values["seconds"] or 0.0),
-            recipe_hash=values["recipe_hash"],
-            finished_at=values["finished_at"],
-            bytes=int(size) if size else None,
-            crc32=values.get("crc32", ""),
-            input_id=values.get("input_id", ""),
-        )
+            record[0], status, record[2], inputs, float(record[4] or 0.0), record[5],
+            record[6], int(size) if size else None, record[8] if whole else "",
+            record[9] if whole else "", ref,
+        )  # fmt: skip
 
 
-assert tuple(f.name for f in fields(ManifestRow)) == COLUMNS
+assert tuple(f.name for f in fields(ManifestRow))[: len(COLUMNS)] == COLUMNS
 
 
-def read_manifest(path: Path) -> dict[str, ManifestRow]:
-    """Latest row per tile; a torn last line and unreadable rows are skipped, not fatal."""
+def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(offset, cells) of each complete, well-formed line, streamed; the header, a torn last
+    line and lines of another shape are skipped."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        handle = path.open("rb")
     except FileNotFoundError:
-        return {}
-    lines = text.split("\n")
-    complete = lines[:-1]  # the piece after the last newline is empty or a torn write
-    rows: dict[str, ManifestRow] = {}
-    for record in csv.reader(complete):
-        if len(record) not in (len(COLUMNS), len(OLD_COLUMNS)) or record[0] == COLUMNS[0]:
-            continue
+        return
+    where = [0, 0]  # where the current line starts, where the next one does
+
+    def lines() -> Iterator[str]:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                return  # a torn write: the piece after the last newline
+            where[0] = where[1]
+            where[1] += len(raw)
+            yield raw.decode("utf-8", errors="replace")
+
+    widths = (len(COLUMNS), len(OLD_COLUMNS))
+    with handle:
+        for record in csv.reader(lines()):
+            if len(record) in widths and record[0] != COLUMNS[0]:
+                yield where[0], record
+
+
+def iter_rows(path: Path, *, lean: bool = False) -> Iterator[ManifestRow]:
+    """Every readable row in file order (a tile may come several times; the last wins);
+    ``lean``: see ``read_manifest``."""
+    make = _Lean() if lean else ManifestRow.from_record
+    for _, record in _records(Path(path)):
         try:
-            row = ManifestRow.from_record(record)
+            yield make(record)
+        except (ValueError, IndexError):
+            continue
+
+
+def read_manifest(path: Path, *, lean: bool = False) -> dict[str, ManifestRow]:
+    """Latest row per tile; a torn last line and unreadable rows are skipped, not fatal.
+
+    Rows give their ``inputs`` paths (a reference resolved through ``input-sets.jsonl``; each
+    list is one tuple shared by its rows). ``lean`` keeps only references: inline paths of an
+    old manifest become their reference, ``inputs`` stay empty, and repeated strings are
+    shared, which is what a driver of 400k tiles holds.
+    """
+    path = Path(path)
+    rows = {row.identifier: row for row in iter_rows(path, lean=lean)}
+    if lean or not any(row.input_set for row in rows.values()):
+        return rows
+    lists = InputSets(path.parent / INPUT_SETS_NAME)
+    for identifier, row in rows.items():
+        if row.input_set:
+            rows[identifier] = replace(row, inputs=lists.inputs(row.input_set) or ())
+    return rows
+
+
+class _Lean:
+    """Makes lean rows from CSV cells: inline inputs become their reference (each distinct
+    list digested once) and repeated strings (hashes, times, references) are shared."""
+
+    def __init__(self) -> None:
+        self.refs: dict[str, str] = {}  # an inline inputs cell -> its reference
+        self.strings: dict[str, str] = {}
+
+    def __call__(self, record: list[str]) -> ManifestRow:
+        status = _STATUSES.get(record[1])
+        if status is None:
+            raise ValueError(f"not a tile status: {record[1]!r}")
+        cell, share = record[3], self.strings.setdefault
+        if is_ref(cell):
+            ref = cell[len(REF_PREFIX) :]
+        elif cell:
+            ref = self.refs.get(cell) or self.refs.setdefault(
+                cell, set_ref(i for i in cell.split(INPUT_SEPARATOR) if i)
+            )
+        else:
+            ref = ""
+        whole = len(record) == len(COLUMNS)
+        size = record[7] if whole else ""
+        input_id = record[9] if whole else ""
+        return ManifestRow(
+            record[0], status, record[2], (), float(record[4] or 0.0),
+            share(record[5], record[5]), share(record[6], record[6]),
+            int(size) if size else None, record[8] if whole else "",
+            share(input_id, input_id), share(ref, ref),
+        )  # fmt: skip
+
+
+def read_outcomes(path: Path) -> dict[str, tuple[TileStatus, int | None]]:
+    """The latest status and recorded chip size of each tile, and nothing else: what
+    ``status`` and the Dataset's index need, without a row object per line."""
+    ids, statuses, sizes = outcome_columns(path)
+    by_name = _STATUSES
+    return {ident: (by_name[status], size)
+            for ident, status, size in zip(ids, statuses, sizes, strict=True)}  # fmt: skip
+
+
+def outcome_columns(path: Path) -> tuple[list[str], list[str], list[int | None]]:
+    """(ids, statuses, recorded sizes) of each tile's latest row, one entry per tile.
+
+    A compacted manifest (one row per tile, every line whole and of the current shape:
+    what every finished run leaves) is parsed by Arrow's CSV reader in a fraction of the
+    time; anything else (an append log, a torn line, an old shape, a bad row) by the
+    streaming reader, latest row winning.
+    """
+    path = Path(path)
+    fast = _outcomes_by_arrow(path)
+    if fast is not None:
+        return fast
+    latest: dict[str, tuple[str, int | None]] = {}
+    for _, record in _records(path):
+        if record[1] not in _STATUSES:
+            continue
+        size = record[7] if len(record) == len(COLUMNS) else ""
+        try:
+            latest[record[0]] = (record[1], int(size) if size else None)
         except ValueError:
             continue
-        rows[row.identifier] = row
-    return rows
+    return (list(latest), [s for s, _ in latest.values()], [b for _, b in latest.values()])
+
+
+def _outcomes_by_arrow(path: Path) -> tuple[list[str], list[str], list[int | None]] | None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], [], []
+    header = (",".join(COLUMNS) + "\n").encode()
+    if not data.startswith(header) or not data.endswith(b"\n"):
+        return None
+    bad: list[object] = []
+
+    def skip(row: object) -> str:
+        bad.append(row)
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(data),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=["identifier", "status", "bytes"],
+                column_types={
+                    "identifier": pa.string(),
+                    "status": pa.string(),
+                    "bytes": pa.int64(),
+                },
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    ids, statuses = table.column("identifier"), table.column("status")
+    if bad or ids.null_count or pc.count_distinct(ids).as_py() != len(ids):
+        return None
+    if not pc.all(pc.is_in(statuses, value_set=pa.array(list(_STATUSES)))).as_py():
+        return None
+    return ids.to_pylist(), statuses.to_pylist(), table.column("bytes").to_pylist()
 
 
 class ManifestWriter:
@@ -130,11 +300,13 @@ class ManifestWriter:
         if new:
             self._writer.writerow(COLUMNS)
         self._file.flush()
+        self.written = 0  # rows appended by this writer
 
     def write(self, rows: Iterable[ManifestRow]) -> None:
         """Append and flush: after this returns, a crash of this process loses nothing."""
         for row in rows:
             self._writer.writerow(row.as_record())
+            self.written += 1
         self._file.flush()
 
     def close(self) -> None:
@@ -159,17 +331,55 @@ def _ends_with_newline(path: Path) -> bool:
 def write_manifest(path: Path, rows: Mapping[str, ManifestRow]) -> None:
     """Replace the manifest with exactly ``rows`` (one per tile, sorted), atomically (a
     link planted at its name is replaced, never written through)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for identifier in sorted(rows):
-        writer.writerow(rows[identifier].as_record())
-    write_text(path, buffer.getvalue(), durable=True, suffix=PARTIAL_SUFFIX)
+    with (
+        replacing(path, durable=True, suffix=PARTIAL_SUFFIX) as temporary,
+        open(temporary, "w", encoding="utf-8", newline="") as handle,
+    ):
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for identifier in sorted(rows):
+            writer.writerow(rows[identifier].as_record())
 
 
-def compact_manifest(path: Path) -> dict[str, ManifestRow]:
-    """Rewrite the append log as one row per tile (latest wins); returns those rows."""
-    rows = read_manifest(path)
-    if path.exists():
-        write_manifest(path, rows)
-    return rows
+def is_compact(path: Path) -> bool:
+    """Whether the manifest holds one line per tile, sorted, nothing else (what a compaction
+    leaves): then a run that appended nothing need not rewrite it."""
+    previous = None
+    try:
+        with Path(path).open("rb") as handle:
+            header = handle.readline()
+            if header != (",".join(COLUMNS) + "\n").encode():
+                return False
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    return False
+                identifier = raw.split(b",", 1)[0]
+                if previous is not None and identifier <= previous:
+                    return False
+                previous = identifier
+    except FileNotFoundError:
+        return True
+    return True
+
+
+def compact_manifest(path: Path) -> int:
+    """Rewrite the append log as one row per tile (latest wins), sorted, atomically; returns
+    the number of tiles. Streams: it holds each tile's latest line offset, not its row, so a
+    manifest of a million tiles compacts in tens of megabytes."""
+    path = Path(path)
+    latest: dict[str, int] = {}
+    for offset, record in _records(path):
+        if record[1] in _STATUSES:
+            latest[record[0]] = offset
+    if not path.exists():
+        return 0
+    with (
+        replacing(path, durable=True, suffix=PARTIAL_SUFFIX) as temporary,
+        open(temporary, "wb") as out,
+        path.open("rb") as source,
+    ):
+        out.write((",".join(COLUMNS) + "\n").encode())
+        for identifier in sorted(latest):
+            source.seek(latest[identifier])
+            out.write(source.readline())
+    return len(latest)

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 from m3leo_tiles.core.enums import ChipCodec, Split, TileStatus
 from m3leo_tiles.core.errors import ConfigError, M3leoError
 from m3leo_tiles.core.signals import Terminated, sigterm_as_interrupt
+from m3leo_tiles.dataset.inputsets import InputSets
 from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.lock import DatasetLock
 from m3leo_tiles.dataset.manifest import (
     ManifestRow,
     ManifestWriter,
     compact_manifest,
+    is_compact,
     read_manifest,
 )
 from m3leo_tiles.fetch.cluster import dask_client, quiet_dask_logs, refuse_in_starting_worker
@@ -284,7 +286,7 @@ class _Run:
     cluster: ClusterOpener | None = None  # the run's shared cluster; else one of its own
 
     def __post_init__(self) -> None:
-        self.previous = read_manifest(self.layout.manifest)
+        self.previous = read_manifest(self.layout.manifest, lean=True)  # references, no paths
         self.writer = ManifestWriter(self.layout.manifest)
 
     def execute(self) -> None:
@@ -293,6 +295,8 @@ class _Run:
         plan = make_plan(adapter, self.tiles, self.layout.folder, self.previous,
                          overwrite=request.overwrite)  # fmt: skip
         _check_cache(adapter, plan, self.cache)
+        # Every list a row of this run may name is on the disk before the first row is written
+        InputSets(self.layout.input_sets).record(plan.input_lists)
         self.skipped = plan.skipped + len(plan.adopted)
         self.writer.write(plan.refreshed + plan.adopted + plan.no_source)
         self.counts[TileStatus.NO_SOURCE] += len(plan.no_source)
@@ -311,7 +315,8 @@ class _Run:
     def close(self, recipe: str, started: float) -> FetchReport:
         """Close and compact the manifest, whatever happened; the report of the run."""
         self.writer.close()
-        compact_manifest(self.layout.manifest)
+        if self.writer.written or not is_compact(self.layout.manifest):
+            compact_manifest(self.layout.manifest)
         counts = self.counts
         report = FetchReport(
             dataset_dir=self.layout.folder,

@@ -84,10 +84,12 @@ class EarlyStop:
 
 def _failed_rows(batch: Batch, reason: str, recipe_hash: str) -> list[ManifestRow]:
     finished = now_iso()
-    return [
-        ManifestRow(tile.identifier, TileStatus.FAILED, reason, inputs, 0.0, recipe_hash, finished)
-        for tile, inputs in batch.items
-    ]
+    rows = []
+    for tile, inputs in batch.items:
+        ref = batch.input_refs.get(tile.identifier, "")
+        rows.append(ManifestRow(tile.identifier, TileStatus.FAILED, reason, () if ref else inputs,
+                                0.0, recipe_hash, finished, input_set=ref))  # fmt: skip
+    return rows
 
 
 def _rows_of(future: Future, batch: Batch, recipe_hash: str) -> list[ManifestRow]:
@@ -222,8 +224,10 @@ class _Feed:
         items = next(self.batches, None)
         if items is None:
             return None
-        ids = {tile.identifier: self.plan.input_ids.get(tile.identifier, "") for tile, _ in items}
-        batch = Batch(str(self.dataset_dir), items, self.budget, ids, topic=self.topic,
+        plan = self.plan
+        ids = {tile.identifier: plan.input_ids.get(tile.identifier, "") for tile, _ in items}
+        refs = {tile.identifier: plan.input_refs.get(tile.identifier, "") for tile, _ in items}
+        batch = Batch(str(self.dataset_dir), items, self.budget, ids, refs, topic=self.topic,
                       number=next(self.numbers), ticks=self.budget is not None)  # fmt: skip
         future = self.client.submit(render_batch, self.adapter, batch, pure=False, retries=0)
         with self.live.lock:

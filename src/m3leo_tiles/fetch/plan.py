@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.dataset.inputsets import Refs
 from m3leo_tiles.dataset.layout import DatasetLayout
-from m3leo_tiles.dataset.manifest import INPUT_SEPARATOR, ManifestRow, now_iso, one_line
+from m3leo_tiles.dataset.manifest import ManifestRow, now_iso
 from m3leo_tiles.sources.base import SourceAdapter
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class Plan:
     ``refreshed`` are rows of finished tiles rewritten with what an older manifest lacked
     (a chip's size and CRC after GDAL read it whole, the inputs' identity); ``damaged`` and
     ``inputs_changed`` are finished tiles planned again, and why (said in fetch.log).
+    ``input_refs`` names each tile's input list by its reference; ``input_lists`` holds
+    those lists, to be recorded (``InputSets.record``) before any row naming them is written.
     """
 
     skipped: int
@@ -41,6 +44,8 @@ class Plan:
     no_source: tuple[ManifestRow, ...]
     groups: tuple[tuple[Item, ...], ...]
     input_ids: Mapping[str, str] = field(default_factory=dict)
+    input_refs: Mapping[str, str] = field(default_factory=dict)
+    input_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     refreshed: tuple[ManifestRow, ...] = ()
     damaged: tuple[tuple[str, str], ...] = ()  # (tile id, what is wrong with its chip)
     inputs_changed: int = 0
@@ -75,14 +80,15 @@ def batch_size_for(count: int, threads: int) -> int:
     return max(MIN_BATCH, min(MAX_BATCH, wanted))
 
 
-def _same_inputs(row: ManifestRow, inputs: tuple[str, ...], input_id: str) -> bool:
-    """Whether a finished row was made from the inputs planned now (paths, then identity)."""
-    if INPUT_SEPARATOR.join(row.inputs) != INPUT_SEPARATOR.join(one_line(i) for i in inputs):
+def _same_inputs(row: ManifestRow, ref: str, input_id: str) -> bool:
+    """Whether a finished row was made from the inputs planned now: the same list (its
+    reference: the digest of the paths) and, when recorded, the same identity (sizes, times)."""
+    if row.inputs_ref != ref:
         return False
     return not row.input_id or row.input_id == input_id
 
 
-def _adopt(path: Path, identifier: str, recipe_hash: str, inputs: tuple[str, ...],
+def _adopt(path: Path, identifier: str, recipe_hash: str, ref: str,
            input_id: str) -> ManifestRow | None:  # fmt: skip
     """A chip written by a worker whose driver died before recording it: kept only if it is
     ours (recipe hash and inputs' identity in its tags) and GDAL reads it whole."""
@@ -97,18 +103,19 @@ def _adopt(path: Path, identifier: str, recipe_hash: str, inputs: tuple[str, ...
     if chip_problem(path) is not None:
         return None
     written = Written.of(path.read_bytes())
-    return ManifestRow(identifier, TileStatus.OK, "adopted", inputs, 0.0, recipe_hash, now_iso(),
-                       written.size, written.crc32, input_id)  # fmt: skip
+    return ManifestRow(identifier, TileStatus.OK, "adopted", (), 0.0, recipe_hash, now_iso(),
+                       written.size, written.crc32, input_id, ref)  # fmt: skip
 
 
-def size_problem(row: ManifestRow, size: int | None) -> str | None:
-    """What a cheap look (no read) finds wrong with the chip of an ``ok`` row whose file has
-    ``size`` bytes (None: no file): the check fetch makes before skipping a tile and status
-    makes before counting it ok. None when it looks whole (or no size was recorded)."""
+def size_problem(recorded: int | None, size: int | None) -> str | None:
+    """What a cheap look (no read) finds wrong with the chip of an ``ok`` row that recorded
+    ``recorded`` bytes (None: an old manifest) whose file has ``size`` bytes (None: no file):
+    the check fetch makes before skipping a tile and status makes before counting it ok.
+    None when it looks whole (or no size was recorded)."""
     if size is None:
         return "its chip is missing"
-    if row.bytes is not None and row.bytes != size:
-        return f"{size} bytes, recorded {row.bytes}"
+    if recorded is not None and recorded != size:
+        return f"{size} bytes, recorded {recorded}"
     return None
 
 
@@ -125,17 +132,22 @@ class _Decisions:
 
 
 def _input_ids(adapter: SourceAdapter, tiles: Sequence[GridTile],
-               inputs_of: Mapping[str, Sequence[str]]) -> dict[str, str]:  # fmt: skip
-    """Each tile's inputs' identity; tiles sharing inputs ask the source once."""
-    identities: dict[tuple[str, ...], str] = {}
+               inputs_of: Mapping[str, tuple[str, ...]],
+               refs: Refs) -> tuple[dict[str, str], dict[str, str]]:  # fmt: skip
+    """Each tile's inputs' identity and list reference; tiles sharing a list ask the source
+    once (lists are keyed by reference, so equal lists count once whatever their objects)."""
+    identities: dict[str, str] = {"": ""}
     input_ids: dict[str, str] = {}
+    input_refs: dict[str, str] = {}
     for tile in tiles:
-        inputs = tuple(inputs_of.get(tile.identifier, ()))
-        input_id = identities.get(inputs)
+        inputs = inputs_of.get(tile.identifier, ())
+        ref = refs(inputs)
+        input_id = identities.get(ref)
         if input_id is None:
-            input_id = identities[inputs] = adapter.input_identity(inputs) if inputs else ""
+            input_id = identities[ref] = adapter.input_identity(inputs)
         input_ids[tile.identifier] = input_id
-    return input_ids
+        input_refs[tile.identifier] = ref
+    return input_ids, input_refs
 
 
 def _keep_finished_chip(row: ManifestRow, size: int, path: Path, input_id: str,
@@ -144,7 +156,7 @@ def _keep_finished_chip(row: ManifestRow, size: int, path: Path, input_id: str,
     (an old manifest without a size) one GDAL cannot read whole, is damaged and made again."""
     from m3leo_tiles.dataset.chipfile import Written, chip_problem
 
-    problem = size_problem(row, size)
+    problem = size_problem(row.bytes, size)
     if problem is None and row.bytes is None:  # an old manifest: read it once, then record it
         problem = chip_problem(path)
         if problem is None:
@@ -160,19 +172,19 @@ def _keep_finished_chip(row: ManifestRow, size: int, path: Path, input_id: str,
     return True
 
 
-def _is_done(row: ManifestRow, inputs: tuple[str, ...], input_id: str, size: int | None,
-             path: Path, decided: _Decisions) -> bool:  # fmt: skip
+def _is_done(row: ManifestRow, ref: str, input_id: str, size: int | None, path: Path,
+             decided: _Decisions) -> bool:  # fmt: skip
     """Whether a tile with a row of this recipe stays done: same inputs, and a whole chip for
     ``ok`` (``empty`` and ``no-source`` have none); a failed tile, or an ``ok`` one whose chip
     is gone, is made again."""
-    if not _same_inputs(row, inputs, input_id):
+    if not _same_inputs(row, ref, input_id):
         decided.changed += 1
         return False
     if row.status is TileStatus.OK:
         return size is not None and _keep_finished_chip(row, size, path, input_id, decided)
     if not row.status.is_done:
         return False
-    if not row.input_id and inputs:
+    if not row.input_id and ref:
         decided.refreshed.append(replace(row, input_id=input_id))
     return True
 
@@ -197,19 +209,22 @@ def make_plan(
     layout = DatasetLayout(Path(dataset_dir))
     recipe_hash = adapter.recipe.recipe_hash
     sizes = layout.chip_sizes()
-    inputs_of = adapter.plan(tiles) if tiles else {}
-    input_ids = _input_ids(adapter, tiles, inputs_of)
+    inputs_of = {ident: tuple(inputs) for ident, inputs in
+                 (adapter.plan(tiles) if tiles else {}).items()}  # fmt: skip
+    refs = Refs()
+    input_ids, input_refs = _input_ids(adapter, tiles, inputs_of, refs)
     decided = _Decisions()
     for tile in tiles:
         identifier = tile.identifier
-        inputs = tuple(inputs_of.get(identifier, ()))
-        input_id, row, path = input_ids[identifier], rows.get(identifier), layout.chip(identifier)
+        inputs = inputs_of.get(identifier, ())
+        input_id, ref, row = input_ids[identifier], input_refs[identifier], rows.get(identifier)
         if not overwrite and row is not None and row.recipe_hash == recipe_hash:
-            if _is_done(row, inputs, input_id, sizes.get(identifier), path, decided):
+            size = sizes.get(identifier)
+            if _is_done(row, ref, input_id, size, layout.chip(identifier), decided):
                 decided.skipped += 1
                 continue
         elif not overwrite and row is None and identifier in sizes:
-            kept = _adopt(path, identifier, recipe_hash, inputs, input_id)
+            kept = _adopt(layout.chip(identifier), identifier, recipe_hash, ref, input_id)
             if kept is not None:
                 decided.adopted.append(kept)
                 continue
@@ -224,4 +239,5 @@ def make_plan(
             groups.setdefault(adapter.batch_key(inputs), []).append((tile, inputs))
     grouped = tuple(tuple(group) for group in groups.values())
     return Plan(decided.skipped, tuple(decided.adopted), tuple(no_source), grouped, input_ids,
-                tuple(decided.refreshed), tuple(decided.damaged), decided.changed)  # fmt: skip
+                input_refs, refs.lists, tuple(decided.refreshed), tuple(decided.damaged),
+                decided.changed)  # fmt: skip

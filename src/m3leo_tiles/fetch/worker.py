@@ -57,6 +57,7 @@ class Batch:
     items: tuple[Item, ...]
     budget: Budget | None = None
     input_ids: Mapping[str, str] = field(default_factory=dict)  # tile id -> inputs' identity
+    input_refs: Mapping[str, str] = field(default_factory=dict)  # tile id -> its list's reference
     topic: str = ""  # the run's event topic (see ``events``): warnings, and tiles if ``ticks``
     number: int = 0  # this batch's number in the run, named in its per-tile events
     ticks: bool = False  # say each finished tile (I/O-bound sources: slow batches)
@@ -178,16 +179,18 @@ def render_batch(adapter: SourceAdapter, batch: Batch) -> list[ManifestRow]:
             except Exception as error:  # a bug or an unwrapped library error: still one tile
                 status, reason = TileStatus.FAILED, f"unexpected {reason_of(error)}"
             finished = time.perf_counter()
+            ref = batch.input_refs.get(tile.identifier, "")
             rows.append(
                 ManifestRow(
                     identifier=tile.identifier,
                     status=status,
                     reason=reason,
-                    inputs=inputs,
+                    inputs=() if ref else inputs,  # the list goes back by reference only
                     seconds=finished - started,
                     recipe_hash=recipe_hash,
                     finished_at=now_iso(),
                     input_id=batch.input_ids.get(tile.identifier, ""),
+                    input_set=ref,
                 )
             )
             started = finished

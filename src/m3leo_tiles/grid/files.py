@@ -21,7 +21,7 @@ from m3leo_tiles.core.atomic import replacing
 from m3leo_tiles.core.enums import GridFormat, Split
 from m3leo_tiles.core.errors import GridError
 from m3leo_tiles.core.names import ALLOWED, MAX_NAME, SAFE_NAME, name_problem
-from m3leo_tiles.grid.tile import BoxTile, GridTile, parse_tile_id
+from m3leo_tiles.grid.tile import BoxTile, GridTile, parse_tile_id, parse_tile_ids
 
 TILES_STEM = "tiles"
 SPLITS_NAME = "splits.csv"
@@ -157,7 +157,7 @@ def read_grid(path: str | Path) -> Grid:
     if table.num_rows == 0:
         raise GridError(f"{path} holds no tiles; regenerate it with `m3leo-tiles grid`")
     ids = checked_identifiers(path, table.column("identifier"))
-    parsed = [parse_tile_id(value) for value in ids]
+    parsed = parse_tile_ids(ids)
     if any(tile is None for tile in parsed):
         boxes = _read_bounds(path)
         tiles: tuple[GridTile, ...] = tuple(
@@ -171,6 +171,22 @@ def read_grid(path: str | Path) -> Grid:
         values = table.column("split").to_pylist()
         splits = {ident: str(s) for ident, s in zip(ids, values, strict=True) if s}
     return Grid(aoi=_aoi_name(path, table), tiles=tiles, splits=splits)
+
+
+def read_grid_ids(path: str | Path) -> list[str]:
+    """The tile ids of a grid file, checked as ``read_grid`` checks them, without making a
+    tile of each: what ``status`` needs to count the tiles without a row (0.2 s for CONUS
+    instead of a whole read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} not found; make one with `m3leo-tiles grid --aoi NAME`")
+    table = _read_splits_beside(path)
+    if table is None:
+        table = _read_attributes(path)
+    if "identifier" not in table.column_names:
+        raise GridError(f"{path} has no 'identifier' column; a grid file needs identifier "
+                        "and geometry")  # fmt: skip
+    return checked_identifiers(path, table.column("identifier"))
 
 
 def checked_identifiers(path: Path, values: Sequence[object] | pa.ChunkedArray) -> list[str]:

@@ -112,7 +112,7 @@ def _finished_chips(layout: DatasetLayout) -> _Chips:
     sizes = layout.chip_sizes()
     if not layout.manifest.exists():
         return _Chips(sorted(sizes), {}, sizes)
-    rows = read_manifest(layout.manifest)
+    rows = read_manifest(layout.manifest, lean=True)  # no input lists: Items name none
     ids = sorted(i for i, row in rows.items() if row.status is TileStatus.OK and i in sizes)
     return _Chips(ids, rows, sizes)
 

@@ -152,13 +152,13 @@ def _grid_tiles(
 def _layer_rows(layout: DatasetLayout) -> dict[str, tuple[MapCode, str]]:
     """Each manifest row's code and reason; an ``ok`` row whose chip is missing or not of the
     recorded size is failed, as ``status`` counts it (the same cheap check, no chip read)."""
-    rows = read_manifest(layout.manifest)
+    rows = read_manifest(layout.manifest, lean=True)  # no input lists: a map needs none
     sizes = layout.chip_sizes() if layout.folder.is_dir() else {}
     found: dict[str, tuple[MapCode, str]] = {}
     for identifier, row in rows.items():
         code, reason = _CODE_OF[row.status], row.reason
         if row.status is TileStatus.OK:
-            problem = size_problem(row, sizes.get(identifier))
+            problem = size_problem(row.bytes, sizes.get(identifier))
             if problem is not None:
                 code, reason = MapCode.FAILED, f"damaged chip: {problem}"
         found[identifier] = (code, reason)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from m3leo_tiles.core.enums import TileStatus
+from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.dataset.layout import DatasetLayout, datasets_under, is_chip_name, tile_of
-from m3leo_tiles.dataset.manifest import ManifestRow, read_manifest
+from m3leo_tiles.dataset.manifest import ManifestRow, outcome_columns, read_manifest
 from m3leo_tiles.fetch.plan import size_problem
 
 
@@ -82,11 +84,12 @@ def _grid_ids(
     if aoi not in cache:
         cache[aoi] = None
         try:
-            from m3leo_tiles.grid import default_grid_path, read_grid
+            from m3leo_tiles.grid import default_grid_path
+            from m3leo_tiles.grid.files import read_grid_ids
 
             path = default_grid_path(aoi, grids_dir)
             if path.exists():
-                cache[aoi] = frozenset(t.identifier for t in read_grid(path).tiles)
+                cache[aoi] = frozenset(read_grid_ids(path))
         except Exception:  # no grid or an unreadable one: report without "missing"
             cache[aoi] = None
     return cache[aoi]
@@ -108,16 +111,17 @@ def _folder_size(folder: Path) -> tuple[int, dict[str, int]]:
 
 def dataset_status(folder: Path, aoi: str, grid_ids: frozenset[str] | None) -> DatasetStatus:
     manifest = DatasetLayout(folder).manifest
-    rows = read_manifest(manifest)
-    counts = Counter(row.status for row in rows.values())
+    ids, statuses, recorded = outcome_columns(manifest)  # no row objects, no inputs
+    counts = Counter({TileStatus(name): count for name, count in Counter(statuses).items()})
     missing = None
     if grid_ids is not None:
-        missing = len(grid_ids - rows.keys())
+        missing = len(grid_ids.difference(ids))
     size, chips = _folder_size(folder)
+    ok = str(TileStatus.OK)
     damaged = sum(  # the size check fetch makes before skipping a tile: no chip is read
-        size_problem(row, chips.get(identifier)) is not None
-        for identifier, row in rows.items()
-        if row.status is TileStatus.OK
+        size_problem(recorded_size, chips.get(identifier)) is not None
+        for identifier, status, recorded_size in zip(ids, statuses, recorded, strict=True)
+        if status == ok
     )
     return DatasetStatus(
         aoi=aoi,
@@ -229,6 +233,45 @@ class Verification:
         )
 
 
+def tile_inputs(folder: Path, identifiers: Sequence[str]) -> dict[str, tuple[str, ...] | None]:
+    """The input files that made each tile's chip (the latest row's list: paths, URLs or
+    product names), by id; None for a tile the manifest has no row for. Streams the manifest
+    (one pass) and reads ``input-sets.jsonl`` only when a row names a list by reference."""
+    from m3leo_tiles.dataset.inputsets import InputSets
+    from m3leo_tiles.dataset.manifest import iter_rows
+
+    layout = DatasetLayout(Path(folder))
+    if not layout.manifest.exists():
+        raise ConfigError(f"{layout.folder} has no manifest.csv; give a dataset folder "
+                          "(OUT/<aoi>/<dataset>) made by fetch")  # fmt: skip
+    wanted = set(identifiers)
+    latest = {row.identifier: row for row in iter_rows(layout.manifest)
+              if row.identifier in wanted}  # fmt: skip
+    lists = InputSets(layout.input_sets)
+    found: dict[str, tuple[str, ...] | None] = {}
+    for identifier in identifiers:
+        row = latest.get(identifier)
+        if row is None:
+            found[identifier] = None
+        elif row.input_set:
+            found[identifier] = lists.inputs(row.input_set) or ()
+        else:
+            found[identifier] = row.inputs
+    return found
+
+
+def _damaged_row(row: ManifestRow | None, identifier: str, why: str) -> ManifestRow:
+    """The failed row that makes the next fetch redo a damaged chip; it names the inputs as
+    the tile's row did (a reference stays a reference, already recorded)."""
+    from m3leo_tiles.dataset.manifest import now_iso
+
+    reason = f"damaged chip: {why}"
+    if row is None:
+        return ManifestRow(identifier, TileStatus.FAILED, reason, finished_at=now_iso())
+    return ManifestRow(identifier, TileStatus.FAILED, reason, () if row.input_set else row.inputs,
+                       0.0, row.recipe_hash, now_iso(), input_set=row.input_set)  # fmt: skip
+
+
 def verify_dataset(folder: Path) -> Verification:
     """Read every chip of ``folder`` back: size and CRC-32 against the manifest when it has
     them, then every pixel through GDAL. A damaged chip's tile is recorded ``failed`` (so a
@@ -236,7 +279,7 @@ def verify_dataset(folder: Path) -> Verification:
     from m3leo_tiles.core.errors import LockedError
     from m3leo_tiles.dataset.chipfile import Written, chip_problem
     from m3leo_tiles.dataset.lock import DatasetLock
-    from m3leo_tiles.dataset.manifest import ManifestWriter, now_iso
+    from m3leo_tiles.dataset.manifest import ManifestWriter
 
     layout = DatasetLayout(folder)
     rows = read_manifest(layout.manifest)
@@ -259,12 +302,7 @@ def verify_dataset(folder: Path) -> Verification:
     if damaged:
         try:
             with DatasetLock(folder), ManifestWriter(layout.manifest) as writer:
-                writer.write(
-                    ManifestRow(ident, TileStatus.FAILED, f"damaged chip: {why}",
-                                rows[ident].inputs if ident in rows else (), 0.0,
-                                rows[ident].recipe_hash if ident in rows else "", now_iso())
-                    for ident, why in damaged
-                )  # fmt: skip
+                writer.write(_damaged_row(rows.get(ident), ident, why) for ident, why in damaged)
             marked = True
         except LockedError:
             marked = False

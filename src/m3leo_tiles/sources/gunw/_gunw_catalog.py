@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import shapely
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
@@ -206,18 +207,39 @@ def select_pairs(
     )
 
 
+ASSIGN_CHUNK = 20_000  # tiles queried at once: bounds the (tile, product) pairs held
+
+
 def assign(
     products: Sequence[GunwProduct], tiles: Sequence[GridTile]
 ) -> dict[str, tuple[str, ...]]:
-    """Each tile's products (file names, sorted): those whose footprint intersects it."""
-    found: dict[str, list[str]] = {tile.identifier: [] for tile in tiles}
+    """Each tile's products (file names, sorted): those whose footprint intersects it.
+
+    A year over CONUS is 400k tiles x 100-250 products each: tens of millions of pairs.
+    Tiles are queried in chunks, and each distinct product list is made once (tiles of one
+    frame overlap share it) and shared, so the plan holds thousands of lists, not 400k.
+    """
     if not products or not tiles:
-        return {key: () for key in found}
-    tree = shapely.STRtree([product.footprint() for product in products])
-    tile_index, product_index = tree.query(lonlat_polygons(tiles), predicate="intersects")
-    for t, p in zip(tile_index, product_index, strict=True):
-        found[tiles[t].identifier].append(products[p].file_name)
-    return {key: tuple(sorted(names)) for key, names in found.items()}
+        return {tile.identifier: () for tile in tiles}
+    ordered = sorted(products, key=lambda p: p.file_name)  # index order is name order
+    names = [p.file_name for p in ordered]
+    tree = shapely.STRtree([product.footprint() for product in ordered])
+    lists: dict[bytes, tuple[str, ...]] = {b"": ()}
+    found: dict[str, tuple[str, ...]] = {}
+    for start in range(0, len(tiles), ASSIGN_CHUNK):
+        chunk = tiles[start : start + ASSIGN_CHUNK]
+        tile_index, product_index = tree.query(lonlat_polygons(chunk), predicate="intersects")
+        order = np.lexsort((product_index, tile_index))
+        tile_index, product_index = tile_index[order], product_index[order]
+        bounds = np.searchsorted(tile_index, np.arange(len(chunk) + 1))
+        for position, tile in enumerate(chunk):
+            key = product_index[bounds[position] : bounds[position + 1]].tobytes()
+            names_of = lists.get(key)
+            if names_of is None:
+                indexes = np.frombuffer(key, dtype=product_index.dtype)
+                names_of = lists[key] = tuple(dict.fromkeys(names[i] for i in indexes.tolist()))
+            found[tile.identifier] = names_of
+    return found
 
 
 def search_cells(tiles: Sequence[GridTile], degrees: float) -> list[tuple[str, BaseGeometry]]:

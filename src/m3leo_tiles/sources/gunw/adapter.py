@@ -243,7 +243,8 @@ class GunwSource(SourceAdapter):
         selected = _gunw_catalog.select_pairs(products, self.year, self.max_baseline_days,
                                               excluded)  # fmt: skip
         inputs = _gunw_catalog.assign(selected, tiles)
-        used = {name for names in inputs.values() for name in names}
+        lists = {id(names): names for names in inputs.values()}  # tiles share their list
+        used = {name for names in lists.values() for name in names}
         self.found = _found(len(products), excluded, len(selected), len(used), self.year)
         self.catalog = {p.file_name: p for p in selected if p.file_name in used}
         sources = self._index_sources()

@@ -320,45 +320,61 @@ class RasterSource(RemoteInputs, Warping, PerTileSource):
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         # Neighbouring tiles name the same files (GSSIC: up to 256 a tile): one string object
         # per path and one tuple per input set, or the driver's plan grows by kilobytes a tile.
-        strings: dict[str, str] = {}
-        input_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # A tile's set is decided by which files its polygon touches and which template cells
+        # its box covers; sets are built once per distinct (files, cells), not once per tile
+        # and template (GSSIC over CONUS: 3k distinct sets instead of 26M substitutions).
         polygons = lonlat_polygons(tiles)
-        found: list[set[str]] = [set() for _ in tiles]
-        for layer in self.layers():
-            prefix = f"{layer.name}{LAYER_SEPARATOR}" if layer.name else ""
-            paths = self._expand(layer)
-            templates = [p for p in paths if TEMPLATE_FIELDS.search(p)]
-            files = [p for p in paths if not TEMPLATE_FIELDS.search(p)]
-            if files:
-                tree = shapely.STRtree([self._footprint(p) for p in files])
-                tile_index, file_index = tree.query(polygons, predicate="intersects")
-                for t, f in zip(tile_index, file_index, strict=True):
-                    found[t].add(strings.setdefault(prefix + files[f], prefix + files[f]))
-            for template in templates:
-                for t, polygon in enumerate(polygons):
-                    found[t].update(strings.setdefault(prefix + p, prefix + p)
-                                    for p in self._cells(template, polygon.bounds))  # fmt: skip
+        layers = [(f"{layer.name}{LAYER_SEPARATOR}" if layer.name else "", self._expand(layer))
+                  for layer in self.layers()]  # fmt: skip
+        local = [(prefix + p, p) for prefix, paths in layers for p in paths
+                 if not TEMPLATE_FIELDS.search(p)]  # fmt: skip
+        files = [name for name, _ in local]
+        templates = [prefix + p for prefix, paths in layers for p in paths
+                     if TEMPLATE_FIELDS.search(p)]  # fmt: skip
+        touched: list[list[int]] = [[] for _ in tiles]
+        if files:
+            footprints = [self._footprint(path) for _, path in local]
+            tile_index, file_index = shapely.STRtree(footprints).query(
+                polygons, predicate="intersects"
+            )
+            for t, f in zip(tile_index.tolist(), file_index.tolist(), strict=True):
+                touched[t].append(f)
+        sets: dict[tuple[tuple[int, ...], tuple[tuple[float, float], ...]], tuple[str, ...]] = {}
+        strings: dict[str, str] = {}  # one object per cell file name, shared by its sets
         plan = {}
-        for tile, inputs in zip(tiles, found, strict=True):
-            key = tuple(sorted(inputs))
-            plan[tile.identifier] = input_sets.setdefault(key, key)
+        for tile, polygon, found in zip(tiles, polygons, touched, strict=True):
+            cells = self._cell_corners(polygon.bounds) if templates else ()
+            key = (tuple(sorted(set(found))), cells)
+            inputs = sets.get(key)
+            if inputs is None:
+                names = {files[f] for f in key[0]}
+                for template in templates:
+                    for lat, lon in cells:
+                        name = self._cell_name(template, lat, lon)
+                        names.add(strings.setdefault(name, name))
+                inputs = sets[key] = tuple(sorted(names))
+            plan[tile.identifier] = inputs
         return plan
 
-    def _cells(self, template: str, bounds: tuple[float, float, float, float]) -> list[str]:
-        """Names of the template's lat/lon cells that a lon/lat box touches."""
+    def _cell_corners(self, bounds: tuple[float, float, float, float]
+                      ) -> tuple[tuple[float, float], ...]:  # fmt: skip
+        """The (lat, lon) that name the template cells a lon/lat box touches."""
         degrees = float(self.recipe.params["tile_degrees"])
         upper = self.recipe.params.get("tile_corner", "upper-left") == "upper-left"
         west, south, east, north = bounds
-        names = []
+        corners = []
         for row in range(math.floor(south / degrees), math.floor(north / degrees) + 1):
             for col in range(math.floor(west / degrees), math.floor(east / degrees) + 1):
                 lat = (row + 1) * degrees if upper else row * degrees
                 lon = ((col * degrees + 180.0) % 360.0) - 180.0
                 if not -90 <= row * degrees < 90 or not self._in_footprint(lon, row * degrees):
                     continue
-                names.append(TEMPLATE_FIELDS.sub(
-                    lambda m, lat=lat, lon=lon: cell_field(m, lat, lon), template))  # fmt: skip
-        return names
+                corners.append((lat, lon))
+        return tuple(corners)
+
+    @staticmethod
+    def _cell_name(template: str, lat: float, lon: float) -> str:
+        return TEMPLATE_FIELDS.sub(lambda m: cell_field(m, lat, lon), template)
 
     def _in_footprint(self, west: float, south: float) -> bool:
         """Whether a template cell can hold data: cells outside the declared ``footprint``
