@@ -34,6 +34,8 @@ the loaders in a new random order (median and range):
 
 * paper (rioxarray): ``open_rasterio`` per chip per sample (the target's baseline), on the
   same chips as ours and on the deflate chips;
+* with ``--codec recipe``, both again on the same tiles with every chip in zstd (the default
+  codec): what storing s1grd uncompressed changes, for either loader;
 * naive (rasterio): rasterio open + read per chip per sample;
 * dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (``dataset.chipread``: no
   GDAL open, each block decoded into the array), in ``--codec`` and in deflate; with workers
@@ -295,6 +297,9 @@ def bench(root: Path, config: str, tiles: int, rounds: int, codec: ChipCodec | N
     started = time.perf_counter()
     data, grid = make_chips(root / "chips", tiles, datasets, codec)
     old, _ = make_chips(root / "deflate", tiles, datasets, ChipCodec.DEFLATE)
+    zstd = None  # with the recipes' codecs: also every chip in zstd, the default codec
+    if codec is None:
+        zstd, _ = make_chips(root / "zstd", tiles, datasets, ChipCodec.ZSTD)
     chips_s = time.perf_counter() - started
     options = {"target": target, "normalize": True}
     files = M3LEODataset(data, grid, inputs, use_pack=False, **options)
@@ -333,6 +338,20 @@ def bench(root: Path, config: str, tiles: int, rounds: int, codec: ChipCodec | N
     loaders = {  # name: (dataset, how it is loaded)
         "paper (rioxarray per sample)": (paper, "plain"),
         "paper (rioxarray), deflate chips": (paper_old, "plain"),
+        **(
+            {
+                "paper (rioxarray), all-zstd chips": (
+                    PaperLoader(zstd, ids, files.chip_size, inputs, target),
+                    "plain",
+                ),
+                "dataset (all-zstd chips), .loader()": (
+                    M3LEODataset(zstd, grid, inputs, use_pack=False, **options),
+                    "batched",
+                ),
+            }
+            if zstd is not None
+            else {}
+        ),
         "naive (rasterio open per sample)": (naive, "plain"),
         "dataset (chips), .loader()": (files, "batched"),
         "dataset (chips), .loader(threads=N)": (files, "threads"),
