@@ -12,8 +12,11 @@ that was its bottleneck. Two baselines, both measured in the same run:
 rioxarray and xarray are benchmark-only dependencies (the ``bench`` extra).
 
 Chips of three datasets per configuration, written by the package's chip writer
-(``write_chip``) on the same tiles, with smooth random fields, twice: in ``--codec`` (default:
-the package's default, zstd) and in deflate (chips as written before the codec was a choice):
+(``write_chip``) on the same tiles, with smooth random fields (the SAR ones in dB with fresh
+4.4-look speckle, as real Sentinel-1 chips and ``bench_codec.py``'s: smooth floats would
+compress unlike SAR), twice: with ``--codec`` (default ``recipe``: each dataset's built-in
+recipe's codec, ``RECIPES``, as a fetch stores them: s1grd uncompressed, the others zstd) and
+in deflate (chips as written before the codec was a choice):
 
 * ``paper`` — the paper's ESAWC task, everything at 10 m (448 px) as in M3LEO: ``s1`` float32
   4 bands and ``s2`` uint16 4 bands in, ``esawc`` uint8 classes as the target (``mask``);
@@ -31,6 +34,8 @@ the loaders in a new random order (median and range):
 
 * paper (rioxarray): ``open_rasterio`` per chip per sample (the target's baseline), on the
   same chips as ours and on the deflate chips;
+* with ``--codec recipe``, both again on the same tiles with every chip in zstd (the default
+  codec): what storing s1grd uncompressed changes, for either loader;
 * naive (rasterio): rasterio open + read per chip per sample;
 * dataset (chips): ``M3LEODataset.loader()`` reading the GeoTIFFs (``dataset.chipread``: no
   GDAL open, each block decoded into the array), in ``--codec`` and in deflate; with workers
@@ -50,7 +55,7 @@ torch runs one CPU thread per process (``torch.set_num_threads(1)``; DataLoader 
 that themselves): on a shared 2-core VM torch's default of 2 spinning threads is 20x slower.
 Peak RSS is the benchmark process's (workers' own peak is reported separately).
 
-Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 5] [--codec zstd]
+Run: ``.venv/bin/python bench/bench_loader.py [--tiles 48] [--rounds 5] [--codec recipe|zstd|...]
 [--config paper|mixed|all] [--tmp DIR]`` (``--tiles 16 --rounds 3`` for a quick look).
 """
 
@@ -84,7 +89,7 @@ from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.ml import M3LEODataset
 from m3leo_tiles.ml.batches import empty_tensor
 from m3leo_tiles.ml.dataset import IGNORE_INDEX, resize
-from m3leo_tiles.recipes import parse_recipe
+from m3leo_tiles.recipes import load_recipe, parse_recipe
 from m3leo_tiles.sources.base import Chip
 from m3leo_tiles.tools.pack import pack
 from m3leo_tiles.tools.stats import compute_stats, read_stats, write_stats
@@ -108,6 +113,11 @@ CONFIGS = {  # name: {dataset: (bands, resolution m, dtype, nodata, low, high)},
     ),
 }
 WORLDCOVER = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100])
+# The built-in recipe each bench dataset stands for: its chips are stored with that recipe's
+# codec (``--codec recipe``, the default), as a real fetch would store them.
+RECIPES = {"s1": "s1grd", "s2": "s2srm", "esawc": "esawc", "dem": "srtm"}
+SPECKLED = {"s1"}  # SAR in dB: speckle as in real chips (bench_codec.py), not smooth floats
+LOOKS = 4.4  # GRD high resolution's equivalent number of looks
 
 
 def smooth(rng: np.random.Generator, bands: int, size: int, low: float, high: float):
@@ -117,8 +127,20 @@ def smooth(rng: np.random.Generator, bands: int, size: int, low: float, high: fl
     return field + rng.normal(0, (high - low) * 0.01, field.shape)
 
 
+def speckled(rng: np.random.Generator, db: np.ndarray) -> np.ndarray:
+    """``db`` (backscatter in dB) with fresh multiplicative speckle: what a real seasonal
+    chip holds, and what makes SAR floats compress so little (bench/RESULTS.md)."""
+    power = 10 ** (db / 10) * rng.gamma(LOOKS, 1 / LOOKS, db.shape)
+    return 10 * np.log10(power)
+
+
+def codec_of(name: str, codec: ChipCodec | None) -> ChipCodec:
+    """``codec``, or (None) the codec the built-in recipe ``name`` stands for stores."""
+    return codec or load_recipe(RECIPES[name]).compress or DEFAULT_CODEC
+
+
 def make_chips(
-    root: Path, count: int, datasets: dict, codec: ChipCodec = DEFAULT_CODEC
+    root: Path, count: int, datasets: dict, codec: ChipCodec | None = None
 ) -> tuple[Path, Path]:
     tiles = [Tile(33, 1036 + i // 16, 60 + i % 16) for i in range(count)]
     grid = root / "grids" / "bench" / "tiles.geojson"
@@ -132,7 +154,7 @@ def make_chips(
         recipe = parse_recipe(
             {"name": name, "source": "raster", "params": {"inputs": "/none.tif"},
              "resolution": resolution, "bands": bands, "dtype": dtype, "nodata": nodata,
-             "compress": str(codec)},
+             "compress": str(codec_of(name, codec))},
             "bench",
         )  # fmt: skip
         folder = root / "data" / "bench" / name
@@ -144,6 +166,8 @@ def make_chips(
                 data = WORLDCOVER[smooth(rng, 1, pixels.height, 0, 10.99).astype(int) % 11]
             else:
                 data = smooth(rng, len(bands), pixels.height, low, high)
+                if name in SPECKLED:
+                    data = speckled(rng, data)
             chip = Chip(data.astype(dtype), tuple(bands))
             write_chip(folder / f"{tile.identifier}.tif", chip, pixels, recipe, {})
         write_stats(compute_stats(folder, "train", grids_dir=root / "grids"), folder)
@@ -267,12 +291,15 @@ def make_loader(dataset: Dataset, workers: int, how: str) -> Iterable[dict]:
     return dataset.loader(8, num_workers=workers, persistent_workers=workers > 0)
 
 
-def bench(root: Path, config: str, tiles: int, rounds: int, codec: ChipCodec) -> None:
+def bench(root: Path, config: str, tiles: int, rounds: int, codec: ChipCodec | None) -> None:
     datasets, target = CONFIGS[config]
     inputs = [name for name in datasets if name != target]
     started = time.perf_counter()
-    data, grid = make_chips(root / str(codec), tiles, datasets, codec)
+    data, grid = make_chips(root / "chips", tiles, datasets, codec)
     old, _ = make_chips(root / "deflate", tiles, datasets, ChipCodec.DEFLATE)
+    zstd = None  # with the recipes' codecs: also every chip in zstd, the default codec
+    if codec is None:
+        zstd, _ = make_chips(root / "zstd", tiles, datasets, ChipCodec.ZSTD)
     chips_s = time.perf_counter() - started
     options = {"target": target, "normalize": True}
     files = M3LEODataset(data, grid, inputs, use_pack=False, **options)
@@ -305,11 +332,26 @@ def bench(root: Path, config: str, tiles: int, rounds: int, codec: ChipCodec) ->
         f"{n} {d[2]} {len(d[0])} band(s) at {d[1]} m" for n, d in datasets.items()
     )
     print(f"\n## {config}: {described}" + (f"; target {target}" if target else ""))
-    print(f"{len(files)} tiles · image {shape} · {codec} chips {size_mb:.0f} MB, deflate chips "
+    codecs = ", ".join(f"{n} {codec_of(n, codec)}" for n in datasets)
+    print(f"{len(files)} tiles · image {shape} · chips ({codecs}) {size_mb:.0f} MB, deflate chips "
           f"{old_mb:.0f} MB (made in {chips_s:.0f} s)")  # fmt: skip
     loaders = {  # name: (dataset, how it is loaded)
         "paper (rioxarray per sample)": (paper, "plain"),
         "paper (rioxarray), deflate chips": (paper_old, "plain"),
+        **(
+            {
+                "paper (rioxarray), all-zstd chips": (
+                    PaperLoader(zstd, ids, files.chip_size, inputs, target),
+                    "plain",
+                ),
+                "dataset (all-zstd chips), .loader()": (
+                    M3LEODataset(zstd, grid, inputs, use_pack=False, **options),
+                    "batched",
+                ),
+            }
+            if zstd is not None
+            else {}
+        ),
         "naive (rasterio open per sample)": (naive, "plain"),
         "dataset (chips), .loader()": (files, "batched"),
         "dataset (chips), .loader(threads=N)": (files, "threads"),
@@ -359,8 +401,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
     parser.add_argument("--tmp", default=None, help="folder for the chips")
-    parser.add_argument("--codec", choices=[str(c) for c in ChipCodec],
-                        default=str(DEFAULT_CODEC), help="codec of the chips")  # fmt: skip
+    parser.add_argument("--codec", choices=["recipe", *map(str, ChipCodec)], default="recipe",
+                        help="codec of every chip (recipe: each built-in recipe's)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
@@ -369,7 +411,8 @@ def main() -> int:
     print(f"# torch {torch.__version__}, 1 thread per process")
     for config in CONFIGS if args.config == "all" else [args.config]:
         with tempfile.TemporaryDirectory(prefix="bench-loader-", dir=args.tmp) as tmp:
-            bench(Path(tmp), config, args.tiles, args.rounds, ChipCodec(args.codec))
+            codec = None if args.codec == "recipe" else ChipCodec(args.codec)
+            bench(Path(tmp), config, args.tiles, args.rounds, codec)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\npeak RSS: benchmark process {own:.0f} MB, largest worker {children:.0f} MB")

@@ -179,3 +179,19 @@ def test_the_codec_is_how_chips_are_stored_not_part_of_the_hash(tmp_path: Path) 
     assert [str(r.compress) for r in stored.values()] == list(stored)
     assert {r.recipe_hash for r in stored.values()} == {plain.recipe_hash}
     assert all(r == plain for r in stored.values())  # a rerun sees the same recipe
+
+
+def test_builtin_codecs_by_measured_gain() -> None:
+    """Speckled SAR floats gain too little from lossless compression (zstd keeps 87 % of the
+    bytes, bench/RESULTS.md "chip codecs") for the ~10x slower decode: s1grd is stored
+    uncompressed; kinds that compress well keep the default (zstd). The key is how chips are
+    stored, so it leaves the hash of chips already made as it was."""
+    assert load_recipe("s1grd").compress == "none"
+    for name in ("s2srm", "esawc", "gssic", "gunw", "srtm"):
+        assert load_recipe(name).compress is None, name
+    builtin = load_recipe("s1grd")
+    data = yaml.safe_load(Path(builtin.path).read_text(encoding="utf-8"))
+    del data["compress"]
+    without = parse_recipe(data, "s1grd without its codec", Path(builtin.path))
+    assert without.compress is None
+    assert without.recipe_hash == builtin.recipe_hash

@@ -20,8 +20,9 @@ import torch
 
 from m3leo_tiles.core.enums import ChipCodec, TileStatus
 from m3leo_tiles.dataset.chipfile import write_chip
-from m3leo_tiles.dataset.chipread import read_blocks
+from m3leo_tiles.dataset.chipread import _tifffile_layout, read_blocks
 from m3leo_tiles.dataset.manifest import ManifestRow, write_manifest
+from m3leo_tiles.dataset.tiffheader import read_layout
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.ml import M3LEODataset
 from m3leo_tiles.ml.inputs import read_chip_array
@@ -155,3 +156,62 @@ def test_other_layouts_are_read_the_general_way(tmp_path: Path) -> None:
     tifffile.imwrite(path, data, photometric="rgb", planarconfig="contig", compression="zlib")
     assert read_blocks(path) is None
     np.testing.assert_array_equal(read_chip_array(path), np.moveaxis(data, -1, 0))
+
+
+def test_the_header_reader_gives_the_layout_tifffile_gives(trees: dict[str, Path]) -> None:
+    """``tiffheader`` reads our chips' layout without tifffile, to the same values, for
+    every codec, dtype, strip and tile layout."""
+    chips = sorted((trees["mixed"] / "data" / "tst").rglob("*.tif"))
+    chips += sorted((trees["deflate"] / "data" / "tst").rglob("*.tif"))
+    for path in chips:
+        with open(path, "rb") as handle:
+            fast = read_layout(handle.fileno())
+            assert fast is not None, path
+            assert fast == _tifffile_layout(handle), path
+
+
+def test_other_tiffs_get_their_layout_from_tifffile(tmp_path: Path) -> None:
+    """BigTIFF and big-endian files are not read by ``tiffheader``; their pixels still are."""
+    data = np.arange(2 * 30 * 40, dtype="float32").reshape(2, 30, 40)
+    for name, options in {"big.tif": {"bigtiff": True}, "be.tif": {"byteorder": ">"}}.items():
+        tifffile.imwrite(tmp_path / name, data, planarconfig="separate", **options)
+        with open(tmp_path / name, "rb") as handle:
+            assert read_layout(handle.fileno()) is None
+        np.testing.assert_array_equal(read_chip_array(tmp_path / name), data)
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+def test_read_blocks_writes_into_a_given_array_that_fits(trees: dict[str, Path], codec: str):
+    """A chip is decoded into ``out`` when ``out`` has its shape and dtype (a row of a
+    batch: no copy), into a new array otherwise; the same pixels either way."""
+    index = CODECS.index(ChipCodec(codec))  # tile i of the mixed tree is in CODECS[i % 4]
+    label, resolution, bands, dtype, nodata = KINDS[1]
+    path = trees["mixed"] / "data" / "tst" / label / f"{TILES[index].identifier}.tif"
+    expected = pixels(index, TILES[index].pixel_grid(resolution).height, len(bands), dtype, nodata)
+    out = np.zeros(expected.shape, dtype)
+    assert read_blocks(path, out) is out
+    np.testing.assert_array_equal(out, expected)
+    for other in (np.zeros(expected.shape, "float64"), np.zeros(expected.shape[1:], dtype)):
+        read = read_blocks(path, other)
+        assert read is not other and not other.any()
+        np.testing.assert_array_equal(read, expected)
+
+
+def test_uncompressed_strips_of_any_height_and_a_truncated_chip(tmp_path: Path) -> None:
+    """GDAL's uncompressed chips with several strips per band are read row for row; a chip
+    cut short is an error (the Dataset then treats it as missing), never short pixels."""
+    data = np.random.default_rng(0).normal(size=(3, 50, 40)).astype("float32")
+    path = tmp_path / "strips.tif"
+    profile = {"driver": "GTiff", "width": 40, "height": 50, "count": 3, "dtype": "float32",
+               "interleave": "band", "blockysize": 16, "crs": "EPSG:32633",
+               "transform": rasterio.transform.from_origin(500000, 4600000, 10, 10)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as chip:
+        chip.write(data)
+    with open(path, "rb") as handle:
+        layout = read_layout(handle.fileno())
+    assert layout is not None and layout.compression == 1 and len(layout.offsets) == 3 * 4
+    np.testing.assert_array_equal(read_blocks(path), data)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(path.read_bytes()[: max(layout.offsets) + 100])
+    with pytest.raises(ValueError, match="shorter than its pixels"):
+        read_blocks(cut)

@@ -18,6 +18,7 @@ from m3leo_tiles.core.errors import ConfigError
 from m3leo_tiles.grid.tile import Tile
 from m3leo_tiles.ml import IGNORE_INDEX, M3LEODataset, PairRule
 from m3leo_tiles.ml.dataset import NoChipsError
+from m3leo_tiles.ml.inputs import read_chip_array, resize, resize_into
 from m3leo_tiles.tools.pack import pack
 from m3leo_tiles.tools.stats import compute_stats
 
@@ -248,3 +249,44 @@ def test_no_warning_for_a_dataset_without_pack(tree: ChipTree) -> None:
     assert [str(warning.message) for warning in caught] == []
     assert not any(spec.packed for spec in data.inputs)
     assert sample["missing"].tolist() == [False, False]
+
+
+def test_a_float_chip_at_the_sample_size_is_read_straight_into_the_batch(
+    tree: ChipTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float32 chips of the sample's size are decoded into their rows of the batch (no copy),
+    then normalised there: nodata still becomes 0, values as from a separate array."""
+    import m3leo_tiles.ml.dataset as module
+
+    into_batch = []
+
+    def spy(path: Path, out: np.ndarray | None = None) -> np.ndarray:
+        array = read_chip_array(path, out)
+        into_batch.append(out is not None and array is out)
+        return array
+
+    monkeypatch.setattr(module, "read_chip_array", spy)
+    data = dataset(tree, inputs=["agb-2020"], normalize=True)
+    batch = data.read_batch(range(len(data)))
+    assert into_batch and all(into_batch)
+    stats = compute_stats(tree.folder("agb-2020"), "train", grids_dir=tree.grids_dir)
+    mean = torch.tensor([b.mean for b in stats.bands], dtype=torch.float32)[:, None, None]
+    std = torch.tensor([b.std for b in stats.bands], dtype=torch.float32)[:, None, None]
+    for row, identifier in enumerate(batch["tile_id"]):
+        if batch["missing"][row].any():
+            continue
+        values, nodata = raw(tree, "agb-2020", identifier)
+        expected = (torch.from_numpy(values) - mean) / std
+        expected[torch.from_numpy(values == nodata)] = 0.0
+        assert (values == nodata).any()
+        assert torch.equal(batch["image"][row], expected)
+
+
+def test_resize_into_gives_resize_values() -> None:
+    """The upsampling written in place is the very same as ``resize``'s (and so as the
+    pack path's and the paper-style loaders')."""
+    tensor = torch.randn(3, 20, 20)
+    for size in (50, 20, 10):  # up, same, down (antialiased)
+        out = torch.full((3, size, size), 7.0)
+        resize_into(out, tensor)
+        assert torch.equal(out, resize(tensor, size))

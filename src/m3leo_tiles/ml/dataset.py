@@ -65,6 +65,7 @@ from m3leo_tiles.ml.inputs import (
     make_target,
     read_chip_array,
     resize,
+    resize_into,
 )
 from m3leo_tiles.ml.pairs import PairRule, dates_of, index_pair_bands
 from m3leo_tiles.tools.pack import current_pack, open_pack
@@ -256,7 +257,9 @@ class M3LEODataset(Dataset):
     def __len__(self) -> int:
         return len(self.tile_ids)
 
-    def _raw(self, spec: InputSpec, identifier: str) -> np.ndarray:
+    def _raw(self, spec: InputSpec, identifier: str, out: np.ndarray | None = None) -> np.ndarray:
+        """A chip's pixels (bands, h, w): a row of its pack, or the chip file read (into
+        ``out`` when the file's pixels fit it as they are: float32 at the sample's size)."""
         rows = self._pack_rows.get(spec.name)
         if rows is not None:
             key = (os.getpid(), spec.name)  # one memory map per process, opened there
@@ -264,7 +267,7 @@ class M3LEODataset(Dataset):
             if array is None:
                 array = self._packs[key] = open_pack(spec.folder)
             return np.asarray(array[rows[identifier]])
-        return read_chip_array(spec.folder / f"{identifier}.tif")
+        return read_chip_array(spec.folder / f"{identifier}.tif", out)
 
     def _scaled_into(
         self,
@@ -283,15 +286,17 @@ class M3LEODataset(Dataset):
         size = self.chip_size
         native = data.shape[-2:] == (size, size)
         values = out if native else torch.empty(data.shape, dtype=torch.float32)
-        values.copy_(torch.from_numpy(np.ascontiguousarray(data)))
+        # before normalising: ``data`` may be ``out`` itself (a chip read straight into it)
+        invalid = None if clean else invalid_mask(data, nodata)
+        if not (native and _same_memory(data, out)):
+            values.copy_(torch.from_numpy(np.ascontiguousarray(data)))
         if mean is not None and std is not None:
             values.sub_(torch.from_numpy(mean)[:, None, None])
             values.div_(torch.from_numpy(std)[:, None, None])
-        invalid = None if clean else invalid_mask(data, nodata)
         if invalid is not None:
             values.masked_fill_(torch.from_numpy(invalid), 0.0)
         if not native:
-            out.copy_(resize(values, size))
+            resize_into(out, values)
 
     def _fill_input(
         self, spec: InputSpec, identifier: str, out: torch.Tensor, filled: np.ndarray
@@ -301,8 +306,11 @@ class M3LEODataset(Dataset):
         An unreadable chip (truncated, corrupt) counts as missing, with a warning, so one bad
         file does not stop a training run; False then.
         """
+        # bands 0..k-1 in order: a float32 chip file of exactly those bands at the sample's
+        # size is read straight into ``out`` (``read_blocks`` checks that it fits)
+        leading = spec.pairs is None and spec.band_index == tuple(range(len(spec.band_index)))
         try:
-            raw = self._raw(spec, identifier)
+            raw = self._raw(spec, identifier, out.numpy() if leading else None)
         except Exception as error:
             warnings.warn(
                 f"cannot read the {spec.name} chip of {identifier} ({error}); it is treated as "
@@ -473,6 +481,11 @@ class M3LEODataset(Dataset):
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _same_memory(data: np.ndarray, tensor: torch.Tensor) -> bool:
+    """Whether ``data`` is ``tensor``'s memory (a chip was read straight into it)."""
+    return data.ctypes.data == tensor.data_ptr() and data.shape == tuple(tensor.shape)
 
 
 def _check_arguments(inputs: list[str], split: str | None) -> None:

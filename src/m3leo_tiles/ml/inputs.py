@@ -148,15 +148,16 @@ def moments(
 # --- per chip ------------------------------------------------------------------------------
 
 
-def read_chip_array(path: Path) -> np.ndarray:
+def read_chip_array(path: Path, out: np.ndarray | None = None) -> np.ndarray:
     """(bands, H, W) of a chip file: our chips' blocks decoded straight into the array
-    (``dataset.chipread``), tifffile for other TIFF layouts, rasterio for anything else."""
+    (``dataset.chipread``; into ``out`` when it has the chip's shape and dtype, see
+    ``read_blocks``), tifffile for other TIFF layouts, rasterio for anything else."""
     import tifffile
 
     from m3leo_tiles.dataset.chipread import read_blocks
 
     try:
-        array = read_blocks(path)
+        array = read_blocks(path, out)
         if array is not None:
             return array
         with tifffile.TiffFile(path) as tif:
@@ -172,6 +173,22 @@ def read_chip_array(path: Path) -> np.ndarray:
 
         with rasterio.open(path) as dataset:
             return dataset.read()
+
+
+def resize_into(out: torch.Tensor, tensor: torch.Tensor) -> None:
+    """``resize(tensor, S)`` (bilinear) written into ``out`` (C, S, S): the same values.
+
+    An upsampled sample is ~10 MB; writing it where it goes (aten's ``out=`` form of the
+    very kernel ``F.interpolate`` calls) saves allocating and copying it once per sample.
+    Shrinking (antialiased) and same-size inputs take ``resize`` and a copy.
+    """
+    size = out.shape[-1]
+    if tensor.shape[-1] >= size or tensor.dtype != out.dtype or not out.is_contiguous():
+        out.copy_(resize(tensor, size))
+        return
+    torch.ops.aten.upsample_bilinear2d.out(
+        tensor[None], [size, size], False, None, None, out=out[None]
+    )
 
 
 def resize(tensor: torch.Tensor, size: int, categorical: bool = False) -> torch.Tensor:
