@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import imagecodecs
 import numpy as np
 import tifffile
-
-from m3leo_tiles.dataset.tiffheader import Layout, read_layout
 
 # TIFF compression codes: none, lzw, deflate (Adobe and the old code), zstd
 DECODERS: dict[int, Callable[..., np.ndarray] | None] = {
@@ -37,6 +36,20 @@ DECODERS: dict[int, Callable[..., np.ndarray] | None] = {
     5: imagecodecs.lzw_decode,
     50000: imagecodecs.zstd_decode,
 }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What reading a chip's blocks needs: the same values tifffile's first page gives."""
+
+    compression: int
+    predictor: int
+    dtype: np.dtype
+    shape: tuple[int, int, int]  # (bands, height, width)
+    block: tuple[int, int]  # (height, width) of a tile or a strip
+    tiled: bool
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
 
 
 def read_blocks(path: Path, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -112,11 +125,9 @@ def _read_strips(fd: int, out: np.ndarray, block_h: int, offsets: tuple, counts:
 
 
 def _layout(handle: BinaryIO) -> Layout | None:
-    """What ``read_blocks`` needs from the header (``tiffheader``, else tifffile for the
-    TIFFs it does not read), or None when the file is not in one of the simple layouts."""
-    layout = read_layout(handle.fileno())
-    if layout is None:
-        layout = _tifffile_layout(handle)
+    """What ``read_blocks`` needs from the header (tifffile parses it), or None when the
+    file is not in one of the simple layouts."""
+    layout = _tifffile_layout(handle)
     if layout is None or layout.compression not in DECODERS or layout.predictor not in (1, 2, 3):
         return None
     if layout.dtype.kind not in "iuf" or min(layout.counts, default=0) == 0:
