@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_append, replacing
 from m3leo_tiles.core.enums import TileStatus
@@ -36,6 +36,9 @@ from m3leo_tiles.core.redact import redact
 from m3leo_tiles.dataset.inputsets import REF_PREFIX, InputSets, is_ref, set_ref
 from m3leo_tiles.dataset.layout import INPUT_SETS_NAME
 from m3leo_tiles.dataset.layout import MANIFEST_NAME as MANIFEST_NAME  # its old home: re-exported
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 COLUMNS = (
     "identifier", "status", "reason", "inputs", "seconds", "recipe_hash", "finished_at",
@@ -161,7 +164,7 @@ def iter_rows(path: Path, *, lean: bool = False) -> Iterator[ManifestRow]:
             continue
 
 
-def read_manifest(path: Path, *, lean: bool = False) -> dict[str, ManifestRow]:
+def read_manifest(path: Path, *, lean: bool = False) -> Mapping[str, ManifestRow]:
     """Latest row per tile; a torn last line and unreadable rows are skipped, not fatal.
 
     Rows give their ``inputs`` paths (a reference resolved through ``input-sets.jsonl``; each
@@ -170,14 +173,21 @@ def read_manifest(path: Path, *, lean: bool = False) -> dict[str, ManifestRow]:
     shared, which is what a driver of 400k tiles holds.
     """
     path = Path(path)
-    rows = {row.identifier: row for row in iter_rows(path, lean=lean)}
-    if lean or not any(row.input_set for row in rows.values()):
+    if lean:  # columns: a compacted manifest's by Arrow, else the streamed rows'
+        fast = _lean_by_arrow(path)
+        return fast if fast is not None else LeanRows.of(_latest(iter_rows(path, lean=True)))
+    rows = _latest(iter_rows(path))
+    if not any(row.input_set for row in rows.values()):
         return rows
     lists = InputSets(path.parent / INPUT_SETS_NAME)
     for identifier, row in rows.items():
         if row.input_set:
             rows[identifier] = replace(row, inputs=lists.inputs(row.input_set) or ())
     return rows
+
+
+def _latest(rows: Iterable[ManifestRow]) -> dict[str, ManifestRow]:
+    return {row.identifier: row for row in rows}
 
 
 class _Lean:
@@ -246,6 +256,23 @@ def outcome_columns(path: Path) -> tuple[list[str], list[str], list[int | None]]
 
 
 def _outcomes_by_arrow(path: Path) -> tuple[list[str], list[str], list[int | None]] | None:
+    table = _compact_table(path, ("identifier", "status", "bytes"))
+    if table is None:
+        return None
+    if not table.num_rows:
+        return [], [], []
+    return (table.column("identifier").to_pylist(), table.column("status").to_pylist(),
+            table.column("bytes").to_pylist())  # fmt: skip
+
+
+_ARROW_TYPES = {"bytes": "int64", "seconds": "float64"}  # every other column: text as written
+
+
+def _compact_table(path: Path, columns: tuple[str, ...]) -> pa.Table | None:
+    """``columns`` of a compacted manifest parsed by Arrow's CSV reader (an empty table when
+    the file is missing), or None when the file is not one: another header, a torn last
+    line, a row of another shape, a tile twice, a status we do not know. The caller then
+    reads it with the streaming reader, which handles all of those."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -253,7 +280,7 @@ def _outcomes_by_arrow(path: Path) -> tuple[list[str], list[str], list[int | Non
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return [], [], []
+        return pa.table({name: pa.array([], pa.string()) for name in columns})
     header = (",".join(COLUMNS) + "\n").encode()
     if not data.startswith(header) or not data.endswith(b"\n"):
         return None
@@ -268,22 +295,93 @@ def _outcomes_by_arrow(path: Path) -> tuple[list[str], list[str], list[int | Non
             pa.py_buffer(data),
             parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
             convert_options=pacsv.ConvertOptions(
-                include_columns=["identifier", "status", "bytes"],
-                column_types={
-                    "identifier": pa.string(),
-                    "status": pa.string(),
-                    "bytes": pa.int64(),
-                },
+                include_columns=list(dict.fromkeys(("identifier", "status", *columns))),
+                column_types={name: _ARROW_TYPES.get(name, pa.string()) for name in COLUMNS},
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
+    del data
     ids, statuses = table.column("identifier"), table.column("status")
     if bad or ids.null_count or pc.count_distinct(ids).as_py() != len(ids):
         return None
     if not pc.all(pc.is_in(statuses, value_set=pa.array(list(_STATUSES)))).as_py():
         return None
-    return ids.to_pylist(), statuses.to_pylist(), table.column("bytes").to_pylist()
+    return table
+
+
+def _shared(column: pa.ChunkedArray) -> list[str]:
+    """A text column as Python strings, one object per distinct value (hashes, times and
+    references repeat across a manifest's rows)."""
+    encoded = column.dictionary_encode().combine_chunks()
+    words = encoded.dictionary.to_pylist()
+    return [words[i] for i in encoded.indices.to_numpy(zero_copy_only=False).tolist()]
+
+
+def _lean_by_arrow(path: Path) -> LeanRows | None:
+    """``read_manifest(path, lean=True)`` of a compacted manifest whose rows all name their
+    inputs by reference (what every run since input sets leaves), from Arrow's columns: a
+    few times faster than the streaming reader on 400k rows. None: use that reader."""
+    table = _compact_table(path, COLUMNS)
+    if table is None:
+        return None
+    if not table.num_rows:
+        return LeanRows(*([] for _ in LeanRows.FIELDS))
+    import pyarrow.compute as pc
+
+    cells = table.column("inputs")
+    if not pc.all(pc.or_(pc.equal(cells, ""), pc.starts_with(cells, REF_PREFIX))).as_py():
+        return None  # inline paths (an old run's rows): their references are computed there
+    refs = _shared(pc.utf8_slice_codeunits(cells, len(REF_PREFIX)))
+    statuses = [_STATUSES[s] for s in _shared(table.column("status"))]
+    seconds = table.column("seconds").fill_null(0.0).to_pylist()
+    sizes = table.column("bytes").to_pylist()
+    hashes, times = _shared(table.column("recipe_hash")), _shared(table.column("finished_at"))
+    reasons, input_ids = _shared(table.column("reason")), _shared(table.column("input_id"))
+    crcs = table.column("crc32").to_pylist()
+    return LeanRows(table.column("identifier").to_pylist(), statuses, reasons, seconds, hashes,
+                    times, sizes, crcs, input_ids, refs)  # fmt: skip
+
+
+class LeanRows(Mapping[str, ManifestRow]):
+    """The latest lean row of each tile, held as columns (one list a field) rather than one
+    object a row: a CONUS driver holds 400k of them, and a rerun's decisions read a few
+    fields of each (``position`` and the columns, see ``fetch.plan``). A row object is made
+    only when one is asked for, by ``get`` or iteration; rows compare as a dict of them."""
+
+    FIELDS = ("identifier", "status", "reason", "seconds", "recipe_hash", "finished_at",
+              "bytes", "crc32", "input_id", "input_set")  # fmt: skip
+
+    def __init__(self, *columns: list[Any]) -> None:
+        (self.identifier, self.status, self.reason, self.seconds, self.recipe_hash,
+         self.finished_at, self.bytes, self.crc32, self.input_id,
+         self.input_set) = columns  # fmt: skip
+        self.position = {ident: i for i, ident in enumerate(self.identifier)}
+
+    @classmethod
+    def of(cls, rows: Mapping[str, ManifestRow]) -> LeanRows:
+        """Columns of rows (references, not paths: see ``read_manifest``'s ``lean``)."""
+        if isinstance(rows, LeanRows):
+            return rows
+        listed = list(rows.values())
+        columns = [[getattr(row, name) for row in listed] for name in cls.FIELDS[1:-1]]
+        refs = [row.inputs_ref for row in listed]
+        return cls(list(rows), *columns, refs)
+
+    def row(self, i: int) -> ManifestRow:
+        return ManifestRow(self.identifier[i], self.status[i], self.reason[i], (),
+                           self.seconds[i], self.recipe_hash[i], self.finished_at[i],
+                           self.bytes[i], self.crc32[i], self.input_id[i],
+                           self.input_set[i])  # fmt: skip
+
+    def __getitem__(self, identifier: str) -> ManifestRow:
+        return self.row(self.position[identifier])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.identifier)
+
+    def __len__(self) -> int:
+        return len(self.identifier)
 
 
 class ManifestWriter:

@@ -8,7 +8,7 @@ inputs once; groups are cut into batches sized to keep every thread busy.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.inputsets import Refs
 from m3leo_tiles.dataset.layout import DatasetLayout
-from m3leo_tiles.dataset.manifest import ManifestRow, now_iso
+from m3leo_tiles.dataset.manifest import LeanRows, ManifestRow, now_iso
 from m3leo_tiles.sources.base import SourceAdapter
 
 if TYPE_CHECKING:
@@ -150,14 +150,17 @@ def _input_ids(adapter: SourceAdapter, tiles: Sequence[GridTile],
     return input_ids, input_refs
 
 
-def _keep_finished_chip(row: ManifestRow, size: int, path: Path, input_id: str,
+def _keep_finished_chip(row: ManifestRow, size: int, layout: DatasetLayout, input_id: str,
                         decided: _Decisions) -> bool:  # fmt: skip
     """Whether the ``ok`` row of a chip present on disk stands: a chip of another size, or
-    (an old manifest without a size) one GDAL cannot read whole, is damaged and made again."""
+    (an old manifest without a size) one GDAL cannot read whole, is damaged and made again.
+    The chip's path is made only when it is read (a path object per tile costs a CONUS
+    rerun seconds)."""
     from m3leo_tiles.dataset.chipfile import Written, chip_problem
 
     problem = size_problem(row.bytes, size)
     if problem is None and row.bytes is None:  # an old manifest: read it once, then record it
+        path = layout.chip(row.identifier)
         problem = chip_problem(path)
         if problem is None:
             written = Written.of(path.read_bytes())
@@ -172,8 +175,8 @@ def _keep_finished_chip(row: ManifestRow, size: int, path: Path, input_id: str,
     return True
 
 
-def _is_done(row: ManifestRow, ref: str, input_id: str, size: int | None, path: Path,
-             decided: _Decisions) -> bool:  # fmt: skip
+def _is_done(row: ManifestRow, ref: str, input_id: str, size: int | None,
+             layout: DatasetLayout, decided: _Decisions) -> bool:  # fmt: skip
     """Whether a tile with a row of this recipe stays done: same inputs, and a whole chip for
     ``ok`` (``empty`` and ``no-source`` have none); a failed tile, or an ``ok`` one whose chip
     is gone, is made again."""
@@ -181,12 +184,37 @@ def _is_done(row: ManifestRow, ref: str, input_id: str, size: int | None, path: 
         decided.changed += 1
         return False
     if row.status is TileStatus.OK:
-        return size is not None and _keep_finished_chip(row, size, path, input_id, decided)
+        return size is not None and _keep_finished_chip(row, size, layout, input_id, decided)
     if not row.status.is_done:
         return False
     if not row.input_id and ref:
         decided.refreshed.append(replace(row, input_id=input_id))
     return True
+
+
+def _plainly_done(lean: LeanRows, recipe_hash: str,
+                  sizes: Mapping[str, int]) -> Callable[[int, str, str], bool]:  # fmt: skip
+    """Whether the row at a position is done with nothing to check or rewrite, read from
+    the manifest's columns without a row object (what nearly every tile of a rerun is):
+    this recipe's hash, the same input list and recorded identity, and a finished status;
+    for ``ok`` a chip of the recorded size. Any other row goes through ``_is_done``, which
+    decides exactly as this does for these."""
+    hashes, refs, identities = lean.recipe_hash, lean.input_set, lean.input_id
+    statuses, recorded, identifiers = lean.status, lean.bytes, lean.identifier
+    ok = TileStatus.OK
+
+    def done(i: int, ref: str, input_id: str) -> bool:
+        if hashes[i] != recipe_hash or refs[i] != ref or not input_id:
+            return False
+        if identities[i] != input_id:
+            return False
+        status = statuses[i]
+        if status is ok:
+            size = recorded[i]
+            return size is not None and sizes.get(identifiers[i]) == size
+        return status.is_done
+
+    return done
 
 
 def _no_source_row(tile: GridTile, recipe_hash: str) -> ManifestRow:
@@ -214,13 +242,20 @@ def make_plan(
     refs = Refs()
     input_ids, input_refs = _input_ids(adapter, tiles, inputs_of, refs)
     decided = _Decisions()
+    lean = LeanRows.of(rows)
+    plainly_done = _plainly_done(lean, recipe_hash, sizes) if not overwrite else None
     for tile in tiles:
         identifier = tile.identifier
         inputs = inputs_of.get(identifier, ())
-        input_id, ref, row = input_ids[identifier], input_refs[identifier], rows.get(identifier)
+        input_id, ref = input_ids[identifier], input_refs[identifier]
+        i = lean.position.get(identifier)
+        if plainly_done is not None and i is not None and plainly_done(i, ref, input_id):
+            decided.skipped += 1
+            continue
+        row = lean.row(i) if i is not None else None
         if not overwrite and row is not None and row.recipe_hash == recipe_hash:
             size = sizes.get(identifier)
-            if _is_done(row, ref, input_id, size, layout.chip(identifier), decided):
+            if _is_done(row, ref, input_id, size, layout, decided):
                 decided.skipped += 1
                 continue
         elif not overwrite and row is None and identifier in sizes:
