@@ -40,6 +40,7 @@ from m3leo_tiles.dataset.manifest import (
 from m3leo_tiles.fetch.cluster import dask_client, quiet_dask_logs, refuse_in_starting_worker
 from m3leo_tiles.fetch.dispatch import EARLY_STOP_TILES, EarlyStop, failure_kind, run_batches
 from m3leo_tiles.fetch.plan import Plan, batch_size_for, make_plan
+from m3leo_tiles.fetch.replan import forget_key, plan_key, record_key
 from m3leo_tiles.fetch.runlog import LOG_NAME, log_plan, log_run_start, log_stop, run_logging
 from m3leo_tiles.fetch.select import (
     YearSpec,
@@ -292,9 +293,12 @@ class _Run:
     def execute(self) -> None:
         """Plan, record what is done or has no source, render the rest on a cluster."""
         adapter, request = self.adapter, self.request
+        key = plan_key(adapter, self.tiles)
         plan = make_plan(adapter, self.tiles, self.layout.folder, self.previous,
-                         overwrite=request.overwrite)  # fmt: skip
+                         overwrite=request.overwrite, key=key)  # fmt: skip
         _check_cache(adapter, plan, self.cache)
+        if not plan.reused:  # rows of this plan may name lists the recorded key's plan does not
+            forget_key(self.layout)
         # Every list a row of this run may name is on the disk before the first row is written
         InputSets(self.layout.input_sets).record(plan.input_lists)
         self.skipped = plan.skipped + len(plan.adopted)
@@ -311,6 +315,14 @@ class _Run:
                     self.interrupted = True
                     raise
         self.nothing = _nothing_found(adapter, self.tiles, self.previous, plan, self.counts)
+        if not plan.reused and self._every_tile_has_its_row(plan):
+            record_key(self.layout, key)
+
+    def _every_tile_has_its_row(self, plan: Plan) -> bool:
+        """Whether each selected tile now has a row naming the list this plan gave it: those
+        skipped (same list), adopted, without a source, and one row per tile rendered."""
+        settled = plan.skipped + len(plan.adopted) + sum(self.counts.values())
+        return settled == len(self.tiles)
 
     def close(self, recipe: str, started: float) -> FetchReport:
         """Close and compact the manifest, whatever happened; the report of the run."""

@@ -17,6 +17,7 @@ from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.inputsets import Refs
 from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.manifest import LeanRows, ManifestRow, now_iso
+from m3leo_tiles.fetch.replan import reused_inputs
 from m3leo_tiles.sources.base import SourceAdapter
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Plan:
     refreshed: tuple[ManifestRow, ...] = ()
     damaged: tuple[tuple[str, str], ...] = ()  # (tile id, what is wrong with its chip)
     inputs_changed: int = 0
+    reused: bool = False  # the rows' input lists stood for the source's plan (fetch.replan)
 
     @property
     def to_render(self) -> int:
@@ -229,20 +231,37 @@ def make_plan(
     rows: Mapping[str, ManifestRow],
     *,
     overwrite: bool,
+    key: str | None = None,
 ) -> Plan:
     """Plan every tile (what decides "done" includes its inputs now), then keep as done only
     tiles whose row has this recipe's hash, the same inputs (paths and identity) and, for a
     chip, a file of the recorded size (or, when an old manifest has no size, that GDAL reads
-    whole). A chip without a row is adopted when it is ours (``_adopt``)."""
+    whole). A chip without a row is adopted when it is ours (``_adopt``).
+
+    ``key`` (``replan.plan_key``): when it is the one the last finished run recorded, the
+    rows' input lists stand for the source's plan, and are used if they leave nothing to do
+    (``Plan.reused``); anything else is planned in full."""
     layout = DatasetLayout(Path(dataset_dir))
-    recipe_hash = adapter.recipe.recipe_hash
+    lean = LeanRows.of(rows)
     sizes = layout.chip_sizes()
+    reused = None if overwrite else reused_inputs(layout, key, tiles, lean)
+    if reused is not None:
+        plan = _decide(adapter, tiles, layout, lean, sizes, reused, overwrite=False)
+        if plan.skipped == len(tiles) and not plan.refreshed:
+            return replace(plan, reused=True)
     inputs_of = {ident: tuple(inputs) for ident, inputs in
                  (adapter.plan(tiles) if tiles else {}).items()}  # fmt: skip
+    return _decide(adapter, tiles, layout, lean, sizes, inputs_of, overwrite=overwrite)
+
+
+def _decide(adapter: SourceAdapter, tiles: Sequence[GridTile], layout: DatasetLayout,
+            lean: LeanRows, sizes: Mapping[str, int],
+            inputs_of: Mapping[str, tuple[str, ...]], *, overwrite: bool) -> Plan:  # fmt: skip
+    """The plan for ``tiles`` given each one's inputs (see ``make_plan``)."""
+    recipe_hash = adapter.recipe.recipe_hash
     refs = Refs()
     input_ids, input_refs = _input_ids(adapter, tiles, inputs_of, refs)
     decided = _Decisions()
-    lean = LeanRows.of(rows)
     plainly_done = _plainly_done(lean, recipe_hash, sizes) if not overwrite else None
     for tile in tiles:
         identifier = tile.identifier

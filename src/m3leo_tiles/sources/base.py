@@ -243,6 +243,18 @@ class SourceAdapter(ABC):
         """
         return identity_digest(inputs, plain_local_file)
 
+    def plan_identity(self) -> str | None:
+        """A short digest of everything ``plan`` reads besides the tiles, the recipe and the
+        run's options (e.g. which files a glob finds, with their sizes and times), or None
+        when the source cannot say it cheaply (the default: planned in full every run).
+
+        A rerun whose tiles, recipe, options and this digest are those of the last finished
+        run takes each tile's input list from its manifest row instead of planning
+        (``fetch.replan``); so a source may return a digest only if ``plan`` gives the same
+        lists whenever it is equal.
+        """
+        return None
+
     @abstractmethod
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         """Inputs per tile, computed once for the whole grid on the driver."""

@@ -317,6 +317,17 @@ class RasterSource(RemoteInputs, Warping, PerTileSource):
         except RasterioIOError as error:
             raise ConfigError(f"cannot open source {path}: {error}") from None
 
+    def plan_identity(self) -> str | None:
+        """What ``plan`` reads besides the tiles and the recipe: the layers' expanded paths
+        (a glob's matches) and, for local files, their sizes and times (a replaced file may
+        have another footprint). Template cells are named from the tiles' boxes and the
+        recipe alone; whether a cell file exists counts in each list's identity instead."""
+        if type(self).plan is not RasterSource.plan:  # a subclass's plan may read more
+            return None
+        items = [(f"{layer.name}{LAYER_SEPARATOR}" if layer.name else "") + path
+                 for layer in self.layers() for path in self._expand(layer)]  # fmt: skip
+        return identity_digest(items, local_file)
+
     def plan(self, tiles: Sequence[GridTile]) -> TileInputs:
         # Neighbouring tiles name the same files (GSSIC: up to 256 a tile): one string object
         # per path and one tuple per input set, or the driver's plan grows by kilobytes a tile.
