@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -326,37 +326,58 @@ def _lean_by_arrow(path: Path) -> LeanRows | None:
     if table is None:
         return None
     if not table.num_rows:
-        return LeanRows(*([] for _ in LeanRows.FIELDS))
+        return LeanRows.empty()
     import pyarrow.compute as pc
 
     cells = table.column("inputs")
     if not pc.all(pc.or_(pc.equal(cells, ""), pc.starts_with(cells, REF_PREFIX))).as_py():
         return None  # inline paths (an old run's rows): their references are computed there
     refs = _shared(pc.utf8_slice_codeunits(cells, len(REF_PREFIX)))
-    statuses = [_STATUSES[s] for s in _shared(table.column("status"))]
-    seconds = table.column("seconds").fill_null(0.0).to_pylist()
-    sizes = table.column("bytes").to_pylist()
-    hashes, times = _shared(table.column("recipe_hash")), _shared(table.column("finished_at"))
-    reasons, input_ids = _shared(table.column("reason")), _shared(table.column("input_id"))
-    crcs = table.column("crc32").to_pylist()
-    return LeanRows(table.column("identifier").to_pylist(), statuses, reasons, seconds, hashes,
-                    times, sizes, crcs, input_ids, refs)  # fmt: skip
+    hot = {
+        "identifier": table.column("identifier").to_pylist(),
+        "status": [_STATUSES[s] for s in _shared(table.column("status"))],
+        "recipe_hash": _shared(table.column("recipe_hash")),
+        "bytes": table.column("bytes").to_pylist(),
+        "input_id": _shared(table.column("input_id")),
+        "input_set": refs,
+    }
+    cold_table = table.select(list(LeanRows.COLD))
+    del table, cells
+
+    def cold() -> dict[str, list[Any]]:
+        column = cold_table.column
+        return {"reason": _shared(column("reason")), "finished_at": _shared(column("finished_at")),
+                "seconds": column("seconds").fill_null(0.0).to_pylist(),
+                "crc32": column("crc32").to_pylist()}  # fmt: skip
+
+    return LeanRows(hot, cold)
 
 
 class LeanRows(Mapping[str, ManifestRow]):
     """The latest lean row of each tile, held as columns (one list a field) rather than one
     object a row: a CONUS driver holds 400k of them, and a rerun's decisions read a few
-    fields of each (``position`` and the columns, see ``fetch.plan``). A row object is made
-    only when one is asked for, by ``get`` or iteration; rows compare as a dict of them."""
+    fields of each (``position`` and the columns, see ``fetch.plan``). The columns no
+    decision reads (``COLD``: reason, seconds, time, CRC) are made only when a row object
+    is first asked for, by ``get`` or iteration; rows compare as a dict of them."""
 
-    FIELDS = ("identifier", "status", "reason", "seconds", "recipe_hash", "finished_at",
-              "bytes", "crc32", "input_id", "input_set")  # fmt: skip
+    HOT = ("identifier", "status", "recipe_hash", "bytes", "input_id", "input_set")
+    COLD = ("reason", "seconds", "finished_at", "crc32")
 
-    def __init__(self, *columns: list[Any]) -> None:
-        (self.identifier, self.status, self.reason, self.seconds, self.recipe_hash,
-         self.finished_at, self.bytes, self.crc32, self.input_id,
-         self.input_set) = columns  # fmt: skip
+    def __init__(self, hot: Mapping[str, list[Any]],
+                 cold: Callable[[], Mapping[str, list[Any]]]) -> None:  # fmt: skip
+        self.identifier: list[str] = hot["identifier"]
+        self.status: list[TileStatus] = hot["status"]
+        self.recipe_hash: list[str] = hot["recipe_hash"]
+        self.bytes: list[int | None] = hot["bytes"]
+        self.input_id: list[str] = hot["input_id"]
+        self.input_set: list[str] = hot["input_set"]  # the list's reference, "" for none
         self.position = {ident: i for i, ident in enumerate(self.identifier)}
+        self._make_cold: Callable[[], Mapping[str, list[Any]]] | None = cold
+        self._cold: Mapping[str, list[Any]] = {}
+
+    @classmethod
+    def empty(cls) -> LeanRows:
+        return cls({name: [] for name in cls.HOT}, lambda: {name: [] for name in cls.COLD})
 
     @classmethod
     def of(cls, rows: Mapping[str, ManifestRow]) -> LeanRows:
@@ -364,14 +385,18 @@ class LeanRows(Mapping[str, ManifestRow]):
         if isinstance(rows, LeanRows):
             return rows
         listed = list(rows.values())
-        columns = [[getattr(row, name) for row in listed] for name in cls.FIELDS[1:-1]]
-        refs = [row.inputs_ref for row in listed]
-        return cls(list(rows), *columns, refs)
+        hot = {name: [getattr(row, name) for row in listed] for name in cls.HOT[:-1]}
+        hot["input_set"] = [row.inputs_ref for row in listed]
+        cold = {name: [getattr(row, name) for row in listed] for name in cls.COLD}
+        return cls(hot, lambda: cold)
 
     def row(self, i: int) -> ManifestRow:
-        return ManifestRow(self.identifier[i], self.status[i], self.reason[i], (),
-                           self.seconds[i], self.recipe_hash[i], self.finished_at[i],
-                           self.bytes[i], self.crc32[i], self.input_id[i],
+        if self._make_cold is not None:
+            self._cold, self._make_cold = self._make_cold(), None
+        cold = self._cold
+        return ManifestRow(self.identifier[i], self.status[i], cold["reason"][i], (),
+                           cold["seconds"][i], self.recipe_hash[i], cold["finished_at"][i],
+                           self.bytes[i], cold["crc32"][i], self.input_id[i],
                            self.input_set[i])  # fmt: skip
 
     def __getitem__(self, identifier: str) -> ManifestRow:
