@@ -121,10 +121,12 @@ class DatasetLayout:
     def chip_sizes(self) -> dict[str, int]:
         """The size in bytes of each chip present, by tile id (one directory scan, no read)."""
         sizes: dict[str, int] = {}
-        with os.scandir(self.folder) as entries:
+        suffix, cut = CHIP_SUFFIX, -len(CHIP_SUFFIX)  # is_chip_name and tile_of, inlined:
+        with os.scandir(self.folder) as entries:  # 400k calls of each cost a rerun 0.3 s
             for entry in entries:
-                if is_chip_name(entry.name):
-                    sizes[tile_of(entry.name)] = entry.stat().st_size
+                name = entry.name
+                if name.endswith(suffix) and not name.startswith("."):
+                    sizes[name[:cut]] = entry.stat().st_size
         return sizes
 
     def chips(self) -> dict[str, Path]:

@@ -327,6 +327,7 @@ def _lean_by_arrow(path: Path) -> LeanRows | None:
         return None
     if not table.num_rows:
         return LeanRows.empty()
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     cells = table.column("inputs")
@@ -343,6 +344,7 @@ def _lean_by_arrow(path: Path) -> LeanRows | None:
     }
     cold_table = table.select(list(LeanRows.COLD))
     del table, cells
+    pa.default_memory_pool().release_unused()  # the parse's buffers: a driver's peak memory
 
     def cold() -> dict[str, list[Any]]:
         column = cold_table.column

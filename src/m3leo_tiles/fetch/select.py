@@ -130,9 +130,9 @@ def select_tiles(
     ids), at most ``limit``; ``warnings`` (the caller's) come first in the selection's."""
     from m3leo_tiles.grid import read_grid
 
-    the_grid = read_grid(grid_path)
-    identifiers = read_tile_ids(tiles) if tiles is not None else None
     chosen_split = Split(split) if split is not None else None
+    the_grid = read_grid(grid_path, splits=chosen_split is not None)
+    identifiers = read_tile_ids(tiles) if tiles is not None else None
     notes = (f"grid: {Path(grid_path).resolve()} ({len(the_grid)} tiles)",)
     said = list(warnings)
     if identifiers is not None and tiles is not None:

@@ -136,12 +136,14 @@ def list_grids(grids_dir: Path = Path("grids")) -> list[Path]:
 # --- reading -----------------------------------------------------------------------------
 
 
-def read_grid(path: str | Path) -> Grid:
+def read_grid(path: str | Path, *, splits: bool = True) -> Grid:
     """Read a grid file, ours or foreign, into tiles (lattice ``Tile`` or ``BoxTile``).
 
     Ids that parse as lattice ids become ``Tile``s (their geometry is implied); any other id
     becomes a ``BoxTile`` of its geometry's bounds in EPSG:4326. The AOI is the file's
     ``aoi`` column, else the folder name for ``.../<aoi>/tiles.*``, else the file stem.
+    ``splits=False`` leaves ``Grid.splits`` empty: a run of every split does not need a
+    dict of 400k entries.
     """
     path = Path(path)
     if not path.is_file():
@@ -166,11 +168,14 @@ def read_grid(path: str | Path) -> Grid:
         )
     else:
         tiles = tuple(tile for tile in parsed if tile is not None)
-    splits: dict[str, str] = {}
-    if "split" in table.column_names:
+    by_tile: dict[str, str] = {}
+    if splits and "split" in table.column_names:
         values = table.column("split").to_pylist()
-        splits = {ident: str(s) for ident, s in zip(ids, values, strict=True) if s}
-    return Grid(aoi=_aoi_name(path, table), tiles=tiles, splits=splits)
+        by_tile = {ident: str(s) for ident, s in zip(ids, values, strict=True) if s}
+    aoi = _aoi_name(path, table)
+    del table
+    pa.default_memory_pool().release_unused()  # the file's columns: a run's peak memory
+    return Grid(aoi=aoi, tiles=tiles, splits=by_tile)
 
 
 def read_grid_ids(path: str | Path) -> list[str]:
