@@ -165,3 +165,35 @@ def test_outcomes_of_a_compacted_manifest_are_those_of_its_log(tmp_path: Path) -
     expected = {"33N_0001_001": (TileStatus.OK, 1234), "33N_0001_002": (TileStatus.EMPTY, None),
                 "33N_0001_003": (TileStatus.NO_SOURCE, None)}  # fmt: skip
     assert read_outcomes(path) == from_log == expected
+
+
+def test_lean_rows_of_a_compacted_manifest_are_read_into_columns_as_streamed(
+    tmp_path: Path,
+) -> None:
+    from m3leo_tiles.dataset.manifest import LeanRows, _lean_by_arrow, iter_rows
+
+    path = tmp_path / "manifest.csv"
+    by_ref = [
+        ManifestRow("33N_0001_001", TileStatus.FAILED, 'boom, "quoted"', (), 2.5, "abc123",
+                    "2026-01-01", None, "", "id1", "ab" * 8),
+        ManifestRow("33N_0001_002", TileStatus.OK, "", (), 0.5, "abc123", "2026-01-02", 1234,
+                    "0a0b0c0d", "id2", "cd" * 8),
+        ManifestRow("33N_0001_003", TileStatus.NO_SOURCE, "none", (), 0.0, "abc123",
+                    "2026-01-02"),
+    ]  # fmt: skip
+    with ManifestWriter(path) as writer:
+        writer.write(by_ref)
+    compact_manifest(path)
+    streamed = {row.identifier: row for row in iter_rows(path, lean=True)}
+    columns = _lean_by_arrow(path)
+    assert isinstance(columns, LeanRows)  # compacted and by reference: Arrow's reader
+    lean = read_manifest(path, lean=True)
+    assert dict(lean) == dict(columns) == streamed
+    assert lean.get("33N_0001_002") == streamed["33N_0001_002"] and "nope" not in lean
+    with ManifestWriter(path) as writer:  # inline paths (an old run's rows): streamed
+        writer.write([_row("33N_0001_004", TileStatus.EMPTY)])
+    compact_manifest(path)
+    assert _lean_by_arrow(path) is None
+    lean = read_manifest(path, lean=True)
+    assert lean["33N_0001_004"].input_set == set_ref(("a.tif", "b.tif"))
+    assert dict(lean) == {row.identifier: row for row in iter_rows(path, lean=True)}

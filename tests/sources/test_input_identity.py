@@ -96,3 +96,20 @@ def test_a_plain_local_file_counts_for_every_source(tmp_path: Path) -> None:
     assert adapter.input_identity((plain,)) == _expected((plain,), {plain: plain})
     granule = "S1-GUNW-A-R-087-tops-20200101_20191220-000000-00001E_00001N-PP-1234-v3_0_0"
     assert adapter.input_identity((granule,)) == _expected((granule,), {})
+
+
+def test_a_plan_looks_at_each_file_once_and_the_next_plan_looks_again(tmp_path: Path) -> None:
+    from m3leo_tiles.sources.base import each_file_looked_at_once, identity_digest
+    from m3leo_tiles.sources.base import plain_local_file as local
+
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    a.write_bytes(b"1")
+    lists = [(str(a),), (str(a), str(b)), (str(b), "https://x/y.tif")]
+    alone = [identity_digest(inputs, local) for inputs in lists]
+    with each_file_looked_at_once():
+        assert [identity_digest(inputs, local) for inputs in lists] == alone
+        b.write_bytes(b"22")  # within one plan each file counts as first seen
+        assert identity_digest(lists[1], local) == alone[1]
+    with each_file_looked_at_once():  # the next plan sees the new file
+        assert identity_digest(lists[1], local) != alone[1]
+    assert identity_digest(lists[1], local) != alone[1]

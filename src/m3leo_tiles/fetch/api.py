@@ -31,6 +31,7 @@ from m3leo_tiles.dataset.inputsets import InputSets
 from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.lock import DatasetLock
 from m3leo_tiles.dataset.manifest import (
+    LeanRows,
     ManifestRow,
     ManifestWriter,
     compact_manifest,
@@ -212,9 +213,11 @@ def _nothing_found(adapter: SourceAdapter, tiles: Sequence[GridTile],
     if not tiles or counts[TileStatus.OK] or counts[TileStatus.FAILED] or plan.adopted:
         return ""
     recipe_hash = adapter.recipe.recipe_hash
+    rows = LeanRows.of(previous)  # columns: no row object per tile
+    position, statuses, hashes = rows.position, rows.status, rows.recipe_hash
     for tile in tiles:
-        row = previous.get(tile.identifier)
-        if row is not None and row.status is TileStatus.OK and row.recipe_hash == recipe_hash:
+        i = position.get(tile.identifier)
+        if i is not None and statuses[i] is TileStatus.OK and hashes[i] == recipe_hash:
             return ""
     found = adapter.plan_summary()
     message = (

@@ -17,8 +17,8 @@ from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.inputsets import Refs
 from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.manifest import LeanRows, ManifestRow, now_iso
-from m3leo_tiles.fetch.replan import reused_inputs
-from m3leo_tiles.sources.base import SourceAdapter
+from m3leo_tiles.fetch.replan import RowLists, reused_inputs
+from m3leo_tiles.sources.base import SourceAdapter, each_file_looked_at_once
 
 if TYPE_CHECKING:
     from m3leo_tiles.grid.tile import GridTile
@@ -141,14 +141,15 @@ def _input_ids(adapter: SourceAdapter, tiles: Sequence[GridTile],
     identities: dict[str, str] = {"": ""}
     input_ids: dict[str, str] = {}
     input_refs: dict[str, str] = {}
-    for tile in tiles:
-        inputs = inputs_of.get(tile.identifier, ())
-        ref = refs(inputs)
-        input_id = identities.get(ref)
-        if input_id is None:
-            input_id = identities[ref] = adapter.input_identity(inputs)
-        input_ids[tile.identifier] = input_id
-        input_refs[tile.identifier] = ref
+    with each_file_looked_at_once():  # lists share their files: each is looked at once
+        for tile in tiles:
+            inputs = inputs_of.get(tile.identifier, ())
+            ref = refs(inputs)
+            input_id = identities.get(ref)
+            if input_id is None:
+                input_id = identities[ref] = adapter.input_identity(inputs)
+            input_ids[tile.identifier] = input_id
+            input_refs[tile.identifier] = ref
     return input_ids, input_refs
 
 
@@ -260,6 +261,8 @@ def _decide(adapter: SourceAdapter, tiles: Sequence[GridTile], layout: DatasetLa
     """The plan for ``tiles`` given each one's inputs (see ``make_plan``)."""
     recipe_hash = adapter.recipe.recipe_hash
     refs = Refs()
+    if isinstance(inputs_of, RowLists):  # the rows' recorded lists: cleaned, referenced
+        refs.know(inputs_of.lists)
     input_ids, input_refs = _input_ids(adapter, tiles, inputs_of, refs)
     decided = _Decisions()
     plainly_done = _plainly_done(lean, recipe_hash, sizes) if not overwrite else None

@@ -35,6 +35,7 @@ declared by each adapter as ``cli_options``; the CLI offers every declared optio
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import importlib.metadata
@@ -317,23 +318,52 @@ def render_each(
             yield item[0], result
 
 
+_LOOKED_AT: contextvars.ContextVar[dict[tuple[str, int], bytes] | None] = contextvars.ContextVar(
+    "m3leo_identity_looks", default=None
+)
+
+
+@contextlib.contextmanager
+def each_file_looked_at_once() -> Iterator[None]:
+    """Within this block, ``identity_digest`` looks at each input once (a file's size and
+    time, or that it is missing): a plan asks for thousands of lists that share their files
+    (GSSIC over CONUS: 500k items, 62k files). Only for one plan: a later run looks again."""
+    token = _LOOKED_AT.set({})
+    try:
+        yield
+    finally:
+        _LOOKED_AT.reset(token)
+
+
 def identity_digest(inputs: Iterable[str], local_file: Callable[[str], str | None]) -> str:
     """Each input's text and, for one that ``local_file`` maps to a file, that file's size
     and modification time (``\\0missing`` when it has gone): see ``input_identity``. The
     bytes hashed are those of every release since identities were stored in manifests."""
     digest = hashlib.sha256()
+    looked_at = _LOOKED_AT.get()
     for item in inputs:
         digest.update(item.encode("utf-8", "surrogateescape"))
-        local = local_file(item)
-        if local is not None:
-            try:
-                stat = os.stat(local)
-            except OSError:
-                digest.update(b"\0missing")
-            else:
-                digest.update(f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-        digest.update(b"\n")
+        if looked_at is None:
+            digest.update(_look_at(item, local_file))
+            continue
+        key = (item, id(local_file))
+        seen = looked_at.get(key)
+        if seen is None:
+            seen = looked_at[key] = _look_at(item, local_file)
+        digest.update(seen)
     return digest.hexdigest()[:16]
+
+
+def _look_at(item: str, local_file: Callable[[str], str | None]) -> bytes:
+    """What ``identity_digest`` hashes after an item's text."""
+    local = local_file(item)
+    if local is None:
+        return b"\n"
+    try:
+        stat = os.stat(local)
+    except OSError:
+        return b"\0missing\n"
+    return f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
 
 
 def plain_local_file(item: str) -> str | None:
