@@ -215,6 +215,13 @@ with m.ManifestWriter(folder / "manifest.csv") as writer:
                 batch = []
     writer.write(batch)
 m.compact_manifest(folder / "manifest.csv")
+try:  # what a finished run records: its next rerun may skip the source's plan
+    from m3leo_tiles.dataset.layout import DatasetLayout
+    from m3leo_tiles.fetch.replan import plan_key, record_key
+except ImportError:
+    pass
+else:
+    record_key(DatasetLayout(folder), plan_key(adapter, the_grid.tiles))
 print(folder)
 """
 
