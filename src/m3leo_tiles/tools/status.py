@@ -16,7 +16,7 @@ from pathlib import Path
 
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.dataset.layout import DatasetLayout, datasets_under, is_chip_name, tile_of
+from m3leo_tiles.dataset.layout import CHIP_SUFFIX, DatasetLayout, datasets_under
 from m3leo_tiles.dataset.manifest import ManifestRow, outcome_columns, read_manifest
 from m3leo_tiles.fetch.plan import size_problem
 
@@ -99,13 +99,15 @@ def _folder_size(folder: Path) -> tuple[int, dict[str, int]]:
     """(bytes of every file, the size of each chip by tile id)."""
     total = 0
     chips: dict[str, int] = {}
-    with os.scandir(folder) as entries:
+    suffix, cut = CHIP_SUFFIX, -len(CHIP_SUFFIX)  # is_chip_name and tile_of, inlined: 400k
+    with os.scandir(folder) as entries:  # calls of each cost a CONUS status 0.3 s
         for entry in entries:
             if entry.is_file(follow_symlinks=False):
                 size = entry.stat(follow_symlinks=False).st_size
                 total += size
-                if is_chip_name(entry.name):
-                    chips[tile_of(entry.name)] = size
+                name = entry.name
+                if name.endswith(suffix) and not name.startswith("."):
+                    chips[name[:cut]] = size
     return total, chips
 
 
