@@ -69,14 +69,6 @@ class Refs:
         self._by_value: dict[tuple[str, ...], str] = {}
         self.lists: dict[str, tuple[str, ...]] = {}
 
-    def know(self, recorded: Mapping[str, tuple[str, ...]]) -> None:
-        """Take lists read from ``input-sets.jsonl`` (already cleaned, and checked against
-        their reference on reading) as they are: a rerun need not clean 60k paths again."""
-        for ref, inputs in recorded.items():
-            if ref:
-                self._by_id[id(inputs)] = (inputs, ref)
-                self.lists[ref] = inputs
-
     def __call__(self, inputs: tuple[str, ...]) -> str:
         if not inputs:
             return ""

@@ -207,14 +207,14 @@ def _plainly_done(lean: LeanRows, recipe_hash: str,
     ok = TileStatus.OK
 
     def done(i: int, ref: str, input_id: str) -> bool:
-        if hashes[i] != recipe_hash or refs[i] != ref or not input_id:
+        if hashes[i] != recipe_hash or refs[i] != ref or identities[i] != input_id:
             return False
-        if identities[i] != input_id:
+        if not input_id and ref:  # a row without an identity: _is_done records it
             return False
         status = statuses[i]
         if status is ok:
             size = recorded[i]
-            return size is not None and sizes.get(identifiers[i]) == size
+            return bool(input_id) and size is not None and sizes.get(identifiers[i]) == size
         return status.is_done
 
     return done
@@ -246,13 +246,31 @@ def make_plan(
     lean = LeanRows.of(rows)
     sizes = layout.chip_sizes()
     reused = None if overwrite else reused_inputs(layout, key, tiles, lean)
-    if reused is not None:
-        plan = _decide(adapter, tiles, layout, lean, sizes, reused, overwrite=False)
-        if plan.skipped == len(tiles) and not plan.refreshed:
-            return replace(plan, reused=True)
+    if reused is not None and _all_plainly_done(adapter, tiles, lean, sizes, reused):
+        return Plan(len(tiles), (), (), (), reused=True)
     inputs_of = {ident: tuple(inputs) for ident, inputs in
                  (adapter.plan(tiles) if tiles else {}).items()}  # fmt: skip
     return _decide(adapter, tiles, layout, lean, sizes, inputs_of, overwrite=overwrite)
+
+
+def _all_plainly_done(adapter: SourceAdapter, tiles: Sequence[GridTile], lean: LeanRows,
+                      sizes: Mapping[str, int], reused: RowLists) -> bool:  # fmt: skip
+    """Whether every tile is plainly done (``_plainly_done``) with the list its row names and
+    that list's identity now: then the run has nothing to do, and needs no per-tile plan
+    (what ``_decide`` would conclude, from the columns alone)."""
+    done = _plainly_done(lean, adapter.recipe.recipe_hash, sizes)
+    identities: dict[str, str] = {"": ""}
+    position, refs, lists = lean.position, lean.input_set, reused.lists
+    with each_file_looked_at_once():  # lists share their files: each is looked at once
+        for tile in tiles:
+            i = position[tile.identifier]
+            ref = refs[i]
+            input_id = identities.get(ref)
+            if input_id is None:
+                input_id = identities[ref] = adapter.input_identity(lists[ref])
+            if not done(i, ref, input_id):
+                return False
+    return True
 
 
 def _decide(adapter: SourceAdapter, tiles: Sequence[GridTile], layout: DatasetLayout,
@@ -261,8 +279,6 @@ def _decide(adapter: SourceAdapter, tiles: Sequence[GridTile], layout: DatasetLa
     """The plan for ``tiles`` given each one's inputs (see ``make_plan``)."""
     recipe_hash = adapter.recipe.recipe_hash
     refs = Refs()
-    if isinstance(inputs_of, RowLists):  # the rows' recorded lists: cleaned, referenced
-        refs.know(inputs_of.lists)
     input_ids, input_refs = _input_ids(adapter, tiles, inputs_of, refs)
     decided = _Decisions()
     plainly_done = _plainly_done(lean, recipe_hash, sizes) if not overwrite else None
