@@ -38,6 +38,10 @@ bench: install
 	$(BIN)/python bench/bench_remote.py
 	$(BIN)/python bench/bench_loader.py
 	$(BIN)/python bench/bench_runmap.py
+	$(BIN)/python bench/bench_codec.py
+	$(BIN)/python bench/bench_ee_cpu.py
+	$(BIN)/python bench/bench_catalog.py --quick
+	$(BIN)/python bench/bench_scale.py --aoi demo
 
 clean:
 	rm -rf $(VENV) build dist demo-output .pytest_cache

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,39 +38,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def external_cluster(tmp_path: Path):
     """A real `dask scheduler` and `dask worker` as separate processes, torn down after."""
-    bin_dir = Path(sys.executable).parent
-    info = tmp_path / "scheduler.json"
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    )
-    logs = (tmp_path / "scheduler.log").open("w"), (tmp_path / "worker.log").open("w")
-    scheduler = subprocess.Popen(
-        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", info],
-        stdout=logs[0], stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    processes = [scheduler]
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            assert scheduler.poll() is None, (tmp_path / "scheduler.log").read_text()
-            time.sleep(0.1)
-        address = json.loads(info.read_text())["address"]
-        worker = subprocess.Popen(
-            [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-             "--death-timeout", "60"],
-            stdout=logs[1], stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
-        processes.append(worker)
-        yield address, scheduler
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for handle in logs:
-            handle.close()
+    from helpers.dask_cluster import dask_processes
+
+    with dask_processes(tmp_path) as (address, processes):
+        yield address, processes[0]

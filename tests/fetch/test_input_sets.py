@@ -167,39 +167,18 @@ def test_a_manifest_with_inline_inputs_is_read_and_its_tiles_stay_done(
     refs_are_recorded(folder)
 
 
-def start_cluster(tmp_path: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:
-    """A `dask scheduler` and ``workers`` `dask worker` processes on 127.0.0.1."""
-    bin_dir = Path(sys.executable).parent
-    info = tmp_path / "scheduler.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(HERE), str(HERE / "helpers" / "site"), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-    log = (tmp_path / "cluster.log").open("w")
-    processes = [subprocess.Popen(
-        [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", info], stdout=log, stderr=subprocess.STDOUT, env=env)]  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not info.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    address = json.loads(info.read_text())["address"]
-    for _ in range(workers):
-        processes.append(subprocess.Popen(
-            [bin_dir / "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
-             "--no-nanny", "--death-timeout", "60"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path))  # fmt: skip
-    return address, processes
-
-
 def test_a_worker_killed_mid_run_leaves_a_complete_manifest_with_recorded_lists(
     tmp_path: Path, world
 ) -> None:
     from distributed import Client
 
+    from helpers.dask_cluster import dask_processes
+
     _, by_tile, lists_file = world
     recipe = listed_recipe(lists_file, sleep=0.3)
     out = tmp_path / "out"
     folder = DatasetLayout.of(out, "t", "listed").folder
-    address, processes = start_cluster(tmp_path, workers=2)
-    try:
+    with dask_processes(tmp_path, workers=2) as (address, processes):
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
             victim = processes[1].pid
@@ -225,11 +204,6 @@ def test_a_worker_killed_mid_run_leaves_a_complete_manifest_with_recorded_lists(
         again = fetch_tiles(recipe, TILES, aoi="t", out=out, scheduler=address, progress=False)
         assert again.ok + again.skipped == len(TILES) and again.failed == 0
         assert len(read_manifest(folder / MANIFEST_NAME)) == len(TILES)
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
 
 
 _RUN = """

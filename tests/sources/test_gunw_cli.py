@@ -32,6 +32,7 @@ from helpers.asf_loopback import (
 )
 from helpers.gunw_world import kept_2020, make_world, merge_saved_searches
 from helpers.loopback import serve
+from m3leo_tiles.dataset.manifest import read_manifest
 from m3leo_tiles.grid.tile import Tile
 
 pytestmark = pytest.mark.slow
@@ -103,7 +104,9 @@ def test_fetch_gunw_demo_end_to_end(shared_data, tmp_path):
         ok = {i for i, r in rows.items() if r["status"] == "ok"}
         assert ok and {r["status"] for r in rows.values()} == {"ok", "no-source"}
         kept = kept_2020(world)
-        used = {name for i in ok for name in rows[i]["inputs"].split(";")}
+        inputs = {i: r.inputs for i, r in read_manifest(dataset / "manifest.csv").items()}
+        assert all(rows[i]["inputs"].startswith("@") for i in ok)  # lists named by reference
+        used = {name for i in ok for name in inputs[i]}
         assert used <= kept and len(used) >= 4
         downloads = download_requests(server)
         assert sorted(downloads) == sorted(
@@ -114,7 +117,7 @@ def test_fetch_gunw_demo_end_to_end(shared_data, tmp_path):
         tracks = set()
         for identifier in ok:
             tile = Tile.from_id(identifier)
-            names = rows[identifier]["inputs"].split(";")
+            names = list(inputs[identifier])
             with rasterio.open(dataset / f"{identifier}.tif") as chip:
                 grid = tile.pixel_grid(89.6)
                 assert chip.crs.to_epsg() == tile.epsg

@@ -146,19 +146,7 @@ def read_grid(path: str | Path, *, splits: bool = True) -> Grid:
     dict of 400k entries.
     """
     path = Path(path)
-    if not path.is_file():
-        raise GridError(f"grid file {path} not found; make one with `m3leo-tiles grid --aoi NAME`")
-    table = _read_splits_beside(path)
-    if table is None:
-        table = _read_attributes(path)
-    if "identifier" not in table.column_names:
-        raise GridError(
-            f"{path} has no 'identifier' column (found: {', '.join(table.column_names)}); "
-            "a grid file needs identifier and geometry"
-        )
-    if table.num_rows == 0:
-        raise GridError(f"{path} holds no tiles; regenerate it with `m3leo-tiles grid`")
-    ids = checked_identifiers(path, table.column("identifier"))
+    table, ids = _table_and_ids(path)
     parsed = parse_tile_ids(ids)
     if any(tile is None for tile in parsed):
         boxes = _read_bounds(path)
@@ -182,16 +170,25 @@ def read_grid_ids(path: str | Path) -> list[str]:
     """The tile ids of a grid file, checked as ``read_grid`` checks them, without making a
     tile of each: what ``status`` needs to count the tiles without a row (0.2 s for CONUS
     instead of a whole read)."""
-    path = Path(path)
+    return _table_and_ids(Path(path))[1]
+
+
+def _table_and_ids(path: Path) -> tuple[pa.Table, list[str]]:
+    """A grid file's attribute table (from ``splits.csv`` beside it when there is one: no
+    geometry read) and its checked tile ids; a missing, id-less or empty file is refused."""
     if not path.is_file():
         raise GridError(f"grid file {path} not found; make one with `m3leo-tiles grid --aoi NAME`")
     table = _read_splits_beside(path)
     if table is None:
         table = _read_attributes(path)
     if "identifier" not in table.column_names:
-        raise GridError(f"{path} has no 'identifier' column; a grid file needs identifier "
-                        "and geometry")  # fmt: skip
-    return checked_identifiers(path, table.column("identifier"))
+        raise GridError(
+            f"{path} has no 'identifier' column (found: {', '.join(table.column_names)}); "
+            "a grid file needs identifier and geometry"
+        )
+    if table.num_rows == 0:
+        raise GridError(f"{path} holds no tiles; regenerate it with `m3leo-tiles grid`")
+    return table, checked_identifiers(path, table.column("identifier"))
 
 
 def checked_identifiers(path: Path, values: Sequence[object] | pa.ChunkedArray) -> list[str]:
