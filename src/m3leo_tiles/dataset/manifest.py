@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from m3leo_tiles.core.arrow import single_threaded_csv
 from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_append, replacing
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.redact import redact
@@ -293,6 +294,7 @@ def _compact_table(path: Path, columns: tuple[str, ...]) -> pa.Table | None:
     try:
         table = pacsv.read_csv(
             pa.py_buffer(data),
+            read_options=single_threaded_csv(),
             parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(dict.fromkeys(("identifier", "status", *columns))),

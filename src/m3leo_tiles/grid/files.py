@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from m3leo_tiles.core.arrow import single_threaded_csv
 from m3leo_tiles.core.atomic import replacing
 from m3leo_tiles.core.enums import GridFormat, Split
 from m3leo_tiles.core.errors import GridError
@@ -293,7 +294,7 @@ def _read_splits_beside(path: Path) -> pa.Table | None:
         convert = pacsv.ConvertOptions(
             column_types={"identifier": pa.string(), "split": pa.string()}
         )
-        table = pacsv.read_csv(splits, convert_options=convert)
+        table = pacsv.read_csv(splits, read_options=single_threaded_csv(), convert_options=convert)
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return None
     if "identifier" not in table.column_names or "split" not in table.column_names:
