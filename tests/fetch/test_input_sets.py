@@ -6,6 +6,7 @@ worker leaves a complete manifest whose every reference is recorded."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.inputsets import InputSets
 from m3leo_tiles.dataset.layout import INPUT_SETS_NAME, DatasetLayout
 from m3leo_tiles.dataset.manifest import COLUMNS, MANIFEST_NAME, read_manifest
-from m3leo_tiles.fetch.api import fetch_tiles
+from m3leo_tiles.fetch.api import FetchReport, fetch_tiles
 from m3leo_tiles.recipes import Recipe
 
 HERE = Path(__file__).resolve().parents[1]
@@ -72,12 +73,17 @@ def world(tmp_path: Path):
     return lists, by_tile, write_lists(tmp_path / "lists.json", by_tile)
 
 
+def run_listed(cluster, lists_file: Path, out: Path) -> FetchReport:
+    """A run of the listed test source over all test tiles on the test cluster."""
+    return fetch_tiles(listed_recipe(lists_file), TILES, aoi="t", out=out,
+                       scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+
+
 def test_rows_name_lists_by_reference_and_a_changed_input_redoes_exactly_its_tiles(
     cluster, tmp_path: Path, world
 ) -> None:
     lists, by_tile, lists_file = world
-    run = lambda: fetch_tiles(listed_recipe(lists_file), TILES, aoi="t", out=tmp_path / "out",  # noqa: E731
-                              scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+    run = functools.partial(run_listed, cluster, lists_file, tmp_path / "out")
     first = run()
     folder = first.dataset_dir
     assert first.ok == len(TILES)
@@ -142,8 +148,7 @@ def test_a_manifest_with_inline_inputs_is_read_and_its_tiles_stay_done(
     cluster, tmp_path: Path, world
 ) -> None:
     lists, by_tile, lists_file = world
-    run = lambda: fetch_tiles(listed_recipe(lists_file), TILES, aoi="t", out=tmp_path / "out",  # noqa: E731
-                              scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+    run = functools.partial(run_listed, cluster, lists_file, tmp_path / "out")
     folder = run().dataset_dir
     write_old_manifest(folder)
     assert "@" not in (folder / MANIFEST_NAME).read_text()
