@@ -2,7 +2,8 @@
 
 It grids the `demo` AOI, fetches chips of three example recipes in `recipes/examples/` from the
 sample rasters in ../shared/data (a DEM mosaic, Sentinel-2 bands, a Sentinel-1 scene), then
-draws a quicklook PNG of every dataset with the tile grid over it. Running it
+draws a quicklook PNG of every dataset with the tile grid over it and the run's map (every tile
+in its status colour, `status --map`), and a STAC catalog sits in each dataset. Running it
 twice shows resuming: the second run skips every finished chip.
 
 It ends with a short CPU training run of the baseline UNet on the demo chips. That run is a
@@ -21,6 +22,7 @@ from pathlib import Path
 from m3leo_tiles.fetch.api import fetch
 from m3leo_tiles.grid import make_grid
 from m3leo_tiles.tools.quicklook import quicklook
+from m3leo_tiles.tools.runmap import write_run_map
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("M3LEO_DEMO_OUT", REPO / "demo-output"))
@@ -44,8 +46,13 @@ def main() -> int:
         datasets.append(report.dataset_dir)
     picture = quicklook([d for d in datasets if any(d.glob("*.tif"))], OUT / "quicklook.png")
     print(f"quicklook: {picture}")
+    page = write_run_map(OUT / "data", OUT / "map.html", grid=grid.path)
+    print(f"run map: {page.path} ({page.tiles} tiles, {page.datasets} datasets)")
     train_smoke_test(grid.path)
-    print(f"done in {time.perf_counter() - started:.1f} s; open {picture} to look at the chips")
+    print(
+        f"done in {time.perf_counter() - started:.1f} s; open {picture} to look at the chips, "
+        f"{page.path} in a browser for the run's map"
+    )
     return worst
 
 

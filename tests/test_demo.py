@@ -28,6 +28,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, shared_data: Path) -> 
     assert {chip.parent.name for chip in chips} == {"demo-dem", "demo-s1", "demo-s2"}
     with Image.open(tmp_path / "quicklook.png") as picture:
         assert picture.width > 1000 and picture.height > 300
+    assert "run map:" in first.stdout and "(63 tiles, 3 datasets)" in first.stdout
+    assert (tmp_path / "map.html").read_text().lower().startswith("<!doctype html>")
+    for dataset in ("demo-dem", "demo-s1", "demo-s2"):  # fetch left a STAC catalog in each
+        assert (tmp_path / "data" / "demo" / dataset / "collection.json").exists()
     mtimes = {chip: chip.stat().st_mtime_ns for chip in chips}
     # the training smoke test says what it is, learns something, and leaves its pictures
     assert "pipeline smoke test" in first.stdout
