@@ -9,6 +9,7 @@ the code under test is the one this test run imports.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,22 @@ def cli_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), **extra)
 
 
+def ctrl_c_as_a_terminal_gives() -> None:
+    """In a child before it runs: SIGINT back to its default, so that Python turns it into
+    KeyboardInterrupt. A test run started in the background by a shell without job control
+    inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored: the Ctrl-C tests
+    would then test nothing a user's terminal does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args, *, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None,
             background: bool = False):  # fmt: skip
     command = [str(CLI), *map(str, args)]
     environment = env if env is not None else cli_env()
     if background:
         return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=ctrl_c_as_a_terminal_gives)  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
                           timeout=timeout, check=False)  # fmt: skip
 

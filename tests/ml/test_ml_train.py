@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from helpers.chip_tree import ChipTree, make_chip_tree
-from helpers.cli import assert_one_error_line
+from helpers.cli import assert_one_error_line, ctrl_c_as_a_terminal_gives
 from m3leo_tiles.cli.train import main
 from m3leo_tiles.ml.train import TrainConfig, train
 from m3leo_tiles.ml.unet import PAPER_WIDTH, UNet, parameter_count
@@ -170,7 +170,8 @@ def stop_a_long_run(tree: ChipTree, out: Path, signum: int) -> tuple[int, str]:
         "--grid", tree.grid, "--grids-dir", tree.grids_dir, "--width", "4",
         "--batch-size", "3", "--epochs", "500", "--threads", "1", "--out", out, "--quiet",
     ]  # fmt: skip
-    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_as_a_terminal_gives)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         assert running.poll() is None, running.communicate()
