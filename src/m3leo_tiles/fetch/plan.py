@@ -17,7 +17,7 @@ from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.dataset.inputsets import Refs
 from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.manifest import LeanRows, ManifestRow, now_iso
-from m3leo_tiles.fetch.replan import RowLists, reused_inputs
+from m3leo_tiles.fetch.replan import reused_lists
 from m3leo_tiles.sources.base import SourceAdapter, each_file_looked_at_once
 
 if TYPE_CHECKING:
@@ -138,19 +138,30 @@ def _input_ids(adapter: SourceAdapter, tiles: Sequence[GridTile],
                refs: Refs) -> tuple[dict[str, str], dict[str, str]]:  # fmt: skip
     """Each tile's inputs' identity and list reference; tiles sharing a list ask the source
     once (lists are keyed by reference, so equal lists count once whatever their objects)."""
-    identities: dict[str, str] = {"": ""}
+    identity = _identity_by_list(adapter)
     input_ids: dict[str, str] = {}
     input_refs: dict[str, str] = {}
     with each_file_looked_at_once():  # lists share their files: each is looked at once
         for tile in tiles:
             inputs = inputs_of.get(tile.identifier, ())
             ref = refs(inputs)
-            input_id = identities.get(ref)
-            if input_id is None:
-                input_id = identities[ref] = adapter.input_identity(inputs)
-            input_ids[tile.identifier] = input_id
+            input_ids[tile.identifier] = identity(ref, inputs)
             input_refs[tile.identifier] = ref
     return input_ids, input_refs
+
+
+def _identity_by_list(adapter: SourceAdapter) -> Callable[[str, tuple[str, ...]], str]:
+    """The inputs' identity of a list given with its reference, asked of the source once per
+    distinct list (tiles share lists; the empty list has none)."""
+    known: dict[str, str] = {"": ""}
+
+    def identity(ref: str, inputs: tuple[str, ...]) -> str:
+        found = known.get(ref)
+        if found is None:
+            found = known[ref] = adapter.input_identity(inputs)
+        return found
+
+    return identity
 
 
 def _keep_finished_chip(row: ManifestRow, size: int, layout: DatasetLayout, input_id: str,
@@ -245,8 +256,8 @@ def make_plan(
     layout = DatasetLayout(Path(dataset_dir))
     lean = LeanRows.of(rows)
     sizes = layout.chip_sizes()
-    reused = None if overwrite else reused_inputs(layout, key, tiles, lean)
-    if reused is not None and _all_plainly_done(adapter, tiles, lean, sizes, reused):
+    lists = None if overwrite else reused_lists(layout, key, tiles, lean)
+    if lists is not None and _all_plainly_done(adapter, tiles, lean, sizes, lists):
         return Plan(len(tiles), (), (), (), reused=True)
     inputs_of = {ident: tuple(inputs) for ident, inputs in
                  (adapter.plan(tiles) if tiles else {}).items()}  # fmt: skip
@@ -254,21 +265,19 @@ def make_plan(
 
 
 def _all_plainly_done(adapter: SourceAdapter, tiles: Sequence[GridTile], lean: LeanRows,
-                      sizes: Mapping[str, int], reused: RowLists) -> bool:  # fmt: skip
+                      sizes: Mapping[str, int],
+                      lists: Mapping[str, tuple[str, ...]]) -> bool:  # fmt: skip
     """Whether every tile is plainly done (``_plainly_done``) with the list its row names and
     that list's identity now: then the run has nothing to do, and needs no per-tile plan
     (what ``_decide`` would conclude, from the columns alone)."""
     done = _plainly_done(lean, adapter.recipe.recipe_hash, sizes)
-    identities: dict[str, str] = {"": ""}
-    position, refs, lists = lean.position, lean.input_set, reused.lists
+    identity = _identity_by_list(adapter)
+    position, refs = lean.position, lean.input_set
     with each_file_looked_at_once():  # lists share their files: each is looked at once
         for tile in tiles:
             i = position[tile.identifier]
             ref = refs[i]
-            input_id = identities.get(ref)
-            if input_id is None:
-                input_id = identities[ref] = adapter.input_identity(lists[ref])
-            if not done(i, ref, input_id):
+            if not done(i, ref, identity(ref, lists[ref])):
                 return False
     return True
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,32 +83,11 @@ def record_key(layout: DatasetLayout, key: str | None) -> None:
         write_text(_key_path(layout), json.dumps({"key": key}) + "\n")
 
 
-class RowLists(Mapping[str, tuple[str, ...]]):
-    """Each tile's input list as its row names it, looked up when asked: a dict of 400k
-    entries would add to the driver's peak what the rows already hold."""
-
-    def __init__(self, rows: LeanRows, lists: Mapping[str, tuple[str, ...]]) -> None:
-        self._rows, self._lists = rows, lists
-
-    @property
-    def lists(self) -> Mapping[str, tuple[str, ...]]:
-        """The recorded lists by reference (``Refs.know``)."""
-        return self._lists
-
-    def __getitem__(self, identifier: str) -> tuple[str, ...]:
-        return self._lists[self._rows.input_set[self._rows.position[identifier]]]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rows.identifier)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-
-def reused_inputs(layout: DatasetLayout, key: str | None, tiles: Sequence[GridTile],
-                  rows: LeanRows) -> Mapping[str, tuple[str, ...]] | None:  # fmt: skip
-    """Each tile's input list as its row names it, when the plan's key is the one recorded
-    and every tile has a row whose list is recorded; else None (plan in full)."""
+def reused_lists(layout: DatasetLayout, key: str | None, tiles: Sequence[GridTile],
+                 rows: LeanRows) -> Mapping[str, tuple[str, ...]] | None:  # fmt: skip
+    """The recorded input lists by reference (each tile's is the one its row names), when
+    the plan's key is the one recorded and every tile has a row whose list is recorded; else
+    None (plan in full)."""
     if key is None or recorded_key(layout) != key:
         return None
     lists = {"": (), **InputSets(layout.input_sets).read()}
@@ -117,4 +96,4 @@ def reused_inputs(layout: DatasetLayout, key: str | None, tiles: Sequence[GridTi
         i = position.get(tile.identifier)
         if i is None or refs[i] not in lists:
             return None
-    return RowLists(rows, lists)
+    return lists
