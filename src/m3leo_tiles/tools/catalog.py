@@ -43,6 +43,7 @@ from m3leo_tiles.core.atomic import replacing, write_text
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError, M3leoError
 from m3leo_tiles.core.redact import redact
+from m3leo_tiles.dataset.chipfile import crc32_hex
 from m3leo_tiles.dataset.chipsets import (
     ChipInfo,
     find_dataset,
@@ -568,19 +569,9 @@ def _headers(layout: DatasetLayout, chips: _Chips, changed: Sequence[str],
             header = _header(layout.chip(identifier))
             header["pairs"] = _pairs([Band(**b) for b in header["bands"]])
         if needs_crc:
-            header["crc32"] = _crc32(layout.chip(identifier))
+            header["crc32"] = crc32_hex(layout.chip(identifier).read_bytes())
         headers[identifier] = header
     return headers
-
-
-def _crc32(path: Path) -> str:
-    import zlib
-
-    crc = 0
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            crc = zlib.crc32(block, crc)
-    return f"{crc:08x}"
 
 
 def _items(layout: DatasetLayout, chips: _Chips, dataset: _Dataset,
@@ -609,7 +600,7 @@ def _items(layout: DatasetLayout, chips: _Chips, dataset: _Dataset,
         transforms=geo["transforms"],
         shapes=geo["shapes"],
         footprints=geo["footprints"],
-        sizes=np.array([_size(chips, i) for i in ids], dtype=np.int64),
+        sizes=np.array([chips.sizes[i] for i in ids], dtype=np.int64),
         checksums=[stac.multihash_crc32(_crc_of(chips, headers, i)) for i in ids],
         splits=[splits.get(i) for i in ids],
         starts=starts,
@@ -625,13 +616,6 @@ def _crc_of(chips: _Chips, headers: Mapping[str, Mapping[str, Any]], identifier:
     if row is not None and len(row.crc32) == 8:
         return row.crc32
     return str(headers.get(identifier, {}).get("crc32", ""))
-
-
-def _size(chips: _Chips, identifier: str) -> int:
-    row = chips.rows.get(identifier)
-    if row is not None and row.bytes is not None and row.bytes == chips.sizes[identifier]:
-        return row.bytes
-    return chips.sizes[identifier]
 
 
 def _write_items(path: Path, table: Any, dataset: _Dataset, ids: Sequence[str],
