@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import shutil
@@ -158,6 +159,17 @@ def open_append(path: Path, *, encoding: str = "utf-8", newline: str | None = No
     """``path`` opened to append text (created if missing), never through a symbolic link."""
     fd = open_no_follow(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     return os.fdopen(fd, "a", encoding=encoding, newline=newline)
+
+
+def ends_torn(path: Path) -> bool:
+    """Whether an append log (manifest, input lists) exists, is not empty and does not end
+    with a newline: a run died mid-line, and the next append must end that line first."""
+    try:
+        with Path(path).open("rb") as handle:
+            handle.seek(-1, io.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:  # missing, or empty (no byte before the end)
+        return False
 
 
 class NoFollowFileHandler(logging.FileHandler):

@@ -21,13 +21,12 @@ look up the reference of the tile's manifest row in this file.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from m3leo_tiles.core.atomic import fsync_folder, open_append
+from m3leo_tiles.core.atomic import ends_torn, fsync_folder, open_append
 from m3leo_tiles.core.redact import redact
 
 REF_PREFIX = "@"  # a manifest's inputs cell that starts with this holds a reference
@@ -160,7 +159,7 @@ def _read(path: Path) -> dict[str, tuple[str, ...]]:
 def _append(path: Path, new: Mapping[str, tuple[str, ...]]) -> None:
     """Append lines (after ending a torn one), then flush and fsync: after this returns, a
     row naming any of them may be written."""
-    torn, made = _torn(path), not path.exists()
+    torn, made = ends_torn(path), not path.exists()
     with open_append(path, newline="") as handle:
         if torn:
             handle.write("\n")
@@ -170,13 +169,3 @@ def _append(path: Path, new: Mapping[str, tuple[str, ...]]) -> None:
         os.fsync(handle.fileno())
     if made:  # the new file's name must survive a power cut too
         fsync_folder(path.parent)
-
-
-def _torn(path: Path) -> bool:
-    """Whether the file exists, is not empty and does not end with a newline."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(-1, io.SEEK_END)
-            return handle.read(1) != b"\n"
-    except (FileNotFoundError, OSError):
-        return False

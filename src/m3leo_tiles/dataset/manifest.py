@@ -22,7 +22,6 @@ Compaction streams too: it holds one offset per tile, never the rows.
 from __future__ import annotations
 
 import csv
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from m3leo_tiles.core.arrow import single_threaded_csv
-from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, open_append, replacing
+from m3leo_tiles.core.atomic import PARTIAL_SUFFIX, ends_torn, open_append, replacing
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.redact import redact
 from m3leo_tiles.dataset.inputsets import REF_PREFIX, InputSets, is_ref, set_ref
@@ -420,7 +419,7 @@ class ManifestWriter:
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
         self._file: TextIO = open_append(path, newline="")  # never through a planted link
-        if not new and not _ends_with_newline(path):
+        if ends_torn(path):
             # A previous run died mid-line: end the torn line so our first row stays whole.
             self._file.write("\n")
         self._writer = csv.writer(self._file, lineterminator="\n")
@@ -447,12 +446,6 @@ class ManifestWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(-1, io.SEEK_END)
-        return handle.read(1) == b"\n"
 
 
 def write_manifest(path: Path, rows: Mapping[str, ManifestRow]) -> None:
