@@ -10,6 +10,9 @@ Cases, each through the ``m3leo-tiles`` command in a child process, as a user ru
   written as the driver writes such a run (the run's plan, its rows through the manifest
   writer, compaction) in one child process (``gssic plan+write``), then no-op reruns and
   ``status`` go through the command.
+* gssic-run (not by default: ~25 min on 2 cores): the same recipe and mirror through the
+  whole command, every tile rendered (each ``empty``), into its own folder: the driver's and
+  workers' peak memory of a real gssic run.
 * gunw: a synthetic saved search of a year over the AOI (frames shaped like the real record
   in ../shared/data/asf, 12-day pairs and longer, ascending and descending), planned through
   the source (``gunw plan``): seconds and peak memory.
@@ -300,6 +303,16 @@ def first_runs(side: Side, work: Path, aoi: str, cases: list[str], workers: int,
         side.add("gssic plan+write driver MB", done.driver_mb)
         side.add("gssic B/row", manifest_bytes_a_row(folder))
         side.add("gssic manifest MB", (folder / "manifest.csv").stat().st_size / 2**20)
+    if "gssic-run" in cases:  # the whole command, every tile rendered (empty): ~25 min
+        whole = side.out.with_name(side.out.name + "-gssic-run")
+        done = run(side.code, ["fetch", "gssic", "--source", str(work / "mirror"), "--aoi", aoi,
+                               "--out", str(whole), "--workers", str(workers), "-q", *grids],
+                   work)  # fmt: skip
+        print(f"[{side.name}] gssic whole run: {done.seconds:.0f} s, exit {done.code}, driver "
+              f"{done.driver_mb:.0f} MB, worker {done.worker_mb:.0f} MB", flush=True)  # fmt: skip
+        side.add("gssic run s", done.seconds)
+        side.add("gssic run driver MB", done.driver_mb)
+        side.add("gssic run worker MB", done.worker_mb)
     if "gunw" in cases:
         grid = str(work / "grids" / aoi / "tiles.geojson")
         done = run(side.code, [grid, str(work / "saved.geojson"), str(work / "gunw-products")],
@@ -399,7 +412,7 @@ def main() -> None:
             side_cases = cases if side.name == "after" or not args.before_cases else (
                 args.before_cases.split(",")
             )  # fmt: skip
-            one_round([side], work, args.aoi, [c for c in side_cases if c != "gunw"])
+            one_round([side], work, args.aoi, [c for c in side_cases if c in ("raster", "gssic")])
     print(f"\n{args.aoi}, {os.cpu_count()} cores, {args.repeats} rounds, {time.strftime('%F')}\n")
     print(table(sides))
 

@@ -14,14 +14,14 @@ COUNT_THREADS = """
 import os, sys
 from pathlib import Path
 import pyarrow  # noqa: F401  (its import may start threads of its own: count after it)
-from m3leo_tiles.dataset.manifest import outcome_columns, read_manifest
+from m3leo_tiles.dataset.manifest import outcome_table, read_manifest
 from m3leo_tiles.grid.files import read_grid_ids
 
 def threads():
     return len(os.listdir("/proc/self/task"))
 
 before = threads()
-ids, _, _ = outcome_columns(Path(sys.argv[1]))
+ids = outcome_table(Path(sys.argv[1])).column("identifier")
 lean = read_manifest(Path(sys.argv[1]), lean=True)
 grid = read_grid_ids(Path(sys.argv[2]))
 assert len(ids) == len(lean) == 500 and len(grid) == 63, (len(ids), len(lean), len(grid))

@@ -105,7 +105,9 @@ def test_full_disk_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
 def test_remove_partials_only_removes_partials(tmp_path: Path) -> None:
     for name in (".a.tif.12.ab12cd34.part", ".b.tif.99.ffffffff.part", "c.tif", "manifest.csv"):
         (tmp_path / name).write_text("x")
-    assert remove_partials(tmp_path) == 2
+    from m3leo_tiles.dataset.layout import DatasetLayout
+
+    assert remove_partials(tmp_path, DatasetLayout(tmp_path).scan().partials) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "manifest.csv"]
 
 

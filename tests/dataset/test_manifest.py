@@ -150,7 +150,10 @@ def test_compaction_is_needed_only_after_appends(tmp_path: Path) -> None:
 
 
 def test_outcomes_of_a_compacted_manifest_are_those_of_its_log(tmp_path: Path) -> None:
-    from m3leo_tiles.dataset.manifest import _outcomes_by_arrow
+    from m3leo_tiles.dataset.manifest import _compact_table
+
+    def by_arrow(path: Path) -> object:
+        return _compact_table(path, ("identifier", "status", "bytes"))
 
     path = tmp_path / "manifest.csv"
     with ManifestWriter(path) as writer:
@@ -159,9 +162,9 @@ def test_outcomes_of_a_compacted_manifest_are_those_of_its_log(tmp_path: Path) -
         writer.write([ManifestRow("33N_0001_001", TileStatus.OK, bytes=1234, input_set="ab" * 8),
                       _row("33N_0001_003", TileStatus.NO_SOURCE)])  # fmt: skip
     from_log = read_outcomes(path)  # an append log: the streaming reader
-    assert _outcomes_by_arrow(path) is None
+    assert by_arrow(path) is None
     compact_manifest(path)
-    assert _outcomes_by_arrow(path) is not None  # compacted: Arrow's reader
+    assert by_arrow(path) is not None  # compacted: Arrow's reader
     expected = {"33N_0001_001": (TileStatus.OK, 1234), "33N_0001_002": (TileStatus.EMPTY, None),
                 "33N_0001_003": (TileStatus.NO_SOURCE, None)}  # fmt: skip
     assert read_outcomes(path) == from_log == expected

@@ -150,3 +150,43 @@ def test_status_counts_against_the_grid(cluster, tmp_path: Path) -> None:
     ]
     (unknown,) = status(out, tmp_path / "no-grids")
     assert unknown.missing is None and "?" in format_status_table([unknown])
+
+
+def test_damaged_count_is_size_problem_over_the_manifest_columns(tmp_path: Path) -> None:
+    from m3leo_tiles.dataset.manifest import outcome_table
+    from m3leo_tiles.fetch.plan import size_problem
+    from m3leo_tiles.tools.status import damaged_count
+
+    ids = [f"33N_1036_{n:03d}" for n in range(7)]
+    recorded: list[tuple[TileStatus, int | None]] = [
+        (TileStatus.OK, 4),  # whole
+        (TileStatus.OK, 4),  # truncated
+        (TileStatus.OK, None),  # an old manifest's row, chip present
+        (TileStatus.OK, 4),  # chip gone
+        (TileStatus.OK, None),  # an old row, chip gone
+        (TileStatus.EMPTY, None),  # no chip, and none wanted
+        (TileStatus.FAILED, None),
+    ]
+    on_disk = {ids[0]: 4, ids[1]: 2, ids[2]: 9, ids[5]: 4}  # a stray chip of an empty tile
+    path = tmp_path / MANIFEST_NAME
+    write_manifest(path, {i: ManifestRow(i, status, bytes=size)
+                          for i, (status, size) in zip(ids, recorded, strict=True)})  # fmt: skip
+    by_rows = sum(size_problem(size, on_disk.get(i)) is not None
+                  for i, (status, size) in zip(ids, recorded, strict=True)
+                  if status is TileStatus.OK)  # fmt: skip
+    assert by_rows == 3
+    assert damaged_count(outcome_table(path), on_disk) == by_rows
+    assert damaged_count(outcome_table(tmp_path / "none.csv"), on_disk) == 0
+
+
+def test_a_folder_scan_sizes_every_file_and_skips_one_gone_since_the_listing(
+    tmp_path: Path,
+) -> None:
+    from m3leo_tiles.dataset.layout import DatasetLayout, _sizes_of
+
+    folder = _dataset(tmp_path, "scanned", 2)
+    (folder / ".33N_1036_062.1.abc.part").write_bytes(b"partial")
+    scan = DatasetLayout(folder).scan()
+    assert scan.chip_sizes == {t.identifier: 1 for t in TILES[:2]}
+    assert scan.total_bytes == sum(p.stat().st_size for p in folder.iterdir())
+    assert _sizes_of(folder, ["33N_1036_060.tif", "renamed.part"]) == [1, None]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from m3leo_tiles import __version__
 from m3leo_tiles.cli.common import exit_code_of_interrupt, metavars_for_people, run_app
@@ -218,11 +219,28 @@ def _source_options_epilog() -> str:
     return "\b\n" + heading + "\n" + "\n".join(lines)
 
 
+class _FetchCommand(TyperCommand):
+    """``fetch``, whose epilog lists every source's options: it is made when help is shown,
+    because loading every source costs each command's start-up ~0.35 s (a cron status)."""
+
+    @property
+    def epilog(self) -> str | None:
+        if self._epilog is None:
+            self._epilog = _source_options_epilog()
+        return self._epilog
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        self._epilog = value
+
+
 def parse_source_options(args: list[str]) -> dict[str, str | bool]:
     """``--name value``, ``--name=value`` and ``--flag`` from the arguments typer left over,
     checked against the options that sources declare."""
     from m3leo_tiles.sources.base import available_sources
 
+    if not args:  # loading every source to check nothing would cost a rerun ~0.35 s
+        return {}
     declared = {o.name: o for a in available_sources().values() for o in a.cli_options}
     values: dict[str, str | bool] = {}
     rest = list(args)
@@ -326,7 +344,7 @@ _FetchGridsDir = Annotated[Path, typer.Option(metavar="DIR", help="Where grid fi
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    epilog=_source_options_epilog(),
+    cls=_FetchCommand,
 )
 def fetch(
     ctx: typer.Context,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,16 +162,13 @@ def read_chip_tags(path: Path) -> dict[str, str]:
         return dict(dataset.tags())
 
 
-def remove_partials(folder: Path) -> int:
-    """Delete partial files an interrupted run left behind; returns how many."""
+def remove_partials(folder: Path, partials: Iterable[str]) -> int:
+    """Delete the partial files an interrupted run left behind (their names, as the
+    folder's listing found them: ``DatasetLayout.scan().partials``); returns how many."""
     removed = 0
-    # Names only: a glob's pattern match of each name costs 0.5 s in a folder of 400k chips
-    with os.scandir(folder) as entries:
-        names = [entry.name for entry in entries]
-    partials = [os.path.join(folder, name) for name in names
-                if name.startswith(".") and name.endswith(PARTIAL_SUFFIX)]  # fmt: skip
-    for partial in partials:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-            removed += 1
+    for name in partials:
+        if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):  # never a chip
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed += 1
     return removed

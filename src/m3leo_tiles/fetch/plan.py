@@ -244,6 +244,7 @@ def make_plan(
     *,
     overwrite: bool,
     key: str | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> Plan:
     """Plan every tile (what decides "done" includes its inputs now), then keep as done only
     tiles whose row has this recipe's hash, the same inputs (paths and identity) and, for a
@@ -252,10 +253,11 @@ def make_plan(
 
     ``key`` (``replan.plan_key``): when it is the one the last finished run recorded, the
     rows' input lists stand for the source's plan, and are used if they leave nothing to do
-    (``Plan.reused``); anything else is planned in full."""
+    (``Plan.reused``); anything else is planned in full. ``sizes``: each chip's size by
+    tile id when the caller listed the folder already (``DatasetLayout.chip_sizes``)."""
     layout = DatasetLayout(Path(dataset_dir))
     lean = LeanRows.of(rows)
-    sizes = layout.chip_sizes()
+    sizes = layout.chip_sizes() if sizes is None else sizes
     lists = None if overwrite else reused_lists(layout, key, tiles, lean)
     if lists is not None and _all_plainly_done(adapter, tiles, lean, sizes, lists):
         return Plan(len(tiles), (), (), (), reused=True)
