@@ -367,3 +367,25 @@ def test_items_of_any_zone_and_hemisphere_sit_where_their_tiles_are() -> None:
         assert Affine(*columns["transforms"][index]) == grid.transform
         corners = np.asarray(tile.lonlat_polygon().exterior.coords)[:4]
         np.testing.assert_allclose(columns["footprints"][index], corners, atol=1e-9)
+
+
+def test_a_catalog_written_a_few_items_a_table_is_the_one_written_whole(
+    tree: ChipTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import m3leo_tiles.tools.catalog as catalog
+
+    folder = tree.folder("s2x")
+    write_catalog(folder, grids_dir=tree.grids_dir, json_items=True)
+    whole = read_items(folder)
+    collection = (folder / "collection.json").read_text()
+    item_files = {p.name: p.read_text() for p in (folder / "items").glob("*.json")}
+    for name in ("items.parquet", "collection.json", ".catalog-state.parquet"):
+        (folder / name).unlink()
+    shutil.rmtree(folder / "items")
+    monkeypatch.setattr(catalog, "ITEMS_A_TABLE", 3)  # 11 chips: tables of 3, 3, 3 and 2
+    report = write_catalog(folder, grids_dir=tree.grids_dir, json_items=True)
+    assert (report.items, report.json_items) == (11, 11)
+    assert pq.ParquetFile(folder / "items.parquet").metadata.num_rows == 11
+    assert read_items(folder) == whole
+    assert (folder / "collection.json").read_text() == collection
+    assert {p.name: p.read_text() for p in (folder / "items").glob("*.json")} == item_files

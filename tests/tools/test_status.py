@@ -153,6 +153,8 @@ def test_status_counts_against_the_grid(cluster, tmp_path: Path) -> None:
 
 
 def test_damaged_count_is_size_problem_over_the_manifest_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+
     from m3leo_tiles.dataset.manifest import outcome_table
     from m3leo_tiles.fetch.plan import size_problem
     from m3leo_tiles.tools.status import damaged_count
@@ -175,8 +177,9 @@ def test_damaged_count_is_size_problem_over_the_manifest_columns(tmp_path: Path)
                   for i, (status, size) in zip(ids, recorded, strict=True)
                   if status is TileStatus.OK)  # fmt: skip
     assert by_rows == 3
-    assert damaged_count(outcome_table(path), on_disk) == by_rows
-    assert damaged_count(outcome_table(tmp_path / "none.csv"), on_disk) == 0
+    chips = pa.table({"id": list(on_disk), "size": pa.array(list(on_disk.values()), pa.int64())})
+    assert damaged_count(outcome_table(path), chips) == by_rows
+    assert damaged_count(outcome_table(tmp_path / "none.csv"), chips) == 0
 
 
 def test_a_folder_scan_sizes_every_file_and_skips_one_gone_since_the_listing(
@@ -188,5 +191,8 @@ def test_a_folder_scan_sizes_every_file_and_skips_one_gone_since_the_listing(
     (folder / ".33N_1036_062.1.abc.part").write_bytes(b"partial")
     scan = DatasetLayout(folder).scan()
     assert scan.chip_sizes == {t.identifier: 1 for t in TILES[:2]}
+    table = scan.chip_table().to_pydict()
+    assert dict(zip(table["id"], table["size"], strict=True)) == scan.chip_sizes
     assert scan.total_bytes == sum(p.stat().st_size for p in folder.iterdir())
+    assert scan.partials == (".33N_1036_062.1.abc.part",)
     assert _sizes_of(folder, ["33N_1036_060.tif", "renamed.part"]) == [1, None]

@@ -9,6 +9,7 @@ exit 143. The apps differ only in how they word a usage mistake (``usage_message
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -99,6 +100,21 @@ def _usage_hint(error: UsageError, prog_name: str) -> str:
     return f"{one_line(error.format_message())} (see `{where} --help`)"
 
 
+ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+def prefer_system_allocator() -> None:
+    """Ask Arrow for the system allocator in a command's process, unless the user chose one.
+
+    Arrow's default (mimalloc) keeps the memory a read freed for its own next use, so a
+    driver that reads a manifest, a grid and writes a catalog holds each read's peak: on
+    CONUS, a no-op fetch that writes the catalog peaked at 793 MB with it and 760 MB with the
+    system allocator, which hands large buffers back (``bench/RESULTS.md``, scale). Set
+    before pyarrow is imported (it reads the variable once); the workers dask starts inherit
+    it."""
+    os.environ.setdefault(ARROW_POOL_ENV, "system")
+
+
 def run_app(
     app: typer.Typer,
     argv: list[str] | None,
@@ -111,6 +127,7 @@ def run_app(
     ``on_interrupt`` says in one line that the run stopped (and how to carry on) and returns
     the exit code; ``usage_message`` words a usage mistake (unknown option, bad value).
     """
+    prefer_system_allocator()
     try:
         code = app(args=argv, prog_name=prog_name, standalone_mode=False)
     except UsageError as error:  # unknown option, bad choice such as --split vall

@@ -222,9 +222,10 @@ def grid_path_for(grid: str | Path | None, aoi: str, grids_dir: Path = Path("gri
 
 def load_splits(grid_file: Path) -> dict[str, str]:
     """``tile id → split`` of a grid file (our grids; foreign ones without splits raise)."""
-    from m3leo_tiles.grid import read_grid
+    from m3leo_tiles.grid.files import read_grid_splits
 
-    splits = dict(read_grid(grid_file).splits)
+    ids, split = read_grid_splits(grid_file)
+    splits = {i: s for i, s in zip(ids.to_pylist(), split.to_pylist(), strict=True) if s}
     if not splits:
         raise ConfigError(f"the grid {grid_file} has no splits; make one with `m3leo-tiles grid`")
     return splits

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -232,10 +232,12 @@ def read_outcomes(path: Path) -> dict[str, tuple[TileStatus, int | None]]:
         table.column("bytes").to_pylist(), strict=True)}  # fmt: skip
 
 
-def outcome_table(path: Path) -> pa.Table:
-    """Each tile's latest row as Arrow columns ``identifier``, ``status`` (text) and
-    ``bytes`` (int64, null when not recorded): one entry per tile, so ``status`` counts a
-    CONUS dataset with Arrow kernels instead of 400k Python objects per column.
+def outcome_table(path: Path, columns: Sequence[str] = ("bytes",)) -> pa.Table:
+    """Each tile's latest row as Arrow columns: ``identifier``, ``status`` and ``columns``
+    (``bytes`` int64, ``seconds`` float64, null where empty; any other as text, "" where a
+    row has none, as an old manifest's rows): one entry per tile, so ``status`` and the
+    catalog handle a CONUS dataset with Arrow kernels instead of 400k Python objects per
+    column.
 
     A compacted manifest (one row per tile, every line whole and of the current shape:
     what every finished run leaves) is parsed by Arrow's CSV reader in a fraction of the
@@ -245,24 +247,44 @@ def outcome_table(path: Path) -> pa.Table:
     import pyarrow as pa
 
     path = Path(path)
-    fast = _compact_table(path, ("identifier", "status", "bytes"))
+    names = ["identifier", "status", *columns]
+    fast = _compact_table(path, tuple(names))
     if fast is not None and fast.num_rows:
-        return fast.select(["identifier", "status", "bytes"])
-    latest: dict[str, tuple[str, int | None]] = {}
+        return fast.select(names)
+    at = [COLUMNS.index(name) for name in columns]
+    latest: dict[str, list[Any]] = {}
     if fast is None:
         for _, record in _records(path):
             if record[1] not in _STATUSES:
                 continue
-            size = record[7] if len(record) == len(COLUMNS) else ""
             try:
-                latest[record[0]] = (record[1], int(size) if size else None)
+                latest[record[0]] = [
+                    record[1],
+                    *(
+                        _typed(name, record[i] if i < len(record) else "")
+                        for name, i in zip(columns, at, strict=True)
+                    ),
+                ]
             except ValueError:
                 continue
+    values = list(latest.values())
     return pa.table({
         "identifier": pa.array(list(latest), pa.string()),
-        "status": pa.array([s for s, _ in latest.values()], pa.string()),
-        "bytes": pa.array([b for _, b in latest.values()], pa.int64()),
+        "status": pa.array([v[0] for v in values], pa.string()),
+        **{name: pa.array([v[k] for v in values], _ARROW_TYPES.get(name, "string"))
+           for k, name in enumerate(columns, start=1)},
     })  # fmt: skip
+
+
+def _typed(name: str, text: str) -> int | float | str | None:
+    """One cell as Arrow's reader of a compacted manifest types it: a number, null for an
+    empty number, text as written (a bad number: ValueError, the row is skipped)."""
+    kind = _ARROW_TYPES.get(name)
+    if kind is None:
+        return text
+    if not text:
+        return None
+    return int(text) if kind == "int64" else float(text)
 
 
 _ARROW_TYPES = {"bytes": "int64", "seconds": "float64"}  # every other column: text as written

@@ -31,11 +31,11 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,12 +48,11 @@ from m3leo_tiles.dataset.chipsets import (
     ChipInfo,
     find_dataset,
     grid_path_for,
-    load_splits,
     parse_pair_band,
     read_chip_info,
 )
 from m3leo_tiles.dataset.layout import DatasetLayout
-from m3leo_tiles.dataset.manifest import ManifestRow, read_manifest
+from m3leo_tiles.dataset.manifest import outcome_table
 from m3leo_tiles.grid.tile import (
     SOUTH_FALSE_NORTHING_M,
     TILE_SIZE_M,
@@ -63,6 +62,9 @@ from m3leo_tiles.grid.tile import (
 from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.tools import stac
 from m3leo_tiles.tools.stac import Band, Period
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("m3leo_tiles.catalog")
 
@@ -101,21 +103,45 @@ class CatalogReport:
 
 @dataclass(frozen=True)
 class _Chips:
-    """The finished chips of a folder: ids (sorted) and their manifest rows and sizes."""
+    """The finished chips of a folder, sorted by id, as Arrow columns: ``id``, ``size`` (the
+    file's) and, from the chip's manifest row (null or "" for a chip without one), ``bytes``,
+    ``crc32`` and ``finished_at``. Columns, not row objects: a CONUS catalog held ~280 MB of
+    rows and dicts."""
 
-    ids: list[str]
-    rows: Mapping[str, ManifestRow]
-    sizes: Mapping[str, int]
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def ids(self, start: int = 0, stop: int | None = None) -> list[str]:
+        """The ids ``start:stop`` as text (a table of Items at a time, not all 403k)."""
+        stop = self.table.num_rows if stop is None else stop
+        return self.table.column("id").slice(start, stop - start).to_pylist()
 
 
 def _finished_chips(layout: DatasetLayout) -> _Chips:
     """Tiles ``ok`` in the manifest whose chip is present (every chip when no manifest)."""
-    sizes = layout.chip_sizes()
-    if not layout.manifest.exists():
-        return _Chips(sorted(sizes), {}, sizes)
-    rows = read_manifest(layout.manifest, lean=True)  # no input lists: Items name none
-    ids = sorted(i for i, row in rows.items() if row.status is TileStatus.OK and i in sizes)
-    return _Chips(ids, rows, sizes)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present_chips = layout.scan().chip_table()
+    names, found = present_chips.column("id"), present_chips.column("size")
+    if layout.manifest.exists():
+        rows = outcome_table(layout.manifest, ("bytes", "crc32", "finished_at"))
+        rows = rows.filter(pc.equal(rows.column("status"), str(TileStatus.OK)))
+        where = pc.index_in(rows.column("identifier"), value_set=names)
+        present = pc.is_valid(where)
+        rows = rows.filter(present)
+        table = pa.table({
+            "id": rows.column("identifier"), "size": pc.take(found, where.filter(present)),
+            "bytes": rows.column("bytes"), "crc32": rows.column("crc32"),
+            "finished_at": rows.column("finished_at"),
+        })  # fmt: skip
+    else:
+        nothing = pc.fill_null(pa.nulls(len(names), pa.string()), "")
+        table = pa.table({"id": names, "size": found, "bytes": pa.nulls(len(names), pa.int64()),
+                          "crc32": nothing, "finished_at": nothing})  # fmt: skip
+    return _Chips(table.sort_by("id").combine_chunks())
 
 
 def _bands_of(info: ChipInfo) -> tuple[Band, ...]:
@@ -193,19 +219,42 @@ def dataset_period(recipe: Recipe | None, year: int | None) -> Period | None:
     return stac.period_of((), year, inclusive_end=False)
 
 
-def _splits(
-    grid: str | Path | None, aoi: str, grids_dir: Path, notes: list[str]
-) -> tuple[dict[str, str], Path | None]:
-    """``tile id -> split`` of the grid (and the grid file), or nothing, with a note."""
+@dataclass(frozen=True)
+class _Splits:
+    """The grid's split of each chip (null: none), and how many tiles of the grid each
+    split holds (the Collection says it)."""
+
+    of_chips: pa.ChunkedArray
+    counts: dict[str, int]
+
+
+def _splits(grid: str | Path | None, aoi: str, grids_dir: Path, chip_ids: pa.Array,
+            notes: list[str]) -> tuple[_Splits, Path | None]:  # fmt: skip
+    """The splits of the grid (and the grid file), or none, with a note. Read as Arrow
+    columns (``read_grid_splits``): a CONUS grid read into tiles peaked ~280 MB higher."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from m3leo_tiles.grid.files import read_grid_splits
+
+    nothing = _Splits(pa.chunked_array([pa.nulls(len(chip_ids), pa.string())]), {})
     try:
         path = grid_path_for(grid, aoi, grids_dir)
         if not path.exists():
             notes.append(f"no grid {path}: Items carry no ml-aoi:split (pass --grid)")
-            return {}, None
-        return load_splits(path), path
+            return nothing, None
+        ids, split = read_grid_splits(path)
     except M3leoError as error:
         notes.append(f"no splits ({error}): Items carry no ml-aoi:split")
-        return {}, None
+        return nothing, None
+    if split.null_count == len(split):
+        notes.append(f"no splits (the grid {path} has none; make one with `m3leo-tiles grid`): "
+                     "Items carry no ml-aoi:split")  # fmt: skip
+        return nothing, None
+    counts = {e["values"]: e["counts"] for e in pc.value_counts(split.drop_null()).to_pylist()}
+    of_chips = pc.take(split, pc.index_in(chip_ids, value_set=ids))
+    return _Splits(pa.chunked_array([of_chips]) if isinstance(of_chips, pa.Array)
+                   else of_chips, counts), path  # fmt: skip
 
 
 # --- per-chip headers (bands per tile, foreign tiles), cached between runs -----------------
@@ -300,10 +349,10 @@ def _header_columns(headers: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarra
     return {"epsg": epsg, "transforms": transforms, "footprints": corners, "shapes": shapes}
 
 
-def _times(ids: Sequence[str], period: Period | None, rows: Mapping[str, ManifestRow],
+def _times(ids: Sequence[str], period: Period | None, finished_at: Sequence[str],
            headers: Mapping[str, Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Start and end of each Item: its pairs' dates (GUNW), else the dataset's period, else
-    (no year) the time the chip was made."""
+    (no year) the time the chip was made (``finished_at``, "" when unknown)."""
     n = len(ids)
     if period is not None:
         starts = np.full(n, np.datetime64(period.start.replace(tzinfo=None), "s"))
@@ -322,8 +371,7 @@ def _times(ids: Sequence[str], period: Period | None, rows: Mapping[str, Manifes
             starts[index] = np.datetime64(first, "s")
             ends[index] = np.datetime64(last, "s") + np.timedelta64(86399, "s")
         elif period is None:
-            row = rows.get(identifier)
-            made = _parse_time(row.finished_at) if row is not None else None
+            made = _parse_time(finished_at[index]) if finished_at[index] else None
             starts[index] = ends[index] = made if made is not None else made_now
     return starts, ends
 
@@ -343,12 +391,22 @@ def _parse_time(text: str) -> np.datetime64 | None:
 
 @dataclass(frozen=True)
 class _State:
-    """What the last catalog was made from: a fingerprint per Item, and the headers read."""
+    """What the last catalog was made from: a fingerprint per Item, and the headers read
+    (columns ``id``, ``fingerprint``, ``header``: the JSON of a chip's header, "" none)."""
 
     shared: str  # the fingerprint of what every Item shares (id, bands, shape, period)
     collection: str  # the fingerprint of the Collection's own content (provenance, license)
-    fingerprints: Mapping[str, str]
-    headers: Mapping[str, str]  # tile id -> JSON of its header ("" none read)
+    table: pa.Table | None  # None: no earlier catalog
+
+    def headers(self) -> dict[str, str]:
+        """The headers read before, by tile id (only chips that had one)."""
+        import pyarrow.compute as pc
+
+        if self.table is None:
+            return {}
+        kept = self.table.filter(pc.not_equal(self.table.column("header"), ""))
+        return dict(zip(kept.column("id").to_pylist(), kept.column("header").to_pylist(),
+                        strict=True))  # fmt: skip
 
 
 def _read_state(path: Path) -> _State:
@@ -357,46 +415,73 @@ def _read_state(path: Path) -> _State:
     try:
         table = pq.read_table(path)
     except (OSError, ValueError):  # missing or unreadable: everything is new
-        return _State("", "", {}, {})
+        return _State("", "", None)
     metadata = table.schema.metadata or {}
-    ids = table.column("id").to_pylist()
-    return _State(
-        metadata.get(b"shared", b"").decode(),
-        metadata.get(b"collection", b"").decode(),
-        dict(zip(ids, table.column("fingerprint").to_pylist(), strict=True)),
-        dict(zip(ids, table.column("header").to_pylist(), strict=True)),
-    )
+    return _State(metadata.get(b"shared", b"").decode(),
+                  metadata.get(b"collection", b"").decode(), table)  # fmt: skip
 
 
-def _write_state(path: Path, state: _State) -> None:
+Headers = Mapping[str, Mapping[str, Any]]  # what chips said of themselves, by tile id
+
+
+def _write_state(path: Path, chips: _Chips, fingerprints: pa.ChunkedArray, headers: Headers,
+                 shared: str, whole: str) -> None:  # fmt: skip
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ids = sorted(state.fingerprints)
+    texts = {i: stac.fingerprint_text(h) for i, h in headers.items()}
+    header = (pa.array([texts.get(i, "") for i in chips.ids()], pa.string()) if texts
+              else _empty_strings(len(chips)))  # fmt: skip
     table = pa.table(
-        {
-            "id": pa.array(ids, pa.string()),
-            "fingerprint": pa.array([state.fingerprints[i] for i in ids], pa.string()),
-            "header": pa.array([state.headers.get(i, "") for i in ids], pa.string()),
-        }
-    ).replace_schema_metadata({"shared": state.shared, "collection": state.collection})
+        {"id": chips.table.column("id"), "fingerprint": fingerprints, "header": header}
+    ).replace_schema_metadata({"shared": shared, "collection": whole})
     with replacing(path) as temporary:
         pq.write_table(table, temporary)
+
+
+def _empty_strings(n: int) -> pa.Array:
+    """``n`` empty strings as an Arrow column, without a Python list."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pa.nulls(n, pa.string()), "")
 
 
 def _digest(value: Any) -> str:
     return hashlib.sha1(stac.fingerprint_text(value).encode()).hexdigest()
 
 
-def _row_fingerprints(chips: _Chips, splits: Mapping[str, str]) -> dict[str, str]:
-    fingerprints = {}
-    for identifier in chips.ids:
-        row = chips.rows.get(identifier)
-        made = (row.bytes, row.crc32, row.finished_at) if row is not None else ("", "", "")
-        fingerprints[identifier] = "|".join(
-            map(str, (*made, chips.sizes[identifier], splits.get(identifier, "")))
-        )
-    return fingerprints
+def _fingerprints(chips: _Chips, splits: _Splits) -> pa.ChunkedArray:
+    """Each Item's fingerprint: its manifest row's size, CRC-32 and time, its chip's size,
+    its split, joined as text (one Arrow kernel, no string per tile built in Python)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
+        return pc.fill_null(pc.cast(column, pa.string()), "")
+
+    table = chips.table
+    return pc.binary_join_element_wise(
+        *(text(table.column(name)) for name in ("bytes", "crc32", "finished_at", "size")),
+        text(splits.of_chips), "|",
+    )  # fmt: skip
+
+
+def _changes(chips: _Chips, fingerprints: pa.ChunkedArray, state: _State,
+             same_shared: bool) -> tuple[pa.ChunkedArray, list[str]]:  # fmt: skip
+    """(ids of Items new or changed since the last catalog, ids of Items gone since)."""
+    import pyarrow.compute as pc
+
+    ids = chips.table.column("id")
+    if state.table is None:
+        return ids, []
+    before = state.table.column("id")
+    removed = sorted(pc.filter(before, pc.invert(pc.is_in(before, value_set=ids))).to_pylist())
+    if not same_shared:
+        return ids, removed
+    was = pc.take(state.table.column("fingerprint"), pc.index_in(ids, value_set=before))
+    differs = pc.fill_null(pc.not_equal(fingerprints, was), True)
+    return pc.filter(ids, differs), removed
 
 
 # --- the catalog -----------------------------------------------------------------------------
@@ -412,7 +497,7 @@ class _Dataset:
 
 
 def _describe(layout: DatasetLayout, recipe: Recipe | None, first: ChipInfo, year: int | None,
-              splits: Mapping[str, str], grid: Path | None) -> _Dataset:  # fmt: skip
+              split_counts: Mapping[str, int], grid: Path | None) -> _Dataset:  # fmt: skip
     bands = _bands_of(first)
     per_tile = (
         recipe.bands_per_tile
@@ -430,14 +515,11 @@ def _describe(layout: DatasetLayout, recipe: Recipe | None, first: ChipInfo, yea
             resampling=str(recipe.resampling),
             **({"year": year} if year is not None else {}),
         )
-    counts: dict[str, int] = {}
-    for split in splits.values():
-        counts[split] = counts.get(split, 0) + 1
     grid_info = {
         "aoi": layout.aoi,
         "tile_size_m": TILE_SIZE_M,
         "file": f"{grid.parent.name}/{grid.name}" if grid is not None else None,
-        "splits": counts,
+        "splits": dict(split_counts),
     }
     description = (recipe.description if recipe is not None else "") or (
         f"{layout.dataset} chips of {layout.aoi} made by m3leo-tiles"
@@ -488,17 +570,19 @@ def write_catalog(
     layout = DatasetLayout(Path(folder))
     notes: list[str] = []
     chips = _finished_chips(layout)
-    if not chips.ids:
+    if not len(chips):
         raise ConfigError(f"{layout.folder} holds no finished chips: nothing to catalog")
-    first = read_chip_info(layout.chip(chips.ids[0]))
+    sample = layout.chip(chips.ids(0, 1)[0])
+    first = read_chip_info(sample)
     if recipe is None:
-        recipe = _recipe_of(layout.chip(chips.ids[0]), notes)
+        recipe = _recipe_of(sample, notes)
     else:
-        _check_hash(layout.chip(chips.ids[0]), recipe, notes)
+        _check_hash(sample, recipe, notes)
     if year is None:
         year = _year_of(layout.folder, recipe)
-    splits, grid_file = _splits(grid, layout.aoi, Path(grids_dir), notes)
-    dataset = _describe(layout, recipe, first, year, splits, grid_file)
+    splits, grid_file = _splits(grid, layout.aoi, Path(grids_dir),
+                                chips.table.column("id").chunk(0), notes)  # fmt: skip
+    dataset = _describe(layout, recipe, first, year, splits.counts, grid_file)
     if json_items is None:
         json_items = layout.items_dir.is_dir()
 
@@ -515,71 +599,76 @@ def write_catalog(
         ]
     )
     whole = _digest([shared, asdict(info)])  # fmt: skip
-    fingerprints = _row_fingerprints(chips, splits)
+    fingerprints = _fingerprints(chips, splits)
     same_shared = shared == state.shared
-    changed = [
-        i for i in chips.ids if not same_shared or state.fingerprints.get(i) != fingerprints[i]
-    ]
-    removed = sorted(set(state.fingerprints) - set(fingerprints))
+    changed, removed = _changes(chips, fingerprints, state, same_shared)
     json_missing = json_items and not layout.items_dir.is_dir()
     complete = layout.items.exists() and layout.collection.exists()
     if not changed and not removed and complete and not json_missing and whole == state.collection:
-        return CatalogReport(layout.folder, len(chips.ids), 0, 0, False, 0,
+        return CatalogReport(layout.folder, len(chips), 0, 0, False, 0,
                              time.perf_counter() - started, tuple(notes))  # fmt: skip
 
-    headers = _headers(layout, chips, changed, dataset.per_tile, state)
-    table = _items(layout, chips, dataset, splits, headers)
-    _write_items(layout.items, table, dataset, chips.ids, json_items)
-    written_json = 0
-    if json_items:
-        redo = chips.ids if json_missing or not same_shared else changed
-        written_json = _write_item_files(layout, table, redo, removed)
-    elif layout.items_dir.is_dir():
+    headers = _headers(layout, chips, changed, dataset.per_tile, state.headers())
+    del state
+    redo = (chips.table.column("id") if json_missing or not same_shared else changed
+            ) if json_items else None  # fmt: skip
+    written_json = _write_items(layout, chips, dataset, splits, headers, json_items, redo)
+    if layout.items_dir.is_dir():
         for identifier in removed:
             layout.item_json(identifier).unlink(missing_ok=True)
-    _write_state(layout.catalog_state, _State(
-        shared, whole, fingerprints, {i: stac.fingerprint_text(h) for i, h in headers.items()},
-    ))  # fmt: skip
-    return CatalogReport(layout.folder, len(chips.ids), len(changed), len(removed), True,
+    _write_state(layout.catalog_state, chips, fingerprints, headers, shared, whole)
+    return CatalogReport(layout.folder, len(chips), len(changed), len(removed), True,
                          written_json, time.perf_counter() - started, tuple(notes))  # fmt: skip
 
 
-def _headers(layout: DatasetLayout, chips: _Chips, changed: Sequence[str],
-             per_tile: bool, state: _State) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """What must be read from a chip itself, from the state for unchanged chips and from the
-    chip for changed ones: the header of chips with bands of their own or of foreign tiles,
-    and the CRC-32 of chips the manifest has none for (made elsewhere, an old manifest)."""
+def _headers(layout: DatasetLayout, chips: _Chips, changed: pa.ChunkedArray,
+             per_tile: bool, cached: Mapping[str, str]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """What must be read from a chip itself, from the last catalog's state for unchanged
+    chips and from the chip for changed ones: the header of chips with bands of their own or
+    of foreign tiles, and the CRC-32 of chips the manifest has none for (made elsewhere, an
+    old manifest). Which chips need one is found with Arrow kernels: none, for a CONUS
+    dataset of lattice tiles made by fetch."""
     import json
 
-    lattice = re.compile(LATTICE_ID)
-    redo = set(changed)
+    import pyarrow.compute as pc
+
+    ids = chips.table.column("id")
+    needs_crc = pc.not_equal(pc.utf8_length(chips.table.column("crc32")), 8)
+    lattice = pc.match_substring_regex(ids, LATTICE_ID)
+    needs_header = pc.invert(lattice) if not per_tile else pc.or_(lattice, pc.invert(lattice))
+    wanted = pc.or_(needs_crc, needs_header)
+    if not pc.any(wanted).as_py():
+        return {}
+    redo = set(changed.to_pylist())
     headers: dict[str, dict[str, Any]] = {}
-    for identifier in chips.ids:
-        row = chips.rows.get(identifier)
-        needs_header = per_tile or not lattice.match(identifier)
-        needs_crc = row is None or len(row.crc32) != 8
-        if not (needs_header or needs_crc):
-            continue
-        cached = state.headers.get(identifier, "")
-        if identifier not in redo and cached:
-            headers[identifier] = json.loads(cached)
+    for identifier, header_too, crc_too in zip(
+        pc.filter(ids, wanted).to_pylist(), pc.filter(needs_header, wanted).to_pylist(),
+        pc.filter(needs_crc, wanted).to_pylist(), strict=True,
+    ):  # fmt: skip
+        known = cached.get(identifier, "")
+        if identifier not in redo and known:
+            headers[identifier] = json.loads(known)
             continue
         header: dict[str, Any] = {}
-        if needs_header:
+        if header_too:
             header = _header(layout.chip(identifier))
             header["pairs"] = _pairs([Band(**b) for b in header["bands"]])
-        if needs_crc:
+        if crc_too:
             header["crc32"] = crc32_hex(layout.chip(identifier).read_bytes())
         headers[identifier] = header
     return headers
 
 
-def _items(layout: DatasetLayout, chips: _Chips, dataset: _Dataset,
-           splits: Mapping[str, str], headers: Mapping[str, Mapping[str, Any]]):  # fmt: skip
-    ids = chips.ids
+ITEMS_A_TABLE = 65_536  # Items built and written a table at a time: CONUS's 403k in one
+# table held ~350 MB at its peak
+
+
+def _geometry(ids: Sequence[str], dataset: _Dataset,
+              headers: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:  # fmt: skip
+    """EPSG code, transform, lon/lat footprint and shape of each Item: lattice tiles in bulk
+    from their ids, foreign ones from their chips' headers."""
     lattice = re.compile(LATTICE_ID)
     on_lattice = np.array([bool(lattice.match(i)) for i in ids])
-    geo: dict[str, np.ndarray] = {}
     lattice_ids = [i for i, ok in zip(ids, on_lattice, strict=True) if ok]
     foreign_ids = [i for i, ok in zip(ids, on_lattice, strict=True) if not ok]
     parts = []
@@ -587,80 +676,131 @@ def _items(layout: DatasetLayout, chips: _Chips, dataset: _Dataset,
         parts.append((on_lattice, _lattice_columns(lattice_ids, dataset.info.shape)))
     if foreign_ids:
         parts.append((~on_lattice, _header_columns([headers[i] for i in foreign_ids])))
+    geo: dict[str, np.ndarray] = {}
     for key in ("epsg", "transforms", "footprints", "shapes"):
         sample = parts[0][1][key]
         geo[key] = np.zeros((len(ids), *sample.shape[1:]), dtype=sample.dtype)
         for mask, values in parts:
             geo[key][mask] = values[key]
-    starts, ends = _times(ids, dataset.period, chips.rows, headers)
+    return geo
+
+
+def _times_of(chips: _Chips, start: int, stop: int, dataset: _Dataset,
+              headers: Headers) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    finished_at = (chips.table.column("finished_at").slice(start, stop - start).to_pylist()
+                   if dataset.period is None else ())  # fmt: skip
+    return _times(chips.ids(start, stop), dataset.period, finished_at, headers)
+
+
+def _chunks(chips: _Chips, dataset: _Dataset) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each table of Items. Chips with bands of their own (GUNW) come
+    in one table: their per-Item bands and pairs are typed by Arrow's inference over the
+    table, which tables of other Items need not agree with."""
+    n = len(chips)
+    step = n if dataset.per_tile else ITEMS_A_TABLE
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def _utc(moment: np.datetime64) -> datetime:
+    return moment.astype("datetime64[us]").item().replace(tzinfo=UTC)
+
+
+def _item_columns(chips: _Chips, start: int, stop: int, dataset: _Dataset, splits: _Splits,
+                  headers: Mapping[str, Mapping[str, Any]]) -> stac.ItemColumns:  # fmt: skip
+    """The Items ``start:stop`` (in id order) as columns."""
+    ids = chips.ids(start, stop)
+    part = chips.table.slice(start, stop - start)
+    geo = _geometry(ids, dataset, headers)
+    starts, ends = _times_of(chips, start, stop, dataset, headers)
     per_tile = dataset.per_tile
-    columns = stac.ItemColumns(
+    crc32 = part.column("crc32").to_pylist()
+    return stac.ItemColumns(
         ids=ids,
         epsg=geo["epsg"],
         transforms=geo["transforms"],
         shapes=geo["shapes"],
         footprints=geo["footprints"],
-        sizes=np.array([chips.sizes[i] for i in ids], dtype=np.int64),
-        checksums=[stac.multihash_crc32(_crc_of(chips, headers, i)) for i in ids],
-        splits=[splits.get(i) for i in ids],
+        sizes=part.column("size").to_numpy(),
+        checksums=[
+            stac.multihash_crc32(crc if len(crc) == 8 else str(headers.get(i, {}).get("crc32", "")))
+            for i, crc in zip(ids, crc32, strict=True)
+        ],
+        splits=splits.of_chips.slice(start, stop - start).to_pylist(),
         starts=starts,
         ends=ends,
         bands=[[Band(**b) for b in headers[i]["bands"]] for i in ids] if per_tile else None,
         extra=[{"m3leo:pairs": headers[i]["pairs"]} for i in ids] if per_tile else None,
     )
-    return stac.items_table(columns, dataset.info.id, dataset.info.bands, stac.geometry_field())
 
 
-def _crc_of(chips: _Chips, headers: Mapping[str, Mapping[str, Any]], identifier: str) -> str:
-    row = chips.rows.get(identifier)
-    if row is not None and len(row.crc32) == 8:
-        return row.crc32
-    return str(headers.get(identifier, {}).get("crc32", ""))
-
-
-def _write_items(path: Path, table: Any, dataset: _Dataset, ids: Sequence[str],
-                 json_items: bool) -> None:  # fmt: skip
-    """items.parquet, then collection.json (its extent is the Items')."""
-    import pyarrow.compute as pc
-    import stac_geoparquet.arrow as sga
-
-    bbox = table.column("bbox")
-    extent = [pc.min(bbox.combine_chunks().field(name)).as_py() for name in ("xmin", "ymin")] + [
-        pc.max(bbox.combine_chunks().field(name)).as_py() for name in ("xmax", "ymax")
-    ]
-    start = pc.min(table.column("start_datetime")).as_py()
-    end = pc.max(table.column("end_datetime")).as_py()
-    period = Period(start, end) if start is not None and end is not None else None
-    splits = sorted(
-        {s for s in table.column("ml-aoi:split").to_pylist() if s}
-        if "ml-aoi:split" in table.column_names
-        else set()
-    )
-    ours = {v: k for k, v in stac.ML_AOI_SPLIT.items()}
-    epsg_codes = pc.unique(table.column("proj:code")).to_pylist()
-    links = [f"./items/{i}.json" for i in ids] if json_items else []
-    collection = stac.collection_dict(
-        dataset.info, extent, period, [ours[s] for s in splits], epsg_codes, links
-    )
-    with replacing(path) as temporary:
-        sga.to_parquet(table, temporary, collections={dataset.info.id: collection})
-    write_text(DatasetLayout(path.parent).collection, stac.dumps(collection))
-
-
-def _write_item_files(layout: DatasetLayout, table: Any, ids: Sequence[str],
-                      removed: Sequence[str]) -> int:  # fmt: skip
-    """``items/<tile>.json`` of ``ids`` (hrefs made relative to that folder); those of
-    ``removed`` tiles deleted."""
+def _write_items(layout: DatasetLayout, chips: _Chips, dataset: _Dataset, splits: _Splits,
+                 headers: Headers, json_items: bool,
+                 json_ids: pa.ChunkedArray | None) -> int:  # fmt: skip
+    """items.parquet (streamed, a table at a time), then collection.json (its extent is the
+    Items'), and ``items/<tile>.json`` of ``json_ids``; returns how many of those."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import stac_geoparquet.arrow as sga
 
-    layout.items_dir.mkdir(exist_ok=True)
-    for identifier in removed:
-        layout.item_json(identifier).unlink(missing_ok=True)
-    if not ids:
+    info = dataset.info
+    low, high = np.full(2, np.inf), np.full(2, -np.inf)
+    starts, ends, codes = [], [], []
+    for start, stop in _chunks(chips, dataset):  # the Collection first: the file's metadata
+        geo = _geometry(chips.ids(start, stop), dataset, headers)
+        corners = geo["footprints"].reshape(-1, 2)
+        low, high = np.minimum(low, corners.min(axis=0)), np.maximum(high, corners.max(axis=0))
+        first, last = _times_of(chips, start, stop, dataset, headers)
+        starts.append(first.min())
+        ends.append(last.max())
+        _, at = np.unique(geo["epsg"], return_index=True)
+        codes.extend(int(e) for e in geo["epsg"][np.sort(at)])
+    period = Period(_utc(min(starts)), _utc(max(ends)))
+    used = pc.unique(splits.of_chips.drop_null()).to_pylist()
+    present = sorted(stac.ML_AOI_SPLIT[s] for s in used)
+    ours = {v: k for k, v in stac.ML_AOI_SPLIT.items()}
+    links = [f"./items/{i}.json" for i in chips.ids()] if json_items else []
+    epsg_codes = list(dict.fromkeys(f"EPSG:{code}" for code in codes))
+    collection = stac.collection_dict(info, [*low.tolist(), *high.tolist()], period,
+                                      [ours[s] for s in present], epsg_codes, links)  # fmt: skip
+    has_split = bool(present)
+    geometry = stac.geometry_field()
+    written = 0
+
+    def tables() -> Iterator[pa.Table]:
+        nonlocal written
+        for start, stop in _chunks(chips, dataset):
+            columns = _item_columns(chips, start, stop, dataset, splits, headers)
+            table = stac.items_table(columns, info.id, info.bands, geometry, has_split=has_split)
+            if json_ids is not None and len(json_ids):
+                written += _write_item_files(layout, table, json_ids)
+            yield table
+
+    made = tables()
+    first = next(made)  # its schema is every table's: has_split and the bands are shared
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield from first.to_batches()
+        for table in made:
+            yield from table.to_batches()
+
+    reader = pa.RecordBatchReader.from_batches(first.schema, batches())
+    with replacing(layout.items) as temporary:
+        sga.to_parquet(reader, temporary, collections={info.id: collection})
+    write_text(layout.collection, stac.dumps(collection))
+    return written
+
+
+def _write_item_files(layout: DatasetLayout, table: Any, ids: pa.ChunkedArray) -> int:
+    """``items/<tile>.json`` of the Items of ``table`` among ``ids`` (hrefs made relative to
+    that folder)."""
+    import pyarrow.compute as pc
+    import stac_geoparquet.arrow as sga
+
+    chosen = table.filter(pc.is_in(table.column("id"), value_set=ids))
+    if not chosen.num_rows:
         return 0
-    chosen = table.filter(pc.is_in(table.column("id"), value_set=pa.array(list(ids))))
+    layout.items_dir.mkdir(exist_ok=True)
     count = 0
     for item in sga.stac_table_to_items(chosen):
         item = _without_nulls(item)

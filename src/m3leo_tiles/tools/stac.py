@@ -272,9 +272,13 @@ def items_table(
     collection_id: str,
     shared_bands: Sequence[Band],
     geometry_field: pa.Field,
+    *,
+    has_split: bool,
 ) -> pa.Table:
     """The Items in stac-geoparquet's Arrow layout; ``geometry_field`` is the field its own
-    converter declares (the geoarrow WKB extension), so readers see exactly its format."""
+    converter declares (the geoarrow WKB extension), so readers see exactly its format.
+    ``has_split``: whether the dataset's Items carry ``ml-aoi:split`` (decided for all its
+    tables, which must share one schema; an Item without one has it null)."""
     n = len(columns.ids)
     corners = columns.footprints
     lon, lat = corners[:, :, 0], corners[:, :, 1]
@@ -285,7 +289,6 @@ def items_table(
     y1 = transforms[:, 5]
     x1 = x0 + transforms[:, 0] * widths
     y0 = y1 + transforms[:, 4] * heights
-    has_split = any(s is not None for s in columns.splits)
     extensions = [PROJECTION, FILE] + ([ML_AOI] if has_split else [])
     per_item_bands = columns.bands is not None
     scaling = has_scaling(

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.dataset.layout import DatasetLayout, FolderScan, datasets_under
-from m3leo_tiles.dataset.manifest import ManifestRow, outcome_table, read_manifest
+from m3leo_tiles.dataset.layout import DatasetLayout, datasets_under
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from m3leo_tiles.dataset.manifest import ManifestRow
 
 
 @dataclass(frozen=True)
@@ -98,32 +99,46 @@ def _grid_ids(
     return cache[aoi]
 
 
-def damaged_count(outcomes: pa.Table, chip_sizes: dict[str, int]) -> int:
+def damaged_count(outcomes: pa.Table, chips: pa.Table) -> int:
     """How many ``ok`` rows ``fetch.plan.size_problem`` would find a problem with (no chip,
-    or not the recorded size), over Arrow columns: on CONUS a Python call per row cost a
-    ``status`` 0.25 s. No chip is read."""
-    import pyarrow as pa
+    or not the recorded size), over Arrow columns (``chips``: ``FolderScan.chip_table``): on
+    CONUS a Python call per row cost a ``status`` 0.25 s. No chip is read."""
     import pyarrow.compute as pc
 
     ok = outcomes.filter(pc.equal(outcomes.column("status"), str(TileStatus.OK)))
     if not ok.num_rows:
         return 0
-    names = pa.array(list(chip_sizes), pa.string())
-    sizes = pa.array(list(chip_sizes.values()), pa.int64())
-    actual = pc.take(sizes, pc.index_in(ok.column("identifier"), value_set=names))
+    where = pc.index_in(ok.column("identifier"), value_set=chips.column("id"))
+    actual = pc.take(chips.column("size"), where)
     recorded = ok.column("bytes")
     wrong_size = pc.and_kleene(pc.is_valid(recorded), pc.not_equal(recorded, actual))
     return int(pc.sum(pc.or_kleene(pc.is_null(actual), wrong_size)).as_py() or 0)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A dataset folder's listing as ``status`` counts it: its chips (``id``, ``size``) and
+    the bytes of every file. Made on the listing thread, Arrow columns included."""
+
+    chips: pa.Table
+    total_bytes: int
+
+    @classmethod
+    def of(cls, layout: DatasetLayout) -> Listed:
+        scan = layout.scan()
+        return cls(scan.chip_table(), scan.total_bytes)
+
+
 def dataset_status(
-    folder: Path, aoi: str, grid_ids: pa.ChunkedArray | None, scan: FolderScan | None = None
+    folder: Path, aoi: str, grid_ids: pa.ChunkedArray | None, listed: Listed | None = None
 ) -> DatasetStatus:
-    """One folder's counts; ``scan`` is its listing when the caller made it already."""
+    """One folder's counts; ``listed``: its listing, when the caller made it already."""
     import pyarrow.compute as pc
 
     layout = DatasetLayout(folder)
     manifest = layout.manifest
+    from m3leo_tiles.dataset.manifest import outcome_table
+
     outcomes = outcome_table(manifest)  # no row objects, no inputs
     ids = outcomes.column("identifier")
     tally = pc.value_counts(outcomes.column("status")).to_pylist()
@@ -131,8 +146,9 @@ def dataset_status(
     missing = None
     if grid_ids is not None:
         missing = len(grid_ids) - int(pc.sum(pc.is_in(grid_ids, value_set=ids)).as_py() or 0)
-    scan = scan if scan is not None else layout.scan()
-    damaged = damaged_count(outcomes, scan.chip_sizes)
+    listed = listed if listed is not None else Listed.of(layout)
+    chips = listed.chips
+    damaged = damaged_count(outcomes, chips)
     return DatasetStatus(
         aoi=aoi,
         dataset=folder.name,
@@ -143,10 +159,10 @@ def dataset_status(
         failed=counts[TileStatus.FAILED] + damaged,
         missing=missing,
         grid_tiles=len(grid_ids) if grid_ids is not None else None,
-        size_bytes=scan.total_bytes,
+        size_bytes=listed.total_bytes,
         last_run=manifest.stat().st_mtime if manifest.exists() else None,
         run=run_state(folder),
-        chips=len(scan.chip_sizes),
+        chips=chips.num_rows,
         manifest=manifest.exists(),
         damaged=damaged,
     )
@@ -175,7 +191,7 @@ def status(
         cache[given.aoi] = pa.chunked_array([pa.array([t.identifier for t in given.tiles])])
     layouts = list(datasets_under(out, locked=True))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3leo-scan") as pool:
-        scans = [pool.submit(layout.scan) for layout in layouts]
+        scans = [pool.submit(Listed.of, layout) for layout in layouts]
         return [
             dataset_status(layout.folder, layout.aoi,
                            _grid_ids(layout.aoi, Path(grids_dir), cache), scan.result())
@@ -282,7 +298,7 @@ def tile_inputs(folder: Path, identifiers: Sequence[str]) -> dict[str, tuple[str
 def _damaged_row(row: ManifestRow | None, identifier: str, why: str) -> ManifestRow:
     """The failed row that makes the next fetch redo a damaged chip; it names the inputs as
     the tile's row did (a reference stays a reference, already recorded)."""
-    from m3leo_tiles.dataset.manifest import now_iso
+    from m3leo_tiles.dataset.manifest import ManifestRow, now_iso
 
     reason = f"damaged chip: {why}"
     if row is None:
@@ -298,7 +314,7 @@ def verify_dataset(folder: Path) -> Verification:
     from m3leo_tiles.core.errors import LockedError
     from m3leo_tiles.dataset.chipfile import Written, chip_problem
     from m3leo_tiles.dataset.lock import DatasetLock
-    from m3leo_tiles.dataset.manifest import ManifestWriter
+    from m3leo_tiles.dataset.manifest import ManifestWriter, read_manifest
 
     layout = DatasetLayout(folder)
     rows = read_manifest(layout.manifest)
