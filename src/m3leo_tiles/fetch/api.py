@@ -55,6 +55,7 @@ from m3leo_tiles.fetch.select import (
     workers_warning,
 )
 from m3leo_tiles.fetch.worker import render_batch
+from m3leo_tiles.grid.tile import tile_ids
 from m3leo_tiles.recipes import Recipe
 from m3leo_tiles.sources.base import (
     FetchOptions,
@@ -216,8 +217,8 @@ def _nothing_found(adapter: SourceAdapter, tiles: Sequence[GridTile],
     recipe_hash = adapter.recipe.recipe_hash
     rows = LeanRows.of(previous)  # columns: no row object per tile
     position, statuses, hashes = rows.position, rows.status, rows.recipe_hash
-    for tile in tiles:
-        i = position.get(tile.identifier)
+    for identifier in tile_ids(tiles):
+        i = position.get(identifier)
         if i is not None and statuses[i] is TileStatus.OK and hashes[i] == recipe_hash:
             return ""
     found = adapter.plan_summary()

@@ -18,6 +18,7 @@ from m3leo_tiles.dataset.inputsets import Refs
 from m3leo_tiles.dataset.layout import DatasetLayout
 from m3leo_tiles.dataset.manifest import LeanRows, ManifestRow, now_iso
 from m3leo_tiles.fetch.replan import reused_lists
+from m3leo_tiles.grid.tile import tile_ids
 from m3leo_tiles.sources.base import SourceAdapter, each_file_looked_at_once
 
 if TYPE_CHECKING:
@@ -276,8 +277,8 @@ def _all_plainly_done(adapter: SourceAdapter, tiles: Sequence[GridTile], lean: L
     identity = _identity_by_list(adapter)
     position, refs = lean.position, lean.input_set
     with each_file_looked_at_once():  # lists share their files: each is looked at once
-        for tile in tiles:
-            i = position[tile.identifier]
+        for identifier in tile_ids(tiles):
+            i = position[identifier]
             ref = refs[i]
             if not done(i, ref, identity(ref, lists[ref])):
                 return False

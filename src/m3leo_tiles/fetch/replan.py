@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from m3leo_tiles.core.atomic import write_text
 from m3leo_tiles.dataset.inputsets import InputSets
 from m3leo_tiles.dataset.layout import DatasetLayout
+from m3leo_tiles.grid.tile import tile_ids
 from m3leo_tiles.sources.base import SourceAdapter
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def plan_key(adapter: SourceAdapter, tiles: Sequence[GridTile]) -> str | None:
         sorted(map(repr, options.extra.items())),
     ]
     digest.update(json.dumps(head, default=str).encode())  # fmt: skip
-    digest.update("\n".join(tile.identifier for tile in tiles).encode())
+    digest.update("\n".join(tile_ids(tiles)).encode())
     return digest.hexdigest()[:32]
 
 
@@ -92,8 +93,8 @@ def reused_lists(layout: DatasetLayout, key: str | None, tiles: Sequence[GridTil
         return None
     lists = {"": (), **InputSets(layout.input_sets).read()}
     position, refs = rows.position, rows.input_set
-    for tile in tiles:
-        i = position.get(tile.identifier)
+    for identifier in tile_ids(tiles):
+        i = position.get(identifier)
         if i is None or refs[i] not in lists:
             return None
     return lists

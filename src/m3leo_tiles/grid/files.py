@@ -22,7 +22,15 @@ from m3leo_tiles.core.atomic import replacing
 from m3leo_tiles.core.enums import GridFormat, Split
 from m3leo_tiles.core.errors import GridError
 from m3leo_tiles.core.names import ALLOWED, MAX_NAME, SAFE_NAME, name_problem
-from m3leo_tiles.grid.tile import BoxTile, GridTile, parse_tile_id, parse_tile_ids
+from m3leo_tiles.grid.tile import (
+    BoxTile,
+    GridTile,
+    lattice_tiles,
+    parse_tile_id,
+    parse_tile_ids,
+    take_tiles,
+    tile_ids,
+)
 
 TILES_STEM = "tiles"
 SPLITS_NAME = "splits.csv"
@@ -35,7 +43,7 @@ class Grid:
     """The tiles of one grid file and their splits (empty for foreign files without one)."""
 
     aoi: str
-    tiles: tuple[GridTile, ...]
+    tiles: Sequence[GridTile]  # LatticeTiles for a grid of lattice ids, else a tuple
     splits: Mapping[str, str] = field(default_factory=dict)
 
     def select(
@@ -43,8 +51,9 @@ class Grid:
         split: str | None = None,
         identifiers: Collection[str] | None = None,
         limit: int | None = None,
-    ) -> list[GridTile]:
-        """Tiles in file order, narrowed by split, by a set of ids and to the first ``limit``.
+    ) -> Sequence[GridTile]:
+        """Tiles in file order, narrowed by split, by a set of ids and to the first ``limit``
+        (decided on the ids: lattice tiles stay ``LatticeTiles``).
 
         Asking for a split of a grid that has none is an error rather than an empty answer,
         so a foreign file without splits cannot silently select nothing.
@@ -56,17 +65,19 @@ class Grid:
                     f"the grid of {self.aoi!r} has no splits; drop --split or make a grid "
                     "with `m3leo-tiles grid`"
                 )
+        if split is None and identifiers is None:
+            return self.tiles if limit is None else self.tiles[:limit]
         wanted = set(identifiers) if identifiers is not None else None
-        chosen: list[GridTile] = []
-        for tile in self.tiles:
-            if split is not None and self.splits.get(tile.identifier) != split:
+        chosen: list[int] = []
+        for index, identifier in enumerate(tile_ids(self.tiles)):
+            if split is not None and self.splits.get(identifier) != split:
                 continue
-            if wanted is not None and tile.identifier not in wanted:
+            if wanted is not None and identifier not in wanted:
                 continue
-            chosen.append(tile)
+            chosen.append(index)
             if limit is not None and len(chosen) >= limit:
                 break
-        return chosen
+        return take_tiles(self.tiles, chosen)
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -140,23 +151,23 @@ def list_grids(grids_dir: Path = Path("grids")) -> list[Path]:
 def read_grid(path: str | Path, *, splits: bool = True) -> Grid:
     """Read a grid file, ours or foreign, into tiles (lattice ``Tile`` or ``BoxTile``).
 
-    Ids that parse as lattice ids become ``Tile``s (their geometry is implied); any other id
-    becomes a ``BoxTile`` of its geometry's bounds in EPSG:4326. The AOI is the file's
+    Ids that parse as lattice ids become ``Tile``s (their geometry is implied), held as
+    ``LatticeTiles`` when every id is one (a tile object is made when asked for); any other
+    id becomes a ``BoxTile`` of its geometry's bounds in EPSG:4326. The AOI is the file's
     ``aoi`` column, else the folder name for ``.../<aoi>/tiles.*``, else the file stem.
     ``splits=False`` leaves ``Grid.splits`` empty: a run of every split does not need a
     dict of 400k entries.
     """
     path = Path(path)
     table, ids = _table_and_ids(path)
-    parsed = parse_tile_ids(ids)
-    if any(tile is None for tile in parsed):
+    tiles: Sequence[GridTile] | None = lattice_tiles(ids)  # ids and fields: tiles made lazily
+    if tiles is None:
+        parsed = parse_tile_ids(ids)
         boxes = _read_bounds(path)
-        tiles: tuple[GridTile, ...] = tuple(
+        tiles = tuple(
             tile if tile is not None else BoxTile(ident, *bounds)
             for ident, tile, bounds in zip(ids, parsed, boxes, strict=True)
         )
-    else:
-        tiles = tuple(tile for tile in parsed if tile is not None)
     by_tile: dict[str, str] = {}
     if splits and "split" in table.column_names:
         values = table.column("split").to_pylist()
