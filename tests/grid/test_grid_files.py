@@ -189,3 +189,16 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch) -> None:
     with pytest.raises(RuntimeError):
         make_grid("demo", out_dir=out)
     assert not out.exists()
+
+
+def test_a_grid_of_lattice_ids_holds_its_tiles_as_ids_and_selects_on_them(demo_grid) -> None:
+    from m3leo_tiles.grid.tile import LatticeTiles, parse_tile_ids
+
+    grid = read_grid(demo_grid)
+    assert isinstance(grid.tiles, LatticeTiles)
+    ids = list(grid.tiles.identifiers)
+    assert list(grid.tiles) == parse_tile_ids(ids)
+    train = grid.select(split="train")
+    assert isinstance(train, LatticeTiles)
+    assert list(train) == [t for t in parse_tile_ids(ids) if grid.splits[t.identifier] == "train"]
+    assert grid.select() is grid.tiles

@@ -58,3 +58,30 @@ def test_ids_parsed_in_bulk_are_the_tiles_parsed_one_by_one() -> None:
     assert hash(bulk[0]) == hash(Tile.from_id(ids[0]))
     assert parse_tile_ids(["61N_0001_001", "33N_0001_001"]) == [None, Tile(33, 1, 1)]
     assert parse_tile_ids(["my-field-3", "33N_0001_001"]) == [None, Tile(33, 1, 1)]
+
+
+def test_lattice_tiles_are_the_parsed_tiles_made_when_asked_for() -> None:
+    import pickle
+
+    from m3leo_tiles.grid.tile import (
+        LatticeTiles,
+        lattice_tiles,
+        parse_tile_ids,
+        take_tiles,
+        tile_ids,
+    )
+
+    ids = ["33N_1187_089", "33S_0000_001", "01N_0001_000", "60S_2000_150", "10N_0838_169"]
+    tiles = lattice_tiles(ids)
+    assert isinstance(tiles, LatticeTiles) and len(tiles) == 5
+    parsed = parse_tile_ids(ids)
+    assert list(tiles) == parsed and tiles == parsed and tiles == tuple(parsed)
+    assert tiles[1] == Tile(33, -1, 1) and tiles[-1].identifier == "10N_0838_169"
+    assert isinstance(tiles[1:3], LatticeTiles) and list(tiles[1:3]) == parsed[1:3]
+    assert list(take_tiles(tiles, [4, 0])) == [parsed[4], parsed[0]]
+    assert take_tiles(tuple(parsed), [4, 0]) == [parsed[4], parsed[0]]
+    assert tile_ids(tiles) is tiles.identifiers and tile_ids(parsed) == ids
+    assert tiles != parsed[:4] and tiles != lattice_tiles(ids[:4])
+    assert pickle.loads(pickle.dumps(tiles[0])) == parsed[0]  # a made tile travels to workers
+    assert lattice_tiles(["my-field-3", "33N_0001_001"]) is None
+    assert lattice_tiles(["61N_0001_001"]) is None  # no zone 61: not a lattice tile
