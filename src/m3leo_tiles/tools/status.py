@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from m3leo_tiles.core.enums import TileStatus
 from m3leo_tiles.core.errors import ConfigError
-from m3leo_tiles.dataset.layout import DatasetLayout, datasets_under
+from m3leo_tiles.dataset.layout import DatasetLayout, FolderScan, datasets_under
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -115,24 +115,14 @@ def damaged_count(outcomes: pa.Table, chips: pa.Table) -> int:
     return int(pc.sum(pc.or_kleene(pc.is_null(actual), wrong_size)).as_py() or 0)
 
 
-@dataclass(frozen=True)
-class Listed:
-    """A dataset folder's listing as ``status`` counts it: its chips (``id``, ``size``) and
-    the bytes of every file. Made on the listing thread, Arrow columns included."""
-
-    chips: pa.Table
-    total_bytes: int
-
-    @classmethod
-    def of(cls, layout: DatasetLayout) -> Listed:
-        scan = layout.scan()
-        return cls(scan.chip_table(), scan.total_bytes)
-
-
 def dataset_status(
-    folder: Path, aoi: str, grid_ids: pa.ChunkedArray | None, listed: Listed | None = None
+    folder: Path,
+    aoi: str,
+    grid_ids: pa.ChunkedArray | None,
+    listing: Future[FolderScan] | None = None,
 ) -> DatasetStatus:
-    """One folder's counts; ``listed``: its listing, when the caller made it already."""
+    """One folder's counts; ``listing``: its listing, being made on another thread (waited
+    for only after the manifest is read, so the two overlap)."""
     import pyarrow.compute as pc
 
     layout = DatasetLayout(folder)
@@ -146,8 +136,8 @@ def dataset_status(
     missing = None
     if grid_ids is not None:
         missing = len(grid_ids) - int(pc.sum(pc.is_in(grid_ids, value_set=ids)).as_py() or 0)
-    listed = listed if listed is not None else Listed.of(layout)
-    chips = listed.chips
+    scan = listing.result() if listing is not None else layout.scan()
+    chips = scan.chip_table()
     damaged = damaged_count(outcomes, chips)
     return DatasetStatus(
         aoi=aoi,
@@ -159,7 +149,7 @@ def dataset_status(
         failed=counts[TileStatus.FAILED] + damaged,
         missing=missing,
         grid_tiles=len(grid_ids) if grid_ids is not None else None,
-        size_bytes=listed.total_bytes,
+        size_bytes=scan.total_bytes,
         last_run=manifest.stat().st_mtime if manifest.exists() else None,
         run=run_state(folder),
         chips=chips.num_rows,
@@ -191,10 +181,10 @@ def status(
         cache[given.aoi] = pa.chunked_array([pa.array([t.identifier for t in given.tiles])])
     layouts = list(datasets_under(out, locked=True))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3leo-scan") as pool:
-        scans = [pool.submit(Listed.of, layout) for layout in layouts]
+        scans = [pool.submit(layout.scan) for layout in layouts]
         return [
             dataset_status(layout.folder, layout.aoi,
-                           _grid_ids(layout.aoi, Path(grids_dir), cache), scan.result())
+                           _grid_ids(layout.aoi, Path(grids_dir), cache), scan)
             for layout, scan in zip(layouts, scans, strict=True)
         ]  # fmt: skip
 
