@@ -42,10 +42,17 @@ started = time.perf_counter()
 from m3leo_tiles.tools.catalog import write_catalog
 imported = resource.getrusage(resource.RUSAGE_SELF)
 report = write_catalog(Path(sys.argv[1]), grid=Path(sys.argv[2]))
+
+
+def hwm_mb():  # this process's own peak: ru_maxrss also counts the parent's RSS at fork
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall": time.perf_counter() - started, "cpu": usage.ru_utime + usage.ru_stime,
                   "work": usage.ru_utime + usage.ru_stime - imported.ru_utime - imported.ru_stime,
-                  "rss_mb": usage.ru_maxrss / 1024, "items": report.items,
+                  "rss_mb": hwm_mb(), "items": report.items,
                   "written": report.written, "changed": report.changed}))
 """
 
