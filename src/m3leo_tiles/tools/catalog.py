@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("m3leo_tiles.catalog")
 
+Headers = Mapping[str, Mapping[str, Any]]  # what chips said of themselves, by tile id
+
 LATTICE_ID = r"^(\d{2})([NS])_(\d{4})_(\d{3})$"
 YEAR_SUFFIX = re.compile(r"-(\d{4})$")
 UNKNOWN_LICENSE = "other"  # STAC 1.1: an SPDX id, or "other" (the recipe names none)
@@ -350,7 +352,7 @@ def _header_columns(headers: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarra
 
 
 def _times(ids: Sequence[str], period: Period | None, finished_at: Sequence[str],
-           headers: Mapping[str, Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+           headers: Headers) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Start and end of each Item: its pairs' dates (GUNW), else the dataset's period, else
     (no year) the time the chip was made (``finished_at``, "" when unknown)."""
     n = len(ids)
@@ -419,9 +421,6 @@ def _read_state(path: Path) -> _State:
     metadata = table.schema.metadata or {}
     return _State(metadata.get(b"shared", b"").decode(),
                   metadata.get(b"collection", b"").decode(), table)  # fmt: skip
-
-
-Headers = Mapping[str, Mapping[str, Any]]  # what chips said of themselves, by tile id
 
 
 def _write_state(path: Path, chips: _Chips, fingerprints: pa.ChunkedArray, headers: Headers,
@@ -604,7 +603,8 @@ def write_catalog(
     changed, removed = _changes(chips, fingerprints, state, same_shared)
     json_missing = json_items and not layout.items_dir.is_dir()
     complete = layout.items.exists() and layout.collection.exists()
-    if not changed and not removed and complete and not json_missing and whole == state.collection:
+    if (not len(changed) and not removed and complete and not json_missing
+            and whole == state.collection):  # fmt: skip
         return CatalogReport(layout.folder, len(chips), 0, 0, False, 0,
                              time.perf_counter() - started, tuple(notes))  # fmt: skip
 
@@ -635,7 +635,7 @@ def _headers(layout: DatasetLayout, chips: _Chips, changed: pa.ChunkedArray,
     ids = chips.table.column("id")
     needs_crc = pc.not_equal(pc.utf8_length(chips.table.column("crc32")), 8)
     lattice = pc.match_substring_regex(ids, LATTICE_ID)
-    needs_header = pc.invert(lattice) if not per_tile else pc.or_(lattice, pc.invert(lattice))
+    needs_header = pc.is_valid(ids) if per_tile else pc.invert(lattice)  # is_valid: every chip
     wanted = pc.or_(needs_crc, needs_header)
     if not pc.any(wanted).as_py():
         return {}
@@ -664,7 +664,7 @@ ITEMS_A_TABLE = 65_536  # Items built and written a table at a time: CONUS's 403
 
 
 def _geometry(ids: Sequence[str], dataset: _Dataset,
-              headers: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:  # fmt: skip
+              headers: Headers) -> dict[str, np.ndarray]:  # fmt: skip
     """EPSG code, transform, lon/lat footprint and shape of each Item: lattice tiles in bulk
     from their ids, foreign ones from their chips' headers."""
     lattice = re.compile(LATTICE_ID)
@@ -707,7 +707,7 @@ def _utc(moment: np.datetime64) -> datetime:
 
 
 def _item_columns(chips: _Chips, start: int, stop: int, dataset: _Dataset, splits: _Splits,
-                  headers: Mapping[str, Mapping[str, Any]]) -> stac.ItemColumns:  # fmt: skip
+                  headers: Headers) -> stac.ItemColumns:  # fmt: skip
     """The Items ``start:stop`` (in id order) as columns."""
     ids = chips.ids(start, stop)
     part = chips.table.slice(start, stop - start)
