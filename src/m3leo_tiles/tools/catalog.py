@@ -254,9 +254,7 @@ def _splits(grid: str | Path | None, aoi: str, grids_dir: Path, chip_ids: pa.Arr
                      "Items carry no ml-aoi:split")  # fmt: skip
         return nothing, None
     counts = {e["values"]: e["counts"] for e in pc.value_counts(split.drop_null()).to_pylist()}
-    of_chips = pc.take(split, pc.index_in(chip_ids, value_set=ids))
-    return _Splits(pa.chunked_array([of_chips]) if isinstance(of_chips, pa.Array)
-                   else of_chips, counts), path  # fmt: skip
+    return _Splits(pc.take(split, pc.index_in(chip_ids, value_set=ids)), counts), path
 
 
 # --- per-chip headers (bands per tile, foreign tiles), cached between runs -----------------

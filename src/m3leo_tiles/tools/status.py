@@ -125,10 +125,10 @@ def dataset_status(
     for only after the manifest is read, so the two overlap)."""
     import pyarrow.compute as pc
 
-    layout = DatasetLayout(folder)
-    manifest = layout.manifest
     from m3leo_tiles.dataset.manifest import outcome_table
 
+    layout = DatasetLayout(folder)
+    manifest = layout.manifest
     outcomes = outcome_table(manifest)  # no row objects, no inputs
     ids = outcomes.column("identifier")
     tally = pc.value_counts(outcomes.column("status")).to_pylist()
@@ -176,9 +176,10 @@ def status(
         import pyarrow as pa
 
         from m3leo_tiles.grid import read_grid
+        from m3leo_tiles.grid.tile import tile_ids
 
         given = read_grid(grid)  # a bad file is the user's error: GridError, exit 2
-        cache[given.aoi] = pa.chunked_array([pa.array([t.identifier for t in given.tiles])])
+        cache[given.aoi] = pa.chunked_array([pa.array(tile_ids(given.tiles), pa.string())])
     layouts = list(datasets_under(out, locked=True))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3leo-scan") as pool:
         scans = [pool.submit(layout.scan) for layout in layouts]
